@@ -1,0 +1,230 @@
+//! The model bundle: a folder with one safetensors file per inference network
+//! and a `bundle.toml` manifest that records the architecture, the inference
+//! defaults, how the weights were trained and evaluated, and the sha256 of
+//! every weight file. Loading checks every hash and refuses a mismatch, and
+//! checks that each file holds exactly the tensors the architecture needs.
+//!
+//! The bundle's own identity, [`Bundle::sha256`], is the sha256 of
+//! `bundle.toml`; since the manifest holds the weight hashes, it pins the weights too.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tch::nn::VarStore;
+use tch::Tensor;
+
+use crate::generator::GeneratorConfig;
+use crate::led::{EnhanceParams, LedModel};
+use crate::schedule::ScheduleConfig;
+use crate::unet::UNetConfig;
+use crate::{Error, Result};
+
+/// The manifest's file name inside a bundle folder.
+pub const MANIFEST_FILE: &str = "bundle.toml";
+/// The manifest format this code reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+/// The inference networks of a bundle, each in `<name>.safetensors`.
+pub const NETWORKS: [&str; 3] = ["g_ab", "g_ba", "unet"];
+
+/// How pixel values map to the model's input range.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Normalisation {
+    /// What the caller must supply, in words.
+    pub input: String,
+    /// Range the networks see: input intensity 0 maps to the first, 1 to the second.
+    pub model_range: [f64; 2],
+}
+
+impl Default for Normalisation {
+    fn default() -> Self {
+        Self {
+            input: "display intensity in [0, 1], 0 black (air), 1 white (bone): MONOCHROME2 after \
+                    modality rescale and VOI window"
+                .into(),
+            model_range: [-1.0, 1.0],
+        }
+    }
+}
+
+/// One weight file: where it is and what its bytes hash to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct WeightFile {
+    /// File name inside the bundle folder (no folders).
+    pub path: String,
+    /// Lower-case hex sha256 of the file.
+    pub sha256: String,
+}
+
+/// `bundle.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct BundleManifest {
+    /// Manifest format version ([`FORMAT_VERSION`]).
+    pub format: u32,
+    /// Bundle name, e.g. `cxr-led-default`.
+    pub name: String,
+    /// Bundle version, e.g. `1.0.0`.
+    pub version: String,
+    /// One paragraph for humans: what it is for, what it was trained on.
+    #[serde(default)]
+    pub description: String,
+    /// Pixel normalisation.
+    pub normalisation: Normalisation,
+    /// G_AB and G_BA architecture.
+    pub generator: GeneratorConfig,
+    /// Conditional UNet architecture.
+    pub unet: UNetConfig,
+    /// Noise schedule.
+    pub schedule: ScheduleConfig,
+    /// Inference defaults.
+    pub inference: EnhanceParams,
+    /// Training provenance: data summary, degradation parameters, command, commit.
+    #[serde(default)]
+    pub training: toml::Table,
+    /// Evaluation figures.
+    #[serde(default)]
+    pub metrics: toml::Table,
+    /// Weight files by network name ([`NETWORKS`]).
+    #[serde(default)]
+    pub files: BTreeMap<String, WeightFile>,
+}
+
+/// Lower-case hex sha256 of some bytes.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn read(path: &Path) -> Result<Vec<u8>> {
+    fs::read(path).map_err(|source| Error::BundleIo { path: path.to_owned(), source })
+}
+
+/// Writes a file via a temporary name and a rename, so a crash never leaves half a file.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let temporary = path.with_extension("partial");
+    let io = |source| Error::BundleIo { path: path.to_owned(), source };
+    fs::write(&temporary, bytes).map_err(io)?;
+    fs::rename(&temporary, path).map_err(io)
+}
+
+/// A bundle read from disk with every hash verified; the weight bytes are kept
+/// so that what was hashed is exactly what gets loaded.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    /// The bundle folder.
+    pub dir: PathBuf,
+    /// The parsed manifest.
+    pub manifest: BundleManifest,
+    /// sha256 of `bundle.toml`: the bundle's identity in provenance and seeds.
+    pub sha256: String,
+    weights: BTreeMap<String, Vec<u8>>,
+}
+
+impl Bundle {
+    /// Reads `dir/bundle.toml` and every weight file, checking each sha256.
+    pub fn load(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref().to_owned();
+        let manifest_path = dir.join(MANIFEST_FILE);
+        let manifest_bytes = read(&manifest_path)?;
+        let invalid = |message: String| Error::BundleManifest { path: manifest_path.clone(), message };
+        let text = std::str::from_utf8(&manifest_bytes).map_err(|e| invalid(format!("not UTF-8: {e}")))?;
+        let manifest: BundleManifest = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        if manifest.format != FORMAT_VERSION {
+            return Err(invalid(format!(
+                "format {} is not supported; this build reads format {FORMAT_VERSION}",
+                manifest.format
+            )));
+        }
+        let mut weights = BTreeMap::new();
+        for network in NETWORKS {
+            let entry = manifest
+                .files
+                .get(network)
+                .ok_or_else(|| invalid(format!("[files.{network}] is missing; a bundle needs {NETWORKS:?}")))?;
+            if entry.path.is_empty() || entry.path.contains(['/', '\\']) || entry.path.starts_with('.') {
+                return Err(invalid(format!(
+                    "[files.{network}] path {:?} must be a plain file name inside the bundle folder",
+                    entry.path
+                )));
+            }
+            let path = dir.join(&entry.path);
+            let bytes = read(&path)?;
+            let actual = sha256_hex(&bytes);
+            if actual != entry.sha256.to_ascii_lowercase() {
+                return Err(Error::HashMismatch { path, expected: entry.sha256.clone(), actual });
+            }
+            weights.insert(network.to_owned(), bytes);
+        }
+        Ok(Self { dir, manifest, sha256: sha256_hex(&manifest_bytes), weights })
+    }
+
+    /// Copies a network's verified weights into `store`, which must hold exactly
+    /// the same tensor names and shapes.
+    pub fn load_weights(&self, network: &str, store: &VarStore) -> Result<()> {
+        let path = self.dir.join(self.manifest.files.get(network).map(|f| f.path.as_str()).unwrap_or(network));
+        let mismatch = |message: String| Error::WeightsMismatch { path: path.clone(), message };
+        let bytes = self.weights.get(network).ok_or_else(|| mismatch(format!("no network named {network}")))?;
+        let file =
+            safetensors::SafeTensors::deserialize(bytes).map_err(|e| mismatch(format!("not safetensors: {e}")))?;
+        let mut variables = store.variables();
+        let in_file: BTreeSet<String> = file.names().into_iter().cloned().collect();
+        let expected: BTreeSet<String> = variables.keys().cloned().collect();
+        let missing: Vec<_> = expected.difference(&in_file).collect();
+        let unexpected: Vec<_> = in_file.difference(&expected).collect();
+        if !missing.is_empty() || !unexpected.is_empty() {
+            return Err(mismatch(format!(
+                "does not match the architecture in bundle.toml: missing {missing:?}, unexpected {unexpected:?}"
+            )));
+        }
+        tch::no_grad(|| {
+            for (name, variable) in variables.iter_mut() {
+                let view = file.tensor(name).map_err(|e| mismatch(format!("{name}: {e}")))?;
+                let value = Tensor::try_from(view)?;
+                if value.size() != variable.size() {
+                    return Err(mismatch(format!(
+                        "{name} has shape {:?} but the architecture needs {:?}",
+                        value.size(),
+                        variable.size()
+                    )));
+                }
+                variable.f_copy_(&value)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Writes `model`'s weights and `manifest` (with the weight hashes filled in)
+    /// to `dir`, then loads the result back, verified. Weights are always saved in f32.
+    pub fn save(dir: impl AsRef<Path>, manifest: &BundleManifest, model: &LedModel) -> Result<Self> {
+        let dir = dir.as_ref();
+        fs::create_dir_all(dir).map_err(|source| Error::BundleIo { path: dir.to_owned(), source })?;
+        let mut manifest = manifest.clone();
+        manifest.format = FORMAT_VERSION;
+        manifest.files.clear();
+        for (network, store) in model.var_stores() {
+            let file_name = format!("{network}.safetensors");
+            let path = dir.join(&file_name);
+            let mut tensors: Vec<(String, Tensor)> = store
+                .variables()
+                .into_iter()
+                .map(|(name, t)| (name, t.to_kind(tch::Kind::Float).to_device(tch::Device::Cpu)))
+                .collect();
+            tensors.sort_by(|a, b| a.0.cmp(&b.0));
+            let temporary = path.with_extension("partial");
+            Tensor::write_safetensors(&tensors, &temporary)?;
+            fs::rename(&temporary, &path).map_err(|source| Error::BundleIo { path: path.clone(), source })?;
+            let sha256 = sha256_hex(&read(&path)?);
+            manifest.files.insert(network.to_owned(), WeightFile { path: file_name, sha256 });
+        }
+        let text = toml::to_string_pretty(&manifest).map_err(|e| Error::BundleManifest {
+            path: dir.join(MANIFEST_FILE),
+            message: format!("cannot serialise: {e}"),
+        })?;
+        write_atomically(&dir.join(MANIFEST_FILE), text.as_bytes())?;
+        Self::load(dir)
+    }
+}

@@ -1,0 +1,224 @@
+//! LED inference (Cheng et al. 2023, "Learned Enhancement via Diffusion"):
+//! G_AB gives a first estimate of the high-quality image, the estimate is
+//! noised to timestep t0, and the conditional UNet denoises it with DDIM,
+//! conditioned on the low-quality input at every step. With t0 around 200 the
+//! diffusion refines the estimate instead of inventing a new image.
+//!
+//! Everything runs at the input's native matrix size through [`TilePlan`], under
+//! `no_grad`, in f32 or (on CUDA) f16/bf16.
+
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, Module};
+use tch::{Device, Kind, Tensor};
+
+use crate::bundle::{Bundle, BundleManifest, NETWORKS};
+use crate::generator::ResnetGenerator;
+use crate::noise::NoiseSource;
+use crate::sampler::DdimSampler;
+use crate::schedule::NoiseSchedule;
+use crate::tiling::{TileConfig, TilePlan};
+use crate::unet::ConditionalUNet;
+use crate::{Error, Result};
+
+/// Floating-point precision of inference.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Precision {
+    /// 32-bit float everywhere (the reference; the only choice on CPU).
+    #[default]
+    F32,
+    /// IEEE half precision weights and activations (CUDA only).
+    F16,
+    /// bfloat16 weights and activations (CUDA only).
+    Bf16,
+}
+
+impl Precision {
+    /// The tensor kind of weights and activations.
+    pub fn kind(self) -> Kind {
+        match self {
+            Precision::F32 => Kind::Float,
+            Precision::F16 => Kind::Half,
+            Precision::Bf16 => Kind::BFloat16,
+        }
+    }
+}
+
+/// What an enhancement does: the refinement start, the DDIM steps, the tiling
+/// and the precision. Defaults live in each bundle's `[inference]` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct EnhanceParams {
+    /// Timestep the G_AB estimate is noised to (0 < t0 < T, a multiple of `steps`).
+    pub t0: usize,
+    /// DDIM calls of the UNet from t0 to the clean image.
+    pub steps: usize,
+    /// Tiling of native-size images.
+    pub tiles: TileConfig,
+    /// Precision of inference.
+    #[serde(default)]
+    pub precision: Precision,
+}
+
+/// Wall-clock time of each stage of one enhancement.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timings {
+    /// G_AB over all tiles.
+    pub estimate: Duration,
+    /// All DDIM steps over all tiles.
+    pub refinement: Duration,
+}
+
+/// The result of [`LedModel::enhance`]: tensors `[1, 1, H, W]` in [-1, 1].
+#[derive(Debug)]
+pub struct Enhancement {
+    /// The final, refined image.
+    pub output: Tensor,
+    /// The G_AB estimate the refinement started from.
+    pub estimate: Tensor,
+    /// Time per stage.
+    pub timings: Timings,
+}
+
+/// The three inference networks of a bundle, on one device.
+#[derive(Debug)]
+pub struct LedModel {
+    stores: Vec<nn::VarStore>,
+    g_ab: ResnetGenerator,
+    g_ba: ResnetGenerator,
+    unet: ConditionalUNet,
+    schedule: NoiseSchedule,
+    device: Device,
+    precision: Precision,
+}
+
+impl LedModel {
+    /// Builds the networks a manifest describes, with freshly initialised weights
+    /// (libtorch's generator: call `tch::manual_seed` first for fixed weights).
+    pub fn build(manifest: &BundleManifest, device: Device) -> Result<Self> {
+        let stores: Vec<nn::VarStore> = NETWORKS.iter().map(|_| nn::VarStore::new(device)).collect();
+        let g_ab = ResnetGenerator::new(&stores[0].root(), &manifest.generator);
+        let g_ba = ResnetGenerator::new(&stores[1].root(), &manifest.generator);
+        let unet = ConditionalUNet::new(&stores[2].root(), &manifest.unet)?;
+        let schedule = NoiseSchedule::new(&manifest.schedule)?;
+        Ok(Self { stores, g_ab, g_ba, unet, schedule, device, precision: Precision::F32 })
+    }
+
+    /// Loads a verified bundle onto `device` in the given precision.
+    pub fn from_bundle(bundle: &Bundle, device: Device, precision: Precision) -> Result<Self> {
+        if precision != Precision::F32 && !device.is_cuda() {
+            return Err(Error::InvalidParams(format!(
+                "{precision:?} inference needs a CUDA device; use f32 on {device:?}"
+            )));
+        }
+        let mut model = Self::build(&bundle.manifest, device)?;
+        for (name, store) in NETWORKS.iter().zip(&model.stores) {
+            bundle.load_weights(name, store)?;
+        }
+        for store in &mut model.stores {
+            store.set_kind(precision.kind());
+        }
+        model.precision = precision;
+        if device.is_cuda() {
+            tch::Cuda::cudnn_set_benchmark(true);
+        }
+        Ok(model)
+    }
+
+    /// The variable stores in [`NETWORKS`] order (g_ab, g_ba, unet), for saving.
+    pub fn var_stores(&self) -> impl Iterator<Item = (&'static str, &nn::VarStore)> {
+        NETWORKS.iter().copied().zip(&self.stores)
+    }
+
+    /// The device the networks live on.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// The noise schedule.
+    pub fn schedule(&self) -> &NoiseSchedule {
+        &self.schedule
+    }
+
+    /// The conditional UNet.
+    pub fn unet(&self) -> &ConditionalUNet {
+        &self.unet
+    }
+
+    /// The multiple every tile side must have for both generator and UNet.
+    pub fn size_multiple(&self) -> i64 {
+        ResnetGenerator::size_multiple().max(self.unet.config().size_multiple())
+    }
+
+    fn check_image(&self, image: &Tensor) -> Result<(i64, i64)> {
+        match image.size().as_slice() {
+            &[1, 1, h, w] if h > 0 && w > 0 => Ok((h, w)),
+            other => Err(Error::InvalidParams(format!("expected one grayscale image [1, 1, H, W], got {other:?}"))),
+        }
+    }
+
+    fn run_generator(&self, generator: &ResnetGenerator, image: &Tensor, plan: &TilePlan) -> Result<Tensor> {
+        let kind = self.precision.kind();
+        plan.run(&[image], |batch| Ok(generator.forward(&batch[0].to_kind(kind))))
+    }
+
+    /// G_AB (enhancement) over the whole image, tiled.
+    pub fn estimate(&self, image: &Tensor, tiles: &TileConfig) -> Result<Tensor> {
+        let _no_grad = tch::no_grad_guard();
+        let (h, w) = self.check_image(image)?;
+        let image = image.to_device(self.device).to_kind(Kind::Float);
+        let plan = TilePlan::new(h, w, tiles, self.size_multiple(), self.device)?;
+        self.run_generator(&self.g_ab, &image, &plan)
+    }
+
+    /// G_BA (learnt degradation) over the whole image, tiled.
+    pub fn degrade(&self, image: &Tensor, tiles: &TileConfig) -> Result<Tensor> {
+        let _no_grad = tch::no_grad_guard();
+        let (h, w) = self.check_image(image)?;
+        let image = image.to_device(self.device).to_kind(Kind::Float);
+        let plan = TilePlan::new(h, w, tiles, self.size_multiple(), self.device)?;
+        self.run_generator(&self.g_ba, &image, &plan)
+    }
+
+    /// Enhances one low-quality image `[1, 1, H, W]` in [-1, 1], any H and W.
+    /// All randomness comes from `noise`, so a given seed reproduces the pixels.
+    pub fn enhance(
+        &self,
+        low_quality: &Tensor,
+        params: &EnhanceParams,
+        noise: &mut NoiseSource,
+    ) -> Result<Enhancement> {
+        let _no_grad = tch::no_grad_guard();
+        let (h, w) = self.check_image(low_quality)?;
+        let sampler = DdimSampler::refinement(&self.schedule, params.t0, params.steps)?;
+        let condition = low_quality.to_device(self.device).to_kind(Kind::Float);
+        let plan = TilePlan::new(h, w, &params.tiles, self.size_multiple(), self.device)?;
+        let kind = self.precision.kind();
+
+        let started = Instant::now();
+        let estimate = self.run_generator(&self.g_ab, &condition, &plan)?;
+        self.synchronize();
+        let estimated = Instant::now();
+
+        let start_noise = noise.normal(&[1, 1, h, w], self.device);
+        let x_start = self.schedule.q_sample(&estimate, sampler.start(), &start_noise);
+        let mut predict_noise = |x_t: &Tensor, t: usize| {
+            plan.run(&[x_t, &condition], |batch| {
+                let timesteps = Tensor::full([batch[0].size()[0]], t as i64, (Kind::Int64, self.device));
+                Ok(self.unet.forward(&batch[0].to_kind(kind), &batch[1].to_kind(kind), &timesteps))
+            })
+        };
+        let output = sampler.sample(&x_start, &mut predict_noise, noise)?.clamp(-1.0, 1.0);
+        self.synchronize();
+        let timings = Timings { estimate: estimated - started, refinement: estimated.elapsed() };
+        Ok(Enhancement { output, estimate, timings })
+    }
+
+    fn synchronize(&self) {
+        if let Device::Cuda(index) = self.device {
+            tch::Cuda::synchronize(index as i64);
+        }
+    }
+}

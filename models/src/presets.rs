@@ -1,0 +1,75 @@
+//! Named architectures with their inference defaults, as bundle manifests
+//! without weights. `tiny` is small enough for tests and the checked-in test
+//! bundle; `default` is what the default bundle is trained with.
+
+use crate::bundle::{BundleManifest, Normalisation, FORMAT_VERSION};
+use crate::generator::GeneratorConfig;
+use crate::led::{EnhanceParams, Precision};
+use crate::schedule::ScheduleConfig;
+use crate::tiling::TileConfig;
+use crate::unet::UNetConfig;
+use crate::{Error, Result};
+
+/// The names [`by_name`] knows.
+pub const NAMES: [&str; 2] = ["tiny", "default"];
+
+/// A manifest for the named preset.
+pub fn by_name(name: &str) -> Result<BundleManifest> {
+    match name {
+        "tiny" => Ok(tiny()),
+        "default" => Ok(default()),
+        other => Err(Error::InvalidParams(format!("unknown preset {other:?}; known presets: {NAMES:?}"))),
+    }
+}
+
+/// A few-kilobyte model: every stage of the real one, no capacity. For tests
+/// and the checked-in test bundle; its output is not an enhancement.
+pub fn tiny() -> BundleManifest {
+    BundleManifest {
+        format: FORMAT_VERSION,
+        name: "cxr-led-tiny".into(),
+        version: "0.1.0".into(),
+        description: "Random, fixed weights (seed 0) with the full LED structure at minimal width. \
+                      For tests and the demo until trained weights exist; not an enhancement."
+            .into(),
+        normalisation: Normalisation::default(),
+        generator: GeneratorConfig { image_channels: 1, base_channels: 4, residual_blocks: 1 },
+        unet: UNetConfig {
+            image_channels: 1,
+            condition_channels: 1,
+            base_channels: 8,
+            channel_mult: vec![1, 2],
+            res_blocks: 1,
+            sample_size: 64,
+            attention_resolutions: vec![32],
+            attention_head_dim: 8,
+            norm_groups: 4,
+        },
+        schedule: ScheduleConfig::default(),
+        inference: EnhanceParams {
+            t0: 200,
+            steps: 4,
+            tiles: TileConfig { tile: 64, overlap: 16, batch: 16 },
+            precision: Precision::F32,
+        },
+        training: Default::default(),
+        metrics: Default::default(),
+        files: Default::default(),
+    }
+}
+
+/// The production architecture: CycleGAN's 64-wide, 9-block generator and a
+/// 4-level UNet (64-128-128-256) with attention at 32x32 and in the middle,
+/// refining from t0 = 200 in 10 DDIM steps over 256-pixel tiles.
+pub fn default() -> BundleManifest {
+    BundleManifest {
+        name: "cxr-led-default".into(),
+        description: "LED for under-exposed chest X-rays: CycleGAN G_AB estimate refined by a \
+                      conditional diffusion model."
+            .into(),
+        generator: GeneratorConfig::default(),
+        unet: UNetConfig::default(),
+        inference: EnhanceParams { t0: 200, steps: 10, tiles: TileConfig::default(), precision: Precision::F32 },
+        ..tiny()
+    }
+}

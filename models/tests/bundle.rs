@@ -1,0 +1,108 @@
+//! The bundle format: bit-exact round trips, refused tampering, and the
+//! checked-in tiny bundle.
+
+use std::fs;
+
+use cxr_led_models::bundle::{Bundle, MANIFEST_FILE, NETWORKS};
+use cxr_led_models::{presets, Error, LedModel, Precision};
+use tch::Device;
+
+mod common;
+
+fn saved_tiny(dir: &std::path::Path) -> Bundle {
+    tch::manual_seed(42);
+    let model = LedModel::build(&presets::tiny(), Device::Cpu).unwrap();
+    Bundle::save(dir, &presets::tiny(), &model).unwrap()
+}
+
+#[test]
+fn save_then_load_then_save_is_bit_exact() {
+    let first = tempfile::tempdir().unwrap();
+    let bundle = saved_tiny(first.path());
+    let model = LedModel::from_bundle(&bundle, Device::Cpu, Precision::F32).unwrap();
+    let second = tempfile::tempdir().unwrap();
+    let again = Bundle::save(second.path(), &bundle.manifest, &model).unwrap();
+    assert_eq!(bundle.sha256, again.sha256);
+    for name in NETWORKS.iter().map(|n| format!("{n}.safetensors")).chain([MANIFEST_FILE.to_owned()]) {
+        assert_eq!(fs::read(first.path().join(&name)).unwrap(), fs::read(second.path().join(&name)).unwrap(), "{name}");
+    }
+    // And the tensors themselves, not just the files.
+    let reloaded = LedModel::from_bundle(&again, Device::Cpu, Precision::F32).unwrap();
+    for ((_, a), (_, b)) in model.var_stores().zip(reloaded.var_stores()) {
+        for (name, tensor) in a.variables() {
+            assert!(tensor.equal(&b.variables()[&name]), "{name}");
+        }
+    }
+}
+
+#[test]
+fn a_flipped_byte_in_a_weight_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    saved_tiny(dir.path());
+    let path = dir.path().join("unet.safetensors");
+    let mut bytes = fs::read(&path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    fs::write(&path, bytes).unwrap();
+    match Bundle::load(dir.path()) {
+        Err(Error::HashMismatch { path: reported, .. }) => assert_eq!(reported, path),
+        other => panic!("expected a hash mismatch, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_manifest_whose_architecture_does_not_match_the_weights_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    saved_tiny(dir.path());
+    let manifest_path = dir.path().join(MANIFEST_FILE);
+    let text = fs::read_to_string(&manifest_path).unwrap().replace("residual-blocks = 1", "residual-blocks = 2");
+    fs::write(&manifest_path, text).unwrap();
+    let bundle = Bundle::load(dir.path()).unwrap();
+    let error = LedModel::from_bundle(&bundle, Device::Cpu, Precision::F32).unwrap_err().to_string();
+    assert!(error.contains("missing") && error.contains("blocks.1.conv1.weight"), "{error}");
+}
+
+#[test]
+fn broken_manifests_say_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    saved_tiny(dir.path());
+    let manifest_path = dir.path().join(MANIFEST_FILE);
+    let original = fs::read_to_string(&manifest_path).unwrap();
+
+    fs::write(&manifest_path, original.replace("[files.g_ba]", "[files.other]")).unwrap();
+    assert!(Bundle::load(dir.path()).unwrap_err().to_string().contains("[files.g_ba] is missing"));
+
+    fs::write(&manifest_path, original.replace("path = \"unet.safetensors\"", "path = \"../unet.safetensors\""))
+        .unwrap();
+    assert!(Bundle::load(dir.path()).unwrap_err().to_string().contains("plain file name"));
+
+    fs::write(&manifest_path, original.replace("t0 = 200", "t0 = 200\nsurprise = 1")).unwrap();
+    assert!(Bundle::load(dir.path()).unwrap_err().to_string().contains("unknown field"));
+
+    fs::write(&manifest_path, original.replace("format = 1", "format = 9")).unwrap();
+    assert!(Bundle::load(dir.path()).unwrap_err().to_string().contains("format 9 is not supported"));
+
+    fs::remove_file(&manifest_path).unwrap();
+    assert!(matches!(Bundle::load(dir.path()), Err(Error::BundleIo { .. })));
+}
+
+#[test]
+fn the_checked_in_tiny_bundle_verifies_and_is_what_init_bundle_writes() {
+    let checked_in = Bundle::load(common::tiny_bundle_dir()).unwrap();
+    assert_eq!(checked_in.manifest.name, "cxr-led-tiny");
+    // Same preset, same seed, same bytes: the bundle can be rebuilt from source.
+    tch::manual_seed(0);
+    let model = LedModel::build(&presets::tiny(), Device::Cpu).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let rebuilt = Bundle::save(dir.path(), &checked_in.manifest, &model).unwrap();
+    for network in NETWORKS {
+        assert_eq!(checked_in.manifest.files[network].sha256, rebuilt.manifest.files[network].sha256, "{network}");
+    }
+}
+
+#[test]
+fn half_precision_is_refused_on_cpu() {
+    let bundle = Bundle::load(common::tiny_bundle_dir()).unwrap();
+    let error = LedModel::from_bundle(&bundle, Device::Cpu, Precision::F16).unwrap_err().to_string();
+    assert!(error.contains("needs a CUDA device"), "{error}");
+}

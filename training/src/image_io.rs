@@ -1,0 +1,34 @@
+//! PNG files to and from model tensors. Grayscale 8- or 16-bit (colour images
+//! are converted to luma); intensity 0..1 maps to the model range [-1, 1].
+
+use std::path::Path;
+
+use anyhow::Context;
+use image::{ImageBuffer, Luma};
+use tch::{Kind, Tensor};
+
+/// Reads a PNG as a `[1, 1, H, W]` float tensor in [-1, 1].
+pub fn read_png(path: &Path) -> anyhow::Result<Tensor> {
+    let decoded = image::open(path).with_context(|| format!("reading image {}", path.display()))?;
+    let gray = decoded.into_luma16();
+    let (width, height) = gray.dimensions();
+    let values: Vec<f32> = gray.into_raw().into_iter().map(|v| v as f32 / 65535.0 * 2.0 - 1.0).collect();
+    Ok(Tensor::from_slice(&values).view([1, 1, height as i64, width as i64]))
+}
+
+/// Writes a `[1, 1, H, W]` tensor in [-1, 1] as a 16-bit grayscale PNG.
+pub fn write_png(path: &Path, image: &Tensor) -> anyhow::Result<()> {
+    let size = image.size();
+    anyhow::ensure!(size.len() == 4 && size[0] == 1 && size[1] == 1, "expected [1, 1, H, W], got {size:?}");
+    let (height, width) = (size[2] as u32, size[3] as u32);
+    let scaled = ((image.to_kind(Kind::Float).to_device(tch::Device::Cpu).clamp(-1.0, 1.0) + 1.0) * 32767.5)
+        .round()
+        .flatten(0, -1);
+    let values: Vec<u16> = Vec::<f32>::try_from(&scaled)?.into_iter().map(|v| v as u16).collect();
+    let buffer: ImageBuffer<Luma<u16>, Vec<u16>> =
+        ImageBuffer::from_raw(width, height, values).context("pixel count does not match the image size")?;
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    buffer.save(path).with_context(|| format!("writing {}", path.display()))
+}

@@ -1,0 +1,100 @@
+//! `cxr-led-train`: the offline side of cxr-led. Builds model bundles and
+//! enhances image files with the daemon's own model code.
+
+mod image_io;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use cxr_led_models::noise::NoiseSource;
+use cxr_led_models::{device, presets, Bundle, LedModel};
+
+#[derive(Parser)]
+#[command(name = "cxr-led-train", version, about = "Train, export and try out LED model bundles")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write a bundle with freshly initialised, seeded weights for a preset architecture.
+    InitBundle {
+        /// Architecture preset: tiny or default.
+        #[arg(long, default_value = "tiny")]
+        preset: String,
+        /// Seed of libtorch's generator for the initial weights.
+        #[arg(long, default_value_t = 0)]
+        seed: i64,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Enhance a PNG with a bundle, write the result as a 16-bit PNG and print timings.
+    Enhance {
+        /// The bundle folder.
+        #[arg(long)]
+        bundle: PathBuf,
+        /// Input image (PNG, grayscale or colour, 8 or 16 bit).
+        #[arg(long)]
+        input: PathBuf,
+        /// Output PNG.
+        #[arg(long)]
+        output: PathBuf,
+        /// Also write G_AB's estimate (before diffusion refinement) here.
+        #[arg(long)]
+        estimate: Option<PathBuf>,
+        /// Seed of the diffusion noise (the daemon derives it from the SOP Instance UID).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// auto, cpu, cuda or cuda:N.
+        #[arg(long, default_value = "auto")]
+        device: String,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::InitBundle { preset, seed, out } => {
+            let manifest = presets::by_name(&preset)?;
+            tch::manual_seed(seed);
+            let model = LedModel::build(&manifest, tch::Device::Cpu)?;
+            let bundle = Bundle::save(&out, &manifest, &model)?;
+            println!("wrote bundle {} to {} (sha256 {})", manifest.name, out.display(), bundle.sha256);
+        }
+        Command::Enhance { bundle, input, output, estimate, seed, device } => {
+            let device = device::parse_device(&device)?;
+            let started = Instant::now();
+            let bundle = Bundle::load(&bundle).with_context(|| format!("loading bundle {}", bundle.display()))?;
+            let params = bundle.manifest.inference.clone();
+            let model = LedModel::from_bundle(&bundle, device, params.precision)?;
+            let loaded = started.elapsed();
+            let low_quality = image_io::read_png(&input)?;
+            let (height, width) = (low_quality.size()[2], low_quality.size()[3]);
+            let enhanced = model.enhance(&low_quality, &params, &mut NoiseSource::new(seed))?;
+            image_io::write_png(&output, &enhanced.output)?;
+            if let Some(path) = estimate {
+                image_io::write_png(&path, &enhanced.estimate)?;
+            }
+            let report = serde_json::json!({
+                "bundle": bundle.manifest.name,
+                "bundle_sha256": bundle.sha256,
+                "device": device::describe(device),
+                "precision": format!("{:?}", params.precision).to_lowercase(),
+                "input": input.display().to_string(),
+                "output": output.display().to_string(),
+                "matrix": [height, width],
+                "t0": params.t0,
+                "ddim_steps": params.steps,
+                "seconds_load_bundle": loaded.as_secs_f64(),
+                "seconds_g_ab_estimate": enhanced.timings.estimate.as_secs_f64(),
+                "seconds_diffusion_refinement": enhanced.timings.refinement.as_secs_f64(),
+                "seconds_total": started.elapsed().as_secs_f64(),
+            });
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+    }
+    Ok(())
+}
