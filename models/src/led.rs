@@ -108,23 +108,31 @@ impl LedModel {
 
     /// Loads a verified bundle onto `device` in the given precision.
     pub fn from_bundle(bundle: &Bundle, device: Device, precision: Precision) -> Result<Self> {
-        if precision != Precision::F32 && !device.is_cuda() {
-            return Err(Error::InvalidParams(format!(
-                "{precision:?} inference needs a CUDA device; use f32 on {device:?}"
-            )));
-        }
         let mut model = Self::build(&bundle.manifest, device)?;
         for (name, store) in NETWORKS.iter().zip(&model.stores) {
             bundle.load_weights(name, store)?;
         }
-        for store in &mut model.stores {
+        model.set_precision(precision)?;
+        Ok(model)
+    }
+
+    /// Converts the weights to `precision` (f16 and bf16 on CUDA only).
+    pub fn set_precision(&mut self, precision: Precision) -> Result<()> {
+        if precision != Precision::F32 && !self.device.is_cuda() {
+            return Err(Error::InvalidParams(format!(
+                "{precision:?} inference needs a CUDA device; use f32 on {:?}",
+                self.device
+            )));
+        }
+        for store in &mut self.stores {
             store.set_kind(precision.kind());
         }
-        model.precision = precision;
-        if device.is_cuda() {
+        self.precision = precision;
+        if self.device.is_cuda() {
+            // Fixed tile shapes: let cuDNN pick the fastest kernels once.
             tch::Cuda::cudnn_set_benchmark(true);
         }
-        Ok(model)
+        Ok(())
     }
 
     /// The variable stores in [`NETWORKS`] order (g_ab, g_ba, unet), for saving.

@@ -72,7 +72,7 @@ impl NoiseSchedule {
             }
             BetaSchedule::Cosine => {
                 let s = config.cosine_offset;
-                if !(s > 0.0) {
+                if s.is_nan() || s <= 0.0 {
                     return Err(Error::InvalidParams(format!("cosine schedule needs cosine-offset > 0, got {s}")));
                 }
                 let f = |t: f64| ((t / steps as f64 + s) / (1.0 + s) * std::f64::consts::FRAC_PI_2).cos().powi(2);

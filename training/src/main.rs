@@ -58,7 +58,9 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::InitBundle { preset, seed, out } => {
-            let manifest = presets::by_name(&preset)?;
+            let mut manifest = presets::by_name(&preset)?;
+            manifest.training.insert("method".into(), "none: libtorch's default initialisation".into());
+            manifest.training.insert("command".into(), format!("cxr-led-train init-bundle --preset {preset} --seed {seed}").into());
             tch::manual_seed(seed);
             let model = LedModel::build(&manifest, tch::Device::Cpu)?;
             let bundle = Bundle::save(&out, &manifest, &model)?;

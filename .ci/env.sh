@@ -1,0 +1,51 @@
+# Sourced by .ci/test and .ci/demo. Installs what the build needs, once, and
+# points it at PyTorch 2.11.0's libtorch (the version tch 0.24.0 is built for).
+#
+# Everything heavy lives in a cache outside the checkout, so a fresh clone (as
+# CI makes every time) reuses it: $CXR_LED_CACHE, default ~/.cache/cxr-led,
+# holds the torch venv (~4.6 GB) and cargo's target dir.
+
+CXR_LED_CACHE="${CXR_LED_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/cxr-led}"
+CXR_LED_TORCH_VERSION=2.11.0
+CXR_LED_VENV="$CXR_LED_CACHE/torch-venv"
+
+# Installs the named Debian packages that are not installed yet.
+cxr_led_apt() {
+    local missing=()
+    for package in "$@"; do
+        dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    echo "cxr-led: installing Debian packages: ${missing[*]}" >&2
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+# A venv with torch==2.11.0 from PyPI; created or repaired only when needed.
+cxr_led_torch() {
+    mkdir -p "$CXR_LED_CACHE"
+    command -v g++ >/dev/null || cxr_led_apt g++
+    python3 -m venv --help >/dev/null 2>&1 || cxr_led_apt python3-venv
+    (
+        # One installer at a time, even with two checkouts building at once.
+        flock 9
+        if ! "$CXR_LED_VENV/bin/python" -c "import sys, torch; sys.exit(torch.__version__.split('+')[0] != '$CXR_LED_TORCH_VERSION')" 2>/dev/null; then
+            echo "cxr-led: installing torch==$CXR_LED_TORCH_VERSION into $CXR_LED_VENV (once, ~4.6 GB)" >&2
+            [ -x "$CXR_LED_VENV/bin/pip" ] || python3 -m venv "$CXR_LED_VENV"
+            "$CXR_LED_VENV/bin/pip" install --quiet --no-input --disable-pip-version-check "torch==$CXR_LED_TORCH_VERSION"
+        fi
+    ) 9>"$CXR_LED_CACHE/.torch.lock"
+}
+
+# The environment every cargo command of this project needs.
+cxr_led_env() {
+    cxr_led_torch
+    export VIRTUAL_ENV="$CXR_LED_VENV"
+    export PATH="$CXR_LED_VENV/bin:$PATH"
+    # torch-sys asks the venv's python where libtorch is; binaries get an rpath to it.
+    export LIBTORCH_USE_PYTORCH=1
+    unset LIBTORCH
+    export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CXR_LED_CACHE/target}"
+}
