@@ -8,6 +8,8 @@
 CXR_LED_CACHE="${CXR_LED_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/cxr-led}"
 CXR_LED_TORCH_VERSION=2.11.0
 CXR_LED_VENV="$CXR_LED_CACHE/torch-venv"
+# The reference side of the parity tests (tests/reference), pinned.
+CXR_LED_REFERENCE_PACKAGES="diffusers==0.42.1 numpy==2.4.6 safetensors==0.8.0"
 
 # Installs the named Debian packages that are not installed yet.
 cxr_led_apt() {
@@ -35,6 +37,11 @@ cxr_led_torch() {
             echo "cxr-led: installing torch==$CXR_LED_TORCH_VERSION into $CXR_LED_VENV (once, ~4.6 GB)" >&2
             [ -x "$CXR_LED_VENV/bin/pip" ] || python3 -m venv "$CXR_LED_VENV"
             "$CXR_LED_VENV/bin/pip" install --quiet --no-input --disable-pip-version-check "torch==$CXR_LED_TORCH_VERSION"
+        fi
+        if ! "$CXR_LED_VENV/bin/python" -c "import diffusers, numpy, safetensors, sys; sys.exit(diffusers.__version__ != '0.42.1')" 2>/dev/null; then
+            echo "cxr-led: installing the reference packages: $CXR_LED_REFERENCE_PACKAGES" >&2
+            # shellcheck disable=SC2086
+            "$CXR_LED_VENV/bin/pip" install --quiet --no-input --disable-pip-version-check $CXR_LED_REFERENCE_PACKAGES
         fi
     ) 9>"$CXR_LED_CACHE/.torch.lock"
 }
