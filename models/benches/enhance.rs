@@ -1,36 +1,60 @@
-//! Enhancement speed: images/s for 256x256 LED enhancement (G_AB estimate +
-//! diffusion refinement with the preset's t0 and steps) and seconds for one
-//! native 1955x1841 chest X-ray (the NEMA RG1 matrix), on CPU and on CUDA when
-//! present, in every precision the device supports. Weights are random: speed
-//! does not depend on their values.
+//! Enhancement speed, Rust/tch side by side with PyTorch.
+//!
+//! For each preset (random weights, saved as a bundle that both sides load):
+//! 256x256 LED enhancement (G_AB estimate + DDIM refinement with the preset's
+//! t0 and steps) in images/s at each batch size, untiled, and seconds for one
+//! native 1955x1841 chest X-ray (the NEMA RG1 matrix) through tiles; on CPU,
+//! and on CUDA when present in f32, bf16 and f16. With `--python` the same runs
+//! go through the PyTorch reference (`tests/reference`, eager, `--compile` for
+//! torch.compile) and a table of ratios is printed.
 //!
 //! ```text
-//! cargo bench -p cxr-led-models --bench enhance -- [--preset tiny|default]... [--runs N] [--no-large] [--out FILE]
+//! cargo bench -p cxr-led-models --bench enhance -- [--preset tiny|default]... [--batches 1,4]
+//!     [--runs N] [--no-large] [--python] [--compile] [--out DIR]
 //! ```
-//! Prints a table and writes the figures as JSON (default `out/bench/enhance.json`).
+//! Writes `enhance.json` (and `pytorch-<preset>.json`) into DIR (default `out/bench`).
 
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use cxr_led_models::noise::NoiseSource;
-use cxr_led_models::{device, presets, LedModel, Precision};
+use cxr_led_models::{device, presets, Bundle, LedModel, Precision};
+use serde_json::{json, Value};
 use tch::{Device, Tensor};
 
 struct Options {
     presets: Vec<String>,
+    batches: Vec<i64>,
     runs: usize,
     large: bool,
-    out: std::path::PathBuf,
+    python: bool,
+    compile: bool,
+    out: PathBuf,
 }
 
 fn options() -> Options {
-    let mut options = Options { presets: Vec::new(), runs: 5, large: true, out: "out/bench/enhance.json".into() };
+    let mut options = Options {
+        presets: Vec::new(),
+        batches: vec![1, 4],
+        runs: 3,
+        large: true,
+        python: false,
+        compile: false,
+        out: "out/bench".into(),
+    };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--preset" => options.presets.push(args.next().expect("--preset NAME")),
+            "--batches" => {
+                options.batches =
+                    args.next().expect("--batches 1,4").split(',').map(|b| b.parse().expect("batch size")).collect()
+            }
             "--runs" => options.runs = args.next().and_then(|n| n.parse().ok()).expect("--runs N"),
             "--no-large" => options.large = false,
-            "--out" => options.out = args.next().expect("--out FILE").into(),
+            "--python" => options.python = true,
+            "--compile" => options.compile = true,
+            "--out" => options.out = args.next().expect("--out DIR").into(),
             "--bench" => {} // added by cargo bench
             other => panic!("unknown argument {other}; see the file's doc comment"),
         }
@@ -41,8 +65,67 @@ fn options() -> Options {
     options
 }
 
-fn image(h: i64, w: i64, device: Device) -> Tensor {
-    (NoiseSource::new(1).normal(&[1, 1, h, w], device) * 0.3).clamp(-1.0, 1.0)
+fn random_images(batch: i64, h: i64, w: i64, device: Device) -> Tensor {
+    (NoiseSource::new(1).normal(&[batch, 1, h, w], device) * 0.3).clamp(-1.0, 1.0)
+}
+
+fn bench_rust(bundle: &Bundle, precision: Precision, device: Device, options: &Options) -> anyhow::Result<Value> {
+    let model = LedModel::from_bundle(bundle, device, precision)?;
+    let mut params = bundle.manifest.inference.clone();
+    params.precision = precision;
+    let mut per_batch = serde_json::Map::new();
+    for &batch in &options.batches {
+        let images = random_images(batch, 256, 256, device);
+        model.enhance_batch(&images, &params, &mut NoiseSource::new(0))?; // warm-up
+        let started = Instant::now();
+        for run in 0..options.runs {
+            model.enhance_batch(&images, &params, &mut NoiseSource::new(run as u64))?;
+        }
+        let rate = (batch as usize * options.runs) as f64 / started.elapsed().as_secs_f64();
+        per_batch.insert(batch.to_string(), json!(rate));
+    }
+    let mut row = json!({
+        "precision": format!("{precision:?}").to_lowercase(),
+        "images_per_second_256": per_batch,
+    });
+    if options.large {
+        let image = random_images(1, 1955, 1841, device);
+        let started = Instant::now();
+        let result = model.enhance(&image, &params, &mut NoiseSource::new(0))?;
+        row["seconds_1955x1841"] = json!(started.elapsed().as_secs_f64());
+        row["seconds_1955x1841_g_ab"] = json!(result.timings.estimate.as_secs_f64());
+        row["seconds_1955x1841_refinement"] = json!(result.timings.refinement.as_secs_f64());
+    }
+    Ok(row)
+}
+
+fn bench_python(bundle_dir: &Path, out: &Path, options: &Options) -> anyhow::Result<Value> {
+    let python = std::env::var_os("VIRTUAL_ENV").map(|v| Path::new(&v).join("bin/python")).unwrap_or("python3".into());
+    let reference = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/reference");
+    let batches: Vec<String> = options.batches.iter().map(|b| b.to_string()).collect();
+    let mut command = std::process::Command::new(python);
+    command
+        .args(["-m", "cxr_led_reference.bench", "--bundle"])
+        .arg(bundle_dir)
+        .args(["--batches", &batches.join(","), "--runs", &options.runs.to_string(), "--out"])
+        .arg(out)
+        .env("PYTHONPATH", reference);
+    if !options.large {
+        command.arg("--no-large");
+    }
+    if options.compile {
+        command.arg("--compile");
+    }
+    let status = command.status()?;
+    anyhow::ensure!(status.success(), "the PyTorch benchmark failed");
+    Ok(serde_json::from_str(&std::fs::read_to_string(out)?)?)
+}
+
+fn figure(row: &Value, key: &str, batch: Option<i64>) -> Option<f64> {
+    match batch {
+        Some(b) => row[key][b.to_string()].as_f64(),
+        None => row[key].as_f64(),
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -50,74 +133,69 @@ fn main() -> anyhow::Result<()> {
     let device = Device::cuda_if_available();
     let precisions: &[Precision] =
         if device.is_cuda() { &[Precision::F32, Precision::Bf16, Precision::F16] } else { &[Precision::F32] };
-    let mut rows = Vec::new();
+    std::fs::create_dir_all(&options.out)?;
     println!("device: {}", device::describe(device));
-    println!(
-        "{:<8} {:<5} {:>6} {:>5} {:>10} {:>12} {:>14}",
-        "preset", "prec", "t0", "steps", "tile", "256px img/s", "1955x1841 s"
-    );
+    let mut report = Vec::new();
     for preset in &options.presets {
         let manifest = presets::by_name(preset)?;
-        for &precision in precisions {
-            tch::manual_seed(0);
-            let mut model = LedModel::build(&manifest, device)?;
-            model.set_precision(precision)?;
-            let mut params = manifest.inference.clone();
-            params.precision = precision;
+        tch::manual_seed(0);
+        let bundle_dir = options.out.join(format!("bundle-{preset}"));
+        let bundle = Bundle::save(&bundle_dir, &manifest, &LedModel::build(&manifest, Device::Cpu)?)?;
+        let rust: Vec<Value> =
+            precisions.iter().map(|&p| bench_rust(&bundle, p, device, &options)).collect::<anyhow::Result<_>>()?;
+        let python = if options.python {
+            Some(bench_python(&bundle_dir, &options.out.join(format!("pytorch-{preset}.json")), &options)?)
+        } else {
+            None
+        };
 
-            let small = image(256, 256, device);
-            model.enhance(&small, &params, &mut NoiseSource::new(0))?; // warm-up
-            let started = Instant::now();
-            for run in 0..options.runs {
-                model.enhance(&small, &params, &mut NoiseSource::new(run as u64))?;
+        let inference = &manifest.inference;
+        println!(
+            "\npreset {preset}: t0 {} in {} DDIM steps, tiles {}/{} x{}",
+            inference.t0, inference.steps, inference.tiles.tile, inference.tiles.overlap, inference.tiles.batch
+        );
+        println!("{:<6} {:<26} {:>12} {:>12} {:>8}", "prec", "figure", "rust/tch", "pytorch", "ratio");
+        for (i, row) in rust.iter().enumerate() {
+            let py_row = python.as_ref().map(|p| &p["results"][i]);
+            let mut figures: Vec<(String, &str, Option<i64>, bool)> = options
+                .batches
+                .iter()
+                .map(|&b| (format!("256px img/s, batch {b}"), "images_per_second_256", Some(b), true))
+                .collect();
+            if options.large {
+                figures.push(("1955x1841 seconds".into(), "seconds_1955x1841", None, false));
             }
-            let images_per_second = options.runs as f64 / started.elapsed().as_secs_f64();
-
-            let large_seconds = if options.large {
-                let large = image(1955, 1841, device);
-                let started = Instant::now();
-                let result = model.enhance(&large, &params, &mut NoiseSource::new(0))?;
-                Some((started.elapsed().as_secs_f64(), result.timings))
-            } else {
-                None
-            };
-            let precision_name = format!("{precision:?}").to_lowercase();
-            println!(
-                "{:<8} {:<5} {:>6} {:>5} {:>10} {:>12.3} {:>14}",
-                preset,
-                precision_name,
-                params.t0,
-                params.steps,
-                format!("{}/{}x{}", params.tiles.tile, params.tiles.overlap, params.tiles.batch),
-                images_per_second,
-                large_seconds.map(|(s, _)| format!("{s:.2}")).unwrap_or_else(|| "-".into())
-            );
-            rows.push(serde_json::json!({
-                "preset": preset,
-                "precision": precision_name,
-                "t0": params.t0,
-                "ddim_steps": params.steps,
-                "tile": params.tiles.tile,
-                "overlap": params.tiles.overlap,
-                "tile_batch": params.tiles.batch,
-                "images_per_second_256": images_per_second,
-                "runs_256": options.runs,
-                "seconds_1955x1841": large_seconds.map(|(s, _)| s),
-                "seconds_1955x1841_g_ab": large_seconds.map(|(_, t)| t.estimate.as_secs_f64()),
-                "seconds_1955x1841_refinement": large_seconds.map(|(_, t)| t.refinement.as_secs_f64()),
-            }));
+            for (label, key, batch, higher_is_better) in figures {
+                let ours = figure(row, key, batch);
+                let theirs = py_row.and_then(|p| figure(p, key, batch));
+                let ratio = match (ours, theirs) {
+                    (Some(a), Some(b)) if higher_is_better => format!("{:.2}x", a / b),
+                    (Some(a), Some(b)) => format!("{:.2}x", b / a),
+                    _ => "-".into(),
+                };
+                let show = |v: Option<f64>| v.map(|v| format!("{v:.3}")).unwrap_or_else(|| "-".into());
+                println!(
+                    "{:<6} {:<26} {:>12} {:>12} {:>8}",
+                    row["precision"].as_str().unwrap_or("?"),
+                    label,
+                    show(ours),
+                    show(theirs),
+                    ratio
+                );
+            }
         }
+        report.push(json!({"preset": preset, "rust": rust, "pytorch": python}));
     }
-    let report = serde_json::json!({
+    println!("\nratio: how many times faster Rust/tch is than PyTorch");
+    let out = options.out.join("enhance.json");
+    let document = json!({
         "device": device::describe(device),
         "cuda_available": tch::Cuda::is_available(),
         "threads": tch::get_num_threads(),
-        "results": rows,
+        "runs": options.runs,
+        "results": report,
     });
-    if let Some(parent) = options.out.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    std::fs::write(&options.out, serde_json::to_string_pretty(&report)?)?;
-    println!("wrote {}", options.out.display());
+    std::fs::write(&out, serde_json::to_string_pretty(&document)?)?;
+    println!("wrote {}", out.display());
     Ok(())
 }

@@ -190,8 +190,9 @@ impl LedModel {
         self.run_generator(&self.g_ba, &image, &plan)
     }
 
-    /// Enhances one low-quality image `[1, 1, H, W]` in [-1, 1], any H and W.
-    /// All randomness comes from `noise`, so a given seed reproduces the pixels.
+    /// Enhances one low-quality image `[1, 1, H, W]` in [-1, 1], any H and W,
+    /// through tiles. All randomness comes from `noise`, so a given seed
+    /// reproduces the pixels.
     pub fn enhance(
         &self,
         low_quality: &Tensor,
@@ -204,20 +205,63 @@ impl LedModel {
         let condition = low_quality.to_device(self.device).to_kind(Kind::Float);
         let plan = TilePlan::new(h, w, &params.tiles, self.size_multiple(), self.device)?;
         let kind = self.precision.kind();
+        self.run_led(
+            &sampler,
+            noise,
+            || self.run_generator(&self.g_ab, &condition, &plan),
+            |x_t, t| {
+                plan.run(&[x_t, &condition], |batch| {
+                    let timesteps = Tensor::full([batch[0].size()[0]], t as i64, (Kind::Int64, self.device));
+                    Ok(self.unet.forward(&batch[0].to_kind(kind), &batch[1].to_kind(kind), &timesteps))
+                })
+            },
+        )
+    }
 
+    /// Enhances a batch of same-size images `[B, 1, H, W]` in one pass each
+    /// network call, without tiling: for images no larger than the training
+    /// tile (evaluation sets, benchmarks). Noise is drawn for the whole batch.
+    pub fn enhance_batch(
+        &self,
+        images: &Tensor,
+        params: &EnhanceParams,
+        noise: &mut NoiseSource,
+    ) -> Result<Enhancement> {
+        let _no_grad = tch::no_grad_guard();
+        let size = images.size();
+        if size.len() != 4 || size[1] != 1 || size[0] == 0 {
+            return Err(Error::InvalidParams(format!("expected grayscale images [B, 1, H, W], got {size:?}")));
+        }
+        let sampler = DdimSampler::refinement(&self.schedule, params.t0, params.steps)?;
+        let kind = self.precision.kind();
+        let condition = images.to_device(self.device).to_kind(Kind::Float);
+        let condition_in_kind = condition.to_kind(kind);
+        self.run_led(
+            &sampler,
+            noise,
+            || Ok(self.g_ab.forward(&condition_in_kind).to_kind(Kind::Float)),
+            |x_t, t| {
+                let timesteps = Tensor::full([size[0]], t as i64, (Kind::Int64, self.device));
+                Ok(self.unet.forward(&x_t.to_kind(kind), &condition_in_kind, &timesteps).to_kind(Kind::Float))
+            },
+        )
+    }
+
+    /// The LED stages around a way to run the networks: estimate, noise to
+    /// t0 (the first draw from `noise`), DDIM refinement, clamp; timed.
+    fn run_led(
+        &self,
+        sampler: &DdimSampler,
+        noise: &mut NoiseSource,
+        estimate: impl FnOnce() -> Result<Tensor>,
+        mut predict_noise: impl FnMut(&Tensor, usize) -> Result<Tensor>,
+    ) -> Result<Enhancement> {
         let started = Instant::now();
-        let estimate = self.run_generator(&self.g_ab, &condition, &plan)?;
+        let estimate = estimate()?;
         self.synchronize();
         let estimated = Instant::now();
-
-        let start_noise = noise.normal(&[1, 1, h, w], self.device);
+        let start_noise = noise.normal(&estimate.size(), self.device);
         let x_start = self.schedule.q_sample(&estimate, sampler.start(), &start_noise);
-        let mut predict_noise = |x_t: &Tensor, t: usize| {
-            plan.run(&[x_t, &condition], |batch| {
-                let timesteps = Tensor::full([batch[0].size()[0]], t as i64, (Kind::Int64, self.device));
-                Ok(self.unet.forward(&batch[0].to_kind(kind), &batch[1].to_kind(kind), &timesteps))
-            })
-        };
         let output = sampler.sample(&x_start, &mut predict_noise, noise)?.clamp(-1.0, 1.0);
         self.synchronize();
         let timings = Timings { estimate: estimated - started, refinement: estimated.elapsed() };
