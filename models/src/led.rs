@@ -172,22 +172,23 @@ impl LedModel {
         plan.run(&[image], |batch| Ok(generator.forward(&batch[0].to_kind(kind))))
     }
 
-    /// G_AB (enhancement) over the whole image, tiled.
-    pub fn estimate(&self, image: &Tensor, tiles: &TileConfig) -> Result<Tensor> {
+    /// A generator over one whole image `[1, 1, H, W]`, tiled.
+    fn run_generator_tiled(&self, generator: &ResnetGenerator, image: &Tensor, tiles: &TileConfig) -> Result<Tensor> {
         let _no_grad = tch::no_grad_guard();
         let (h, w) = self.check_image(image)?;
         let image = image.to_device(self.device).to_kind(Kind::Float);
         let plan = TilePlan::new(h, w, tiles, self.size_multiple(), self.device)?;
-        self.run_generator(&self.g_ab, &image, &plan)
+        self.run_generator(generator, &image, &plan)
+    }
+
+    /// G_AB (enhancement) over the whole image, tiled.
+    pub fn estimate(&self, image: &Tensor, tiles: &TileConfig) -> Result<Tensor> {
+        self.run_generator_tiled(&self.g_ab, image, tiles)
     }
 
     /// G_BA (learnt degradation) over the whole image, tiled.
     pub fn degrade(&self, image: &Tensor, tiles: &TileConfig) -> Result<Tensor> {
-        let _no_grad = tch::no_grad_guard();
-        let (h, w) = self.check_image(image)?;
-        let image = image.to_device(self.device).to_kind(Kind::Float);
-        let plan = TilePlan::new(h, w, tiles, self.size_multiple(), self.device)?;
-        self.run_generator(&self.g_ba, &image, &plan)
+        self.run_generator_tiled(&self.g_ba, image, tiles)
     }
 
     /// Enhances one low-quality image `[1, 1, H, W]` in [-1, 1], any H and W,

@@ -16,6 +16,12 @@ use crate::noise::NoiseSource;
 use crate::schedule::NoiseSchedule;
 use crate::{Error, Result};
 
+/// The x_0 that `eps` implies for `x_t` at signal fraction `alpha_bar`, clipped
+/// to [-1, 1] as LED does.
+fn predict_x0(x_t: &Tensor, eps: &Tensor, alpha_bar: f64) -> Tensor {
+    ((x_t - eps * (1.0 - alpha_bar).sqrt()) / alpha_bar.sqrt()).clamp(-1.0, 1.0)
+}
+
 /// The noise predictor a sampler calls: `(x_t, t) -> eps`.
 pub type PredictNoise<'a> = dyn FnMut(&Tensor, usize) -> Result<Tensor> + 'a;
 
@@ -96,7 +102,7 @@ impl DdimSampler {
     pub fn step(&self, eps: &Tensor, t: usize, x_t: &Tensor, noise: Option<&Tensor>) -> Tensor {
         let alpha_bar = self.alphas_cumprod[t];
         let alpha_bar_prev = self.alpha_bar_before(t);
-        let x0 = ((x_t - eps * (1.0 - alpha_bar).sqrt()) / alpha_bar.sqrt()).clamp(-1.0, 1.0);
+        let x0 = predict_x0(x_t, eps, alpha_bar);
         let sigma =
             self.eta * ((1.0 - alpha_bar_prev) / (1.0 - alpha_bar)).sqrt() * (1.0 - alpha_bar / alpha_bar_prev).sqrt();
         let direction = eps * (1.0 - alpha_bar_prev - sigma * sigma).max(0.0).sqrt();
@@ -149,7 +155,7 @@ impl DdpmSampler {
         let beta = self.betas[t];
         let alpha_bar = self.alphas_cumprod[t];
         let alpha_bar_prev = if t == 0 { 1.0 } else { self.alphas_cumprod[t - 1] };
-        let x0 = ((x_t - eps * (1.0 - alpha_bar).sqrt()) / alpha_bar.sqrt()).clamp(-1.0, 1.0);
+        let x0 = predict_x0(x_t, eps, alpha_bar);
         let coef_x0 = beta * alpha_bar_prev.sqrt() / (1.0 - alpha_bar);
         let coef_xt = (1.0 - alpha_bar_prev) * (1.0 - beta).sqrt() / (1.0 - alpha_bar);
         let mean = x0 * coef_x0 + x_t * coef_xt;
