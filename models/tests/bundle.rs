@@ -10,6 +10,7 @@ use tch::Device;
 mod common;
 
 fn saved_tiny(dir: &std::path::Path) -> Bundle {
+    let _rng = common::global_rng();
     tch::manual_seed(42);
     let model = LedModel::build(&presets::tiny(), Device::Cpu).unwrap();
     Bundle::save(dir, &presets::tiny(), &model).unwrap()
@@ -91,6 +92,7 @@ fn the_checked_in_tiny_bundle_verifies_and_is_what_init_bundle_writes() {
     let checked_in = Bundle::load(common::tiny_bundle_dir()).unwrap();
     assert_eq!(checked_in.manifest.name, "cxr-led-tiny");
     // Same preset, same seed, same bytes: the bundle can be rebuilt from source.
+    let _rng = common::global_rng();
     tch::manual_seed(0);
     let model = LedModel::build(&presets::tiny(), Device::Cpu).unwrap();
     let dir = tempfile::tempdir().unwrap();
