@@ -12,7 +12,7 @@
 //! cargo bench -p cxr-led-models --bench enhance -- [--preset tiny|default]... [--batches 1,4]
 //!     [--runs N] [--no-large] [--python] [--compile] [--out DIR]
 //! ```
-//! Writes `enhance.json` (and `pytorch-<preset>.json`) into DIR (default `out/bench`).
+//! Writes `enhance.json` (and `pytorch-<preset>.json`) into DIR (default `out/bench` at the workspace root).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -40,7 +40,7 @@ fn options() -> Options {
         large: true,
         python: false,
         compile: false,
-        out: "out/bench".into(),
+        out: concat!(env!("CARGO_MANIFEST_DIR"), "/../out/bench").into(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
