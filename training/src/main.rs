@@ -1,6 +1,7 @@
 //! `cxr-led-train`: the offline side of cxr-led. Builds model bundles and
 //! enhances image files with the daemon's own model code.
 
+mod degrade;
 mod image_io;
 
 use std::path::PathBuf;
@@ -31,6 +32,24 @@ enum Command {
         /// Output folder.
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Simulate a low-dose acquisition of a PNG (see the degrade module) and print its parameters.
+    Degrade {
+        /// Well-exposed input image (PNG).
+        #[arg(long)]
+        input: PathBuf,
+        /// Degraded output (16-bit PNG).
+        #[arg(long)]
+        output: PathBuf,
+        /// Seed of the parameter draw and of the noise.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Fix the dose fraction instead of drawing it (0.2 = a fifth of the dose, DI -7).
+        #[arg(long)]
+        dose: Option<f64>,
+        /// TOML file with the parameter ranges (keys of DegradationRanges); default: the built-in ranges.
+        #[arg(long)]
+        ranges: Option<PathBuf>,
     },
     /// Enhance a PNG with a bundle, write the result as a 16-bit PNG and print timings.
     Enhance {
@@ -67,6 +86,33 @@ fn main() -> anyhow::Result<()> {
             let model = LedModel::build(&manifest, tch::Device::Cpu)?;
             let bundle = Bundle::save(&out, &manifest, &model)?;
             println!("wrote bundle {} to {} (sha256 {})", manifest.name, out.display(), bundle.sha256);
+        }
+        Command::Degrade { input, output, seed, dose, ranges } => {
+            use rand::SeedableRng;
+            let image = image_io::read_png(&input)?;
+            let (height, width) = (image.size()[2] as usize, image.size()[3] as usize);
+            let intensity = Vec::<f32>::try_from(((image + 1.0) / 2.0).flatten(0, -1))?;
+            let ranges: degrade::DegradationRanges = match ranges {
+                Some(path) => toml::from_str(&std::fs::read_to_string(&path)?)
+                    .with_context(|| format!("reading degradation ranges {}", path.display()))?,
+                None => Default::default(),
+            };
+            ranges.validate()?;
+            let mut params = ranges.sample(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
+            if let Some(dose) = dose {
+                anyhow::ensure!(dose > 0.0 && dose <= 1.0, "--dose must lie in (0, 1], got {dose}");
+                params.dose_fraction = dose;
+            }
+            let degraded = degrade::degrade(&intensity, width, height, &params, seed);
+            let tensor = tch::Tensor::from_slice(&degraded).view([1, 1, height as i64, width as i64]) * 2.0 - 1.0;
+            image_io::write_png(&output, &tensor)?;
+            let report = serde_json::json!({
+                "input": input.display().to_string(),
+                "output": output.display().to_string(),
+                "deviation_index": params.deviation_index(),
+                "parameters": params,
+            });
+            println!("{}", serde_json::to_string_pretty(&report)?);
         }
         Command::Enhance { bundle, input, output, estimate, seed, device } => {
             let device = device::parse_device(&device)?;
