@@ -200,12 +200,22 @@ impl Bundle {
     /// Writes `model`'s weights and `manifest` (with the weight hashes filled in)
     /// to `dir`, then loads the result back, verified. Weights are always saved in f32.
     pub fn save(dir: impl AsRef<Path>, manifest: &BundleManifest, model: &LedModel) -> Result<Self> {
+        Self::save_stores(dir, manifest, model.var_stores())
+    }
+
+    /// [`Bundle::save`] from the variable stores of the networks in [`NETWORKS`]
+    /// (as training holds them), each built at its store's root.
+    pub fn save_stores<'n, 's>(
+        dir: impl AsRef<Path>,
+        manifest: &BundleManifest,
+        stores: impl IntoIterator<Item = (&'n str, &'s VarStore)>,
+    ) -> Result<Self> {
         let dir = dir.as_ref();
         fs::create_dir_all(dir).map_err(|source| Error::BundleIo { path: dir.to_owned(), source })?;
         let mut manifest = manifest.clone();
         manifest.format = FORMAT_VERSION;
         manifest.files.clear();
-        for (network, store) in model.var_stores() {
+        for (network, store) in stores {
             let file_name = format!("{network}.safetensors");
             let path = dir.join(&file_name);
             let mut tensors: Vec<(String, Tensor)> = store

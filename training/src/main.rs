@@ -1,8 +1,13 @@
 //! `cxr-led-train`: the offline side of cxr-led. Builds model bundles and
 //! enhances image files with the daemon's own model code.
 
+mod checkpoint;
+mod cyclegan;
+mod data;
 mod degrade;
+mod diffusion;
 mod image_io;
+mod pipeline;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -33,6 +38,15 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Train the CycleGAN (G_AB, G_BA, D_A, D_B) on unpaired pools made from
+    /// high-quality images: a disjoint half is degraded by the simulator into the low-quality pool.
+    Cyclegan(pipeline::CycleGanArgs),
+    /// Build the paired set (high quality, G_BA or simulator low quality) for diffusion training.
+    Pairs(pipeline::PairsArgs),
+    /// Train the conditional diffusion UNet on the pairs.
+    Diffusion(pipeline::DiffusionArgs),
+    /// Assemble a bundle from the CycleGAN and diffusion checkpoints.
+    Export(pipeline::ExportArgs),
     /// Simulate a low-dose acquisition of a PNG (see the degrade module) and print its parameters.
     Degrade {
         /// Well-exposed input image (PNG).
@@ -87,6 +101,10 @@ fn main() -> anyhow::Result<()> {
             let bundle = Bundle::save(&out, &manifest, &model)?;
             println!("wrote bundle {} to {} (sha256 {})", manifest.name, out.display(), bundle.sha256);
         }
+        Command::Cyclegan(args) => pipeline::cyclegan(&args)?,
+        Command::Pairs(args) => pipeline::pairs(&args)?,
+        Command::Diffusion(args) => pipeline::diffusion(&args)?,
+        Command::Export(args) => pipeline::export(&args)?,
         Command::Degrade { input, output, seed, dose, ranges } => {
             use rand::SeedableRng;
             let image = image_io::read_png(&input)?;

@@ -1,0 +1,95 @@
+//! The training pipeline end to end on CPU with the tiny preset: CycleGAN
+//! (checkpoint, resume), pairs from G_BA and from the simulator, diffusion
+//! (validation, checkpoint), export, and the exported bundle enhancing an image.
+
+use std::path::Path;
+use std::process::Command;
+
+use cxr_led_models::noise::NoiseSource;
+use cxr_led_models::{Bundle, LedModel, Precision};
+use image::{ImageBuffer, Luma};
+
+fn train(args: &[&str]) -> (String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_cxr-led-train")).args(args).output().expect("run cxr-led-train");
+    let (stdout, stderr) =
+        (String::from_utf8_lossy(&output.stdout).into_owned(), String::from_utf8_lossy(&output.stderr).into_owned());
+    assert!(output.status.success(), "cxr-led-train {args:?} failed:\n{stdout}\n{stderr}");
+    (stdout, stderr)
+}
+
+/// Smooth synthetic "chest" images: two dark lung fields in a bright body, varied per image.
+fn write_phantoms(dir: &Path, count: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    for i in 0..count {
+        let shift = (i % 7) as f32 * 0.02;
+        let image = ImageBuffer::from_fn(48, 48, |x, y| {
+            let (u, v) = (x as f32 / 48.0, y as f32 / 48.0);
+            let lung = |cx: f32| (-((u - cx - shift).powi(2) + (v - 0.5).powi(2)) * 20.0).exp();
+            let value = 0.8 - 0.5 * (lung(0.3) + lung(0.7)) + 0.05 * ((u * 30.0 + i as f32).sin());
+            Luma([(value.clamp(0.0, 1.0) * 255.0) as u8])
+        });
+        image.save(dir.join(format!("phantom-{i:03}.png"))).unwrap();
+    }
+}
+
+#[test]
+fn cyclegan_pairs_diffusion_and_export_make_a_working_bundle() {
+    let work = tempfile::tempdir().unwrap();
+    let images = work.path().join("images");
+    write_phantoms(&images, 40);
+    let path = |name: &str| work.path().join(name).to_string_lossy().into_owned();
+    let images = images.to_string_lossy().into_owned();
+    let common = ["--preset", "tiny", "--size", "32", "--device", "cpu"];
+
+    let cyclegan = path("cyclegan");
+    let mut args = vec!["cyclegan", "--high-quality", &images, "--out", &cyclegan, "--batch", "2"];
+    args.extend(common);
+    train(&[args.as_slice(), &["--steps", "4", "--checkpoint-every", "2"]].concat());
+    let (stdout, stderr) = train(&[args.as_slice(), &["--steps", "6", "--checkpoint-every", "2"]].concat());
+    assert!(stderr.contains("resuming at step 4"), "{stderr}");
+    assert!(stdout.contains("\"step\":6"), "{stdout}");
+
+    let pairs = path("pairs.safetensors");
+    train(
+        &[&["pairs", "--high-quality", &images, "--cyclegan", &cyclegan, "--out", &pairs], common.as_slice()].concat(),
+    );
+    let simulated = path("simulated.safetensors");
+    train(
+        &[&["pairs", "--high-quality", &images, "--source", "simulator", "--out", &simulated], common.as_slice()]
+            .concat(),
+    );
+    let tensors: std::collections::HashMap<_, _> = tch::Tensor::read_safetensors(&pairs).unwrap().into_iter().collect();
+    assert_eq!(tensors["train_hq"].size(), tensors["train_lq"].size());
+    assert!(tensors["val_hq"].size()[0] > 0, "the name-hashed split left no validation images");
+
+    let diffusion = path("diffusion");
+    let (stdout, _) = train(
+        &[
+            &[
+                "diffusion",
+                "--pairs",
+                &pairs,
+                "--out",
+                &diffusion,
+                "--steps",
+                "4",
+                "--batch",
+                "4",
+                "--validate-every",
+                "2",
+            ],
+            common.as_slice(),
+        ]
+        .concat(),
+    );
+    assert!(stdout.contains("\"step\":4") && stdout.contains("best_validation"), "{stdout}");
+
+    let bundle_dir = path("bundle");
+    train(&["export", "--preset", "tiny", "--cyclegan", &cyclegan, "--diffusion", &diffusion, "--out", &bundle_dir]);
+    let bundle = Bundle::load(&bundle_dir).unwrap();
+    assert!(bundle.manifest.training.contains_key("diffusion-state"));
+    let model = LedModel::from_bundle(&bundle, tch::Device::Cpu, Precision::F32).unwrap();
+    let input = tch::Tensor::zeros([1, 1, 40, 36], (tch::Kind::Float, tch::Device::Cpu));
+    let result = model.enhance(&input, &bundle.manifest.inference, &mut NoiseSource::new(0)).unwrap();
+    assert_eq!(result.output.size(), vec![1, 1, 40, 36]);
+}
