@@ -60,7 +60,9 @@ fn main() -> anyhow::Result<()> {
         Command::InitBundle { preset, seed, out } => {
             let mut manifest = presets::by_name(&preset)?;
             manifest.training.insert("method".into(), "none: libtorch's default initialisation".into());
-            manifest.training.insert("command".into(), format!("cxr-led-train init-bundle --preset {preset} --seed {seed}").into());
+            manifest
+                .training
+                .insert("command".into(), format!("cxr-led-train init-bundle --preset {preset} --seed {seed}").into());
             tch::manual_seed(seed);
             let model = LedModel::build(&manifest, tch::Device::Cpu)?;
             let bundle = Bundle::save(&out, &manifest, &model)?;
