@@ -156,7 +156,7 @@ impl Config {
         if self.ingest.max_associations == 0 {
             return Err(Error::Invalid("max-associations must be at least 1".into()));
         }
-        if !(self.tracker.quiet_period_secs >= 0.0) {
+        if self.tracker.quiet_period_secs.is_nan() || self.tracker.quiet_period_secs < 0.0 {
             return Err(Error::Invalid("quiet-period-secs must be zero or more".into()));
         }
         Ok(())

@@ -34,7 +34,8 @@ pub struct Recovery {
 /// row commits before the answer), so the sender still owns that instance and
 /// will send it again.
 pub async fn recover(spool: &Spool, db: &PgPool) -> anyhow::Result<Recovery> {
-    let mut recovery = Recovery { temp_removed: spool.clean_temp().context("cleaning spool tmp/")?, ..Default::default() };
+    let mut recovery =
+        Recovery { temp_removed: spool.clean_temp().context("cleaning spool tmp/")?, ..Default::default() };
     let rows = sqlx::query("SELECT spool_file FROM instance").fetch_all(db).await?;
     let known: HashSet<String> = rows.iter().map(|r| r.try_get::<String, _>("spool_file")).collect::<Result<_, _>>()?;
     let files = spool.list().context("listing the spool")?;

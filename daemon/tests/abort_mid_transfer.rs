@@ -38,7 +38,8 @@ async fn aborted_transfers_leave_nothing_behind() {
     wait_until(std::time::Duration::from_secs(30), "two mid-transfer failures", || {
         let pool = pool.clone();
         async move {
-            count(&pool, "SELECT count(*) FROM audit_event WHERE outcome = 'failure' AND detail LIKE '%mid-transfer%'").await
+            count(&pool, "SELECT count(*) FROM audit_event WHERE outcome = 'failure' AND detail LIKE '%mid-transfer%'")
+                .await
                 == 2
         }
     })

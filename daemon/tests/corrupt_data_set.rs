@@ -26,7 +26,8 @@ async fn failures_keep_the_association_and_leave_nothing() {
     let statuses = tokio::task::spawn_blocking(move || {
         let mut scu = RawScu::connect(addr, CR, EXPLICIT_LE);
         let truncated = scu.store(CR, &cr_uid, &good[..good.len() - 100], None).unwrap();
-        let garbage = scu.store(CR, "1.2.3.4.5", &b"this is not a DICOM data set, it is prose. ".repeat(40), None).unwrap();
+        let garbage =
+            scu.store(CR, "1.2.3.4.5", &b"this is not a DICOM data set, it is prose. ".repeat(40), None).unwrap();
         let mismatch = scu.store(CR, &dx_uid, &dx_bytes, None).unwrap();
         let stored = scu.store(CR, &cr_uid, &good, None).unwrap();
         let again = scu.store(CR, &cr_uid, &good, None).unwrap();
@@ -40,7 +41,11 @@ async fn failures_keep_the_association_and_leave_nothing() {
     let pool = db.pool().await;
     assert_eq!(count(&pool, "SELECT count(*) FROM instance").await, 1);
     assert_eq!(count(&pool, "SELECT count(*) FROM study").await, 1);
-    assert_eq!(count(&pool, "SELECT count(*) FROM audit_event WHERE event = 'instance-received' AND outcome = 'failure'").await, 3);
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM audit_event WHERE event = 'instance-received' AND outcome = 'failure'")
+            .await,
+        3
+    );
     assert_eq!(count(&pool, "SELECT count(*) FROM audit_event WHERE outcome = 'duplicate'").await, 1);
     assert_eq!(spool_files(spool.path()).len(), 1);
     assert_eq!(temp_files(spool.path()), 0);

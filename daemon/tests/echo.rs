@@ -12,7 +12,15 @@ async fn echoscu_gets_success() {
     let addr = running.local_addr;
     let out = dcmtk(
         "echoscu",
-        vec!["-v".into(), "-aet".into(), "ECHOER".into(), "-aec".into(), AE.into(), addr.ip().to_string(), addr.port().to_string()],
+        vec![
+            "-v".into(),
+            "-aet".into(),
+            "ECHOER".into(),
+            "-aec".into(),
+            AE.into(),
+            addr.ip().to_string(),
+            addr.port().to_string(),
+        ],
     )
     .await;
     assert!(out.status.success(), "echoscu failed: {}", text(&out));

@@ -27,7 +27,10 @@ async fn eight_parallel_storescu() {
     }
     let pool = db.pool().await;
     assert_eq!(count(&pool, "SELECT count(*) FROM instance").await, 48);
-    assert_eq!(count(&pool, "SELECT instance_count::bigint FROM study WHERE study_instance_uid = '2.25.4242'").await, 48);
+    assert_eq!(
+        count(&pool, "SELECT instance_count::bigint FROM study WHERE study_instance_uid = '2.25.4242'").await,
+        48
+    );
     assert_eq!(count(&pool, "SELECT count(DISTINCT calling_ae_title) FROM instance").await, 8);
     assert_eq!(spool_files(spool.path()).len(), 48);
     assert_eq!(temp_files(spool.path()), 0);

@@ -36,11 +36,9 @@ async fn unknown_calling_and_called_ae_titles_are_rejected() {
     )
     .await;
     assert_eq!(rejected, 1);
-    let rejected_called = count(
-        &pool,
-        "SELECT count(*) FROM audit_event WHERE outcome = 'rejected' AND called_ae_title = 'SOMEONE'",
-    )
-    .await;
+    let rejected_called =
+        count(&pool, "SELECT count(*) FROM audit_event WHERE outcome = 'rejected' AND called_ae_title = 'SOMEONE'")
+            .await;
     assert_eq!(rejected_called, 1);
     assert_eq!(count(&pool, "SELECT count(*) FROM instance").await, 1);
     running.stop().await;

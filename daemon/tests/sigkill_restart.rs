@@ -81,7 +81,8 @@ async fn sigkill_during_200_instance_send_loses_nothing_acknowledged() {
     wait_for_echo(port).await;
     let pool = db.pool().await;
 
-    let mut args: Vec<String> = ["-v", "-aet", "PACS", "-aec", AE, "127.0.0.1", &port.to_string()].iter().map(|s| s.to_string()).collect();
+    let mut args: Vec<String> =
+        ["-v", "-aet", "PACS", "-aec", AE, "127.0.0.1", &port.to_string()].iter().map(|s| s.to_string()).collect();
     args.extend(files.iter().cloned());
     let sender = tokio::spawn(dcmtk("storescu", args.clone()));
     // Kill once a good part has been stored (or the send is over).

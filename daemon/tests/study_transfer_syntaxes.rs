@@ -69,16 +69,20 @@ async fn rg1_study_in_every_transfer_syntax() {
         let out = storescu(addr, "PACS", &flags, std::slice::from_ref(file)).await;
         assert!(out.status.success(), "{ts}: {}", text(&out));
         assert!(text(&out).contains("Received Store Response (Success)"), "{ts}: {}", text(&out));
-        let stored: String = sqlx::query_scalar("SELECT transfer_syntax_uid FROM instance ORDER BY received_at DESC LIMIT 1")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+        let stored: String =
+            sqlx::query_scalar("SELECT transfer_syntax_uid FROM instance ORDER BY received_at DESC LIMIT 1")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
         assert_eq!(&stored, ts, "{}", file.display());
     }
 
     // Every spooled file is a readable Part 10 file in its transfer syntax.
     let rows: Vec<(String, String, String)> =
-        sqlx::query_as("SELECT sop_instance_uid, spool_file, transfer_syntax_uid FROM instance").fetch_all(&pool).await.unwrap();
+        sqlx::query_as("SELECT sop_instance_uid, spool_file, transfer_syntax_uid FROM instance")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
     assert_eq!(rows.len(), sends.len());
     for (uid, file, ts) in rows {
         let obj = dicom_object::open_file(spool.path().join(&file)).unwrap();

@@ -5,7 +5,9 @@ use std::sync::{Arc, Mutex};
 
 use dicom_ul::association::server::AccessControl;
 use dicom_ul::association::{Association as _, Error as UlError};
-use dicom_ul::pdu::{AssociationRJServiceUserReason, PDataValue, PDataValueType, PresentationContextResultReason, UserIdentity};
+use dicom_ul::pdu::{
+    AssociationRJServiceUserReason, PDataValue, PDataValueType, PresentationContextResultReason, UserIdentity,
+};
 use dicom_ul::{Pdu, ServerAssociationOptions};
 use tokio::net::TcpStream;
 
@@ -42,14 +44,20 @@ impl AccessControl for AllowList {
         let called = dimse::trim(called_ae_title).to_string();
         let config = &self.shared.config;
         let verdict = if called != this_ae_title {
-            Err((AssociationRJServiceUserReason::CalledAETitleNotRecognized, format!("called AE title {called:?} is not ours")))
+            Err((
+                AssociationRJServiceUserReason::CalledAETitleNotRecognized,
+                format!("called AE title {called:?} is not ours"),
+            ))
         } else if !config.allowed_calling_ae_titles.is_empty() && !config.allowed_calling_ae_titles.contains(&calling) {
             Err((
                 AssociationRJServiceUserReason::CallingAETitleNotRecognized,
                 format!("calling AE title {calling:?} is not in allowed-calling-ae-titles"),
             ))
         } else if !config.allowed_peer_addresses.is_empty() && !config.allowed_peer_addresses.contains(&self.peer) {
-            Err((AssociationRJServiceUserReason::NoReasonGiven, format!("peer address {} is not in allowed-peer-addresses", self.peer)))
+            Err((
+                AssociationRJServiceUserReason::NoReasonGiven,
+                format!("peer address {} is not in allowed-peer-addresses", self.peer),
+            ))
         } else {
             Ok(())
         };
@@ -141,7 +149,8 @@ pub async fn run(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     )
     .await;
 
-    let peer_info = store::Peer { address: peer_text.clone(), calling_ae_title: calling.clone(), called_ae_title: called };
+    let peer_info =
+        store::Peer { address: peer_text.clone(), calling_ae_title: calling.clone(), called_ae_title: called };
     let mut command_bytes: Vec<u8> = Vec::new();
     let mut pending: Option<Pending> = None;
     let end = loop {
@@ -198,7 +207,12 @@ type Association = dicom_ul::association::server::AsyncServerAssociation<TcpStre
 
 async fn send_command(association: &mut Association, pc_id: u8, bytes: Vec<u8>) -> Result<(), String> {
     let pdu = Pdu::PData {
-        data: vec![PDataValue { presentation_context_id: pc_id, value_type: PDataValueType::Command, is_last: true, data: bytes }],
+        data: vec![PDataValue {
+            presentation_context_id: pc_id,
+            value_type: PDataValueType::Command,
+            is_last: true,
+            data: bytes,
+        }],
     };
     association.send(&pdu).await.map_err(|e| format!("sending response failed: {e}"))
 }
@@ -274,7 +288,10 @@ async fn on_command(
                 .await;
             }
             let refusal = if dimse::trim(&abstract_syntax) != command.affected_sop_class_uid {
-                Some((status::SOP_CLASS_NOT_SUPPORTED, "affected SOP class differs from the presentation context".into()))
+                Some((
+                    status::SOP_CLASS_NOT_SUPPORTED,
+                    "affected SOP class differs from the presentation context".into(),
+                ))
             } else if command.affected_sop_instance_uid.is_empty() {
                 Some((status::CANNOT_UNDERSTAND, "C-STORE-RQ without an Affected SOP Instance UID".into()))
             } else {

@@ -93,7 +93,8 @@ fn encode(elements: Vec<DataElement<InMemDicomObject>>) -> Vec<u8> {
     let body = InMemDicomObject::from_element_iter(elements.clone());
     let mut bytes = Vec::new();
     body.write_dataset_with_ts(&mut bytes, ts).expect("writing to memory");
-    let mut with_length = vec![DataElement::new(tags::COMMAND_GROUP_LENGTH, VR::UL, dicom_value!(U32, [bytes.len() as u32]))];
+    let mut with_length =
+        vec![DataElement::new(tags::COMMAND_GROUP_LENGTH, VR::UL, dicom_value!(U32, [bytes.len() as u32]))];
     with_length.extend(elements);
     let obj = InMemDicomObject::from_element_iter(with_length);
     let mut out = Vec::with_capacity(bytes.len() + 12);

@@ -19,7 +19,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use dicom_ul::pdu::{AssociationRJ, AssociationRJResult, AssociationRJServiceProviderPresentationReason, AssociationRJSource};
+use dicom_ul::pdu::{
+    AssociationRJ, AssociationRJResult, AssociationRJServiceProviderPresentationReason, AssociationRJSource,
+};
 use dicom_ul::Pdu;
 use sqlx::PgPool;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -37,10 +39,10 @@ pub const VERIFICATION: &str = "1.2.840.10008.1.1";
 /// The storage SOP classes we accept: CR, DX (for presentation and for
 /// processing) and Secondary Capture.
 pub const STORAGE_SOP_CLASSES: &[&str] = &[
-    "1.2.840.10008.5.1.4.1.1.1",       // Computed Radiography Image Storage
-    "1.2.840.10008.5.1.4.1.1.1.1",     // Digital X-Ray Image Storage - For Presentation
-    "1.2.840.10008.5.1.4.1.1.1.1.1",   // Digital X-Ray Image Storage - For Processing
-    "1.2.840.10008.5.1.4.1.1.7",       // Secondary Capture Image Storage
+    "1.2.840.10008.5.1.4.1.1.1",     // Computed Radiography Image Storage
+    "1.2.840.10008.5.1.4.1.1.1.1",   // Digital X-Ray Image Storage - For Presentation
+    "1.2.840.10008.5.1.4.1.1.1.1.1", // Digital X-Ray Image Storage - For Processing
+    "1.2.840.10008.5.1.4.1.1.7",     // Secondary Capture Image Storage
 ];
 
 /// The transfer syntaxes we accept, in no particular order (the requestor's order wins).

@@ -165,7 +165,12 @@ impl Pending {
     }
 
     /// Returns Ok(None) when stored, Ok(Some(note)) for a duplicate, or the failure.
-    async fn store(&self, shared: &Arc<Shared>, peer: &Peer, mut temp: TempFile) -> Result<Option<String>, (u16, String)> {
+    async fn store(
+        &self,
+        shared: &Arc<Shared>,
+        peer: &Peer,
+        mut temp: TempFile,
+    ) -> Result<Option<String>, (u16, String)> {
         if let Err(e) = temp.flush().await {
             temp.discard().await;
             return Err((status::OUT_OF_RESOURCES, format!("spool write failed: {e}")));
@@ -182,7 +187,15 @@ impl Pending {
             Ok(true) => {
                 temp.discard().await;
                 let note = "duplicate SOP Instance UID: already stored, this copy was discarded".to_string();
-                record_instance(shared, peer, &identity.sop_instance_uid, Some(&identity.study_instance_uid), "duplicate", &note).await;
+                record_instance(
+                    shared,
+                    peer,
+                    &identity.sop_instance_uid,
+                    Some(&identity.study_instance_uid),
+                    "duplicate",
+                    &note,
+                )
+                .await;
                 return Ok(Some(note));
             }
             Ok(false) => {}
@@ -286,7 +299,8 @@ async fn check(path: std::path::PathBuf, command: Command) -> Result<Identity, (
         let obj = OpenFileOptions::new()
             .open_file(&path)
             .map_err(|e| (status::CANNOT_UNDERSTAND, format!("cannot parse data set: {e}")))?;
-        let text = |tag| obj.element(tag).ok().and_then(|e| e.to_str().ok()).map(|s| super::dimse::trim(&s).to_string());
+        let text =
+            |tag| obj.element(tag).ok().and_then(|e| e.to_str().ok()).map(|s| super::dimse::trim(&s).to_string());
         let sop_class_uid = text(tags::SOP_CLASS_UID).unwrap_or_default();
         let sop_instance_uid = text(tags::SOP_INSTANCE_UID).unwrap_or_default();
         if sop_class_uid != command.affected_sop_class_uid {
@@ -323,7 +337,14 @@ async fn is_known(db: &sqlx::PgPool, sop_instance_uid: &str) -> Result<bool, sql
     Ok(row.is_some())
 }
 
-async fn record_instance(shared: &Arc<Shared>, peer: &Peer, uid: &str, study: Option<&str>, outcome: &str, detail: &str) {
+async fn record_instance(
+    shared: &Arc<Shared>,
+    peer: &Peer,
+    uid: &str,
+    study: Option<&str>,
+    outcome: &str,
+    detail: &str,
+) {
     audit::record_or_log(
         &shared.db,
         &audit::Event {

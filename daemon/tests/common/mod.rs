@@ -64,7 +64,8 @@ impl Drop for TestDb {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async {
                 if let Ok(mut conn) = PgConnection::connect(&admin).await {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn).await;
+                    let _ =
+                        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn).await;
                 }
             });
         })
@@ -95,7 +96,10 @@ pub async fn start(config: Config) -> Running {
 pub async fn dcmtk(program: &str, args: Vec<String>) -> Output {
     let program = program.to_string();
     tokio::task::spawn_blocking(move || {
-        Command::new(&program).args(&args).output().unwrap_or_else(|e| panic!("running {program}: {e} (is dcmtk installed?)"))
+        Command::new(&program)
+            .args(&args)
+            .output()
+            .unwrap_or_else(|e| panic!("running {program}: {e} (is dcmtk installed?)"))
     })
     .await
     .unwrap()
@@ -193,7 +197,13 @@ impl RawScu {
 
     /// Sends the command and the first `chunks_to_send` 8 KiB chunks of the data set
     /// (all of it when None), and for a complete send returns the response status.
-    pub fn store(&mut self, sop_class: &str, sop_instance: &str, data: &[u8], chunks_to_send: Option<usize>) -> Option<u16> {
+    pub fn store(
+        &mut self,
+        sop_class: &str,
+        sop_instance: &str,
+        data: &[u8],
+        chunks_to_send: Option<usize>,
+    ) -> Option<u16> {
         let id = self.next_id;
         self.next_id += 1;
         let command = dimse::store_request(id, sop_class, sop_instance);
