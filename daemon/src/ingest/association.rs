@@ -80,7 +80,8 @@ pub async fn run(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         .ae_access_control(AllowList { shared: shared.clone(), peer: peer.ip(), seen: seen.clone() })
         .ae_title(config.ae_title.clone())
         .max_pdu_length(config.max_pdu_length)
-        .read_timeout(config.read_timeout())
+        // No read timeout here: dicom-ul would apply it to every receive, also
+        // between messages; the DIMSE loop applies read and idle timeouts itself.
         .write_timeout(config.read_timeout())
         .with_abstract_syntax(VERIFICATION);
     for uid in STORAGE_SOP_CLASSES {
@@ -112,11 +113,14 @@ pub async fn run(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
             return;
         }
         Ok(Err(e)) => {
-            tracing::info!(peer = %peer_text, error = %e, "association negotiation failed");
+            let detail = format!("negotiation failed: {e}");
+            tracing::info!(peer = %peer_text, "association {detail}");
+            audit_failed(&shared, &peer_text, &seen, &detail).await;
             return;
         }
         Err(_) => {
             tracing::info!(peer = %peer_text, "association request timed out");
+            audit_failed(&shared, &peer_text, &seen, "no A-ASSOCIATE-RQ within read-timeout-secs").await;
             return;
         }
     };
@@ -203,6 +207,22 @@ pub async fn run(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     tracing::info!(peer = %peer_text, calling = %calling, "association ended: {end}");
 }
 
+async fn audit_failed(shared: &Shared, peer: &str, seen: &Seen, detail: &str) {
+    audit::record_or_log(
+        &shared.db,
+        &audit::Event {
+            event: audit::ASSOCIATION,
+            outcome: "failure",
+            peer_address: Some(peer),
+            calling_ae_title: (!seen.calling.is_empty()).then_some(seen.calling.as_str()),
+            called_ae_title: (!seen.called.is_empty()).then_some(seen.called.as_str()),
+            detail: Some(detail),
+            ..Default::default()
+        },
+    )
+    .await;
+}
+
 type Association = dicom_ul::association::server::AsyncServerAssociation<TcpStream>;
 
 async fn send_command(association: &mut Association, pc_id: u8, bytes: Vec<u8>) -> Result<(), String> {
@@ -251,8 +271,10 @@ async fn on_pdata(
                 let store = pending.take().expect("checked above");
                 let pc_id = store.presentation_context_id;
                 let command = store.command.clone();
-                let (code, comment) = store.finish(shared, peer).await;
-                send_command(association, pc_id, dimse::store_response(&command, code, comment.as_deref())).await?;
+                let (code, note) = store.finish(shared, peer).await;
+                // An Error Comment only accompanies failures (a duplicate's note stays in the audit).
+                let comment = if code == status::SUCCESS { None } else { note.as_deref() };
+                send_command(association, pc_id, dimse::store_response(&command, code, comment)).await?;
             }
             Ok(())
         }
