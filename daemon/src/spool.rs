@@ -14,6 +14,8 @@ use tokio::io::AsyncWriteExt;
 
 /// Sub-folder of the spool that holds files being received.
 pub const TMP_DIR: &str = "tmp";
+/// Write buffer of a file being received.
+const WRITE_BUFFER: usize = 1 << 20;
 /// Suffix of a spooled instance.
 pub const SUFFIX: &str = ".dcm";
 
@@ -29,7 +31,9 @@ pub struct Spool {
 #[derive(Debug)]
 pub struct TempFile {
     path: PathBuf,
-    file: tokio::fs::File,
+    /// Buffered: PDUs arrive in pieces of at most max-pdu-length bytes, and
+    /// each write to a tokio file is a hop to the blocking pool.
+    file: tokio::io::BufWriter<tokio::fs::File>,
     written: u64,
 }
 
@@ -64,7 +68,7 @@ impl TempFile {
     /// Flushes and fsyncs the file's data and metadata.
     pub async fn sync(&mut self) -> std::io::Result<()> {
         self.file.flush().await?;
-        self.file.sync_all().await
+        self.file.get_ref().sync_all().await
     }
 
     /// Deletes the file (best effort: a leftover is removed at the next start).
@@ -106,7 +110,7 @@ impl Spool {
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
         let path = self.tmp.join(format!("{}-{nanos}-{n}.part", std::process::id()));
         let file = tokio::fs::OpenOptions::new().write(true).create_new(true).open(&path).await?;
-        Ok(TempFile { path, file, written: 0 })
+        Ok(TempFile { path, file: tokio::io::BufWriter::with_capacity(WRITE_BUFFER, file), written: 0 })
     }
 
     /// Fsyncs a temporary file, renames it to `file_name` in the spool and

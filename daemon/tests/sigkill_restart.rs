@@ -85,13 +85,13 @@ async fn sigkill_during_200_instance_send_loses_nothing_acknowledged() {
         ["-v", "-aet", "PACS", "-aec", AE, "127.0.0.1", &port.to_string()].iter().map(|s| s.to_string()).collect();
     args.extend(files.iter().cloned());
     let sender = tokio::spawn(dcmtk("storescu", args.clone()));
-    // Kill once a good part has been stored (or the send is over).
-    wait_until(Duration::from_secs(120), "instances to arrive", || {
-        let pool = pool.clone();
-        let finished = sender.is_finished();
-        async move { finished || count(&pool, "SELECT count(*) FROM instance").await >= 40 }
-    })
-    .await;
+    // Kill once a good part has been stored (or the send is over); polled
+    // tightly so that the kill lands mid-send even on a fast machine.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !sender.is_finished() && count(&pool, "SELECT count(*) FROM instance").await < 40 {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for instances to arrive");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     daemon.kill().unwrap();
     daemon.wait().unwrap();
     let first = sender.await.unwrap();

@@ -153,6 +153,7 @@ pub async fn run(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     )
     .await;
 
+    quick_ack(&mut association);
     let peer_info =
         store::Peer { address: peer_text.clone(), calling_ae_title: calling.clone(), called_ae_title: called };
     let mut command_bytes: Vec<u8> = Vec::new();
@@ -163,6 +164,7 @@ pub async fn run(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         } else {
             shared.config.idle_timeout()
         };
+        quick_ack(&mut association);
         let pdu = match tokio::time::timeout(timeout, association.receive()).await {
             Err(_) => break "timed out; aborted",
             Ok(Err(e)) => {
@@ -221,6 +223,20 @@ async fn audit_failed(shared: &Shared, peer: &str, seen: &Seen, detail: &str) {
         },
     )
     .await;
+}
+
+/// Asks the kernel to acknowledge received segments at once. dcmtk's storescu
+/// writes each PDU header and body in separate writes without TCP_NODELAY, so
+/// with delayed ACKs (40 ms) on our side Nagle's algorithm stalls every small
+/// instance; quick ACKs remove that stall. The flag is not sticky, hence one
+/// call per PDU.
+fn quick_ack(association: &mut Association) {
+    #[cfg(target_os = "linux")]
+    {
+        let _ = socket2::SockRef::from(&*association.inner_stream()).set_tcp_quickack(true);
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = association;
 }
 
 type Association = dicom_ul::association::server::AsyncServerAssociation<TcpStream>;

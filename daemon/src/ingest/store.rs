@@ -171,6 +171,7 @@ impl Pending {
         peer: &Peer,
         mut temp: TempFile,
     ) -> Result<Option<String>, (u16, String)> {
+        let started = std::time::Instant::now();
         if let Err(e) = temp.flush().await {
             temp.discard().await;
             return Err((status::OUT_OF_RESOURCES, format!("spool write failed: {e}")));
@@ -182,6 +183,7 @@ impl Pending {
                 return Err(failure);
             }
         };
+        let checked = started.elapsed();
         let _guard = InFlight::acquire(shared, &identity.sop_instance_uid).await;
         match is_known(&shared.db, &identity.sop_instance_uid).await {
             Ok(true) => {
@@ -204,12 +206,23 @@ impl Pending {
                 return Err((status::OUT_OF_RESOURCES, format!("database unavailable: {e}")));
             }
         }
+        let known = started.elapsed();
         let size = temp.len();
         let file_name = Spool::file_name(&identity.sop_instance_uid);
         if let Err(e) = shared.spool.commit(temp, &file_name).await {
             return Err((status::OUT_OF_RESOURCES, format!("spool commit failed: {e}")));
         }
-        match self.register(shared, peer, &identity, &file_name, size).await {
+        let spooled = started.elapsed();
+        let registered = self.register(shared, peer, &identity, &file_name, size).await;
+        tracing::debug!(
+            sop_instance_uid = %identity.sop_instance_uid,
+            ?checked,
+            ?known,
+            ?spooled,
+            total = ?started.elapsed(),
+            "instance stored (cumulative timings)"
+        );
+        match registered {
             Ok(true) => Ok(None),
             Ok(false) => Ok(Some("duplicate SOP Instance UID (registered concurrently)".to_string())),
             Err((e, committed_unknown)) => {
