@@ -56,3 +56,33 @@ cxr_led_env() {
     unset LIBTORCH
     export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CXR_LED_CACHE/target}"
 }
+
+# What the daemon's tests need: dcmtk (echoscu, storescu) and a running
+# PostgreSQL that trusts local connections of user postgres. Exports
+# DATABASE_URL (tests create and drop their own databases on that server).
+cxr_led_test_services() {
+    cxr_led_apt dcmtk
+    export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+    if pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
+        return 0
+    fi
+    cxr_led_apt postgresql postgresql-client
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    local version
+    version="$(ls /etc/postgresql | sort -V | tail -n 1)"
+    local hba="/etc/postgresql/$version/main/pg_hba.conf"
+    # Trust local and loopback connections (a throwaway CI machine).
+    if ! $sudo grep -q "cxr-led trust" "$hba"; then
+        $sudo sed -i '1i # cxr-led trust\nlocal all all trust\nhost all all 127.0.0.1/32 trust\nhost all all ::1/128 trust' "$hba"
+    fi
+    $sudo pg_ctlcluster --skip-systemctl-redirect "$version" main start 2>/dev/null \
+        || $sudo pg_ctlcluster --skip-systemctl-redirect "$version" main reload
+    local i
+    for i in $(seq 1 30); do
+        pg_isready -q -h 127.0.0.1 -p 5432 && return 0
+        sleep 1
+    done
+    echo "cxr-led: PostgreSQL did not start" >&2
+    return 1
+}

@@ -1,5 +1,6 @@
-//! `cxr-ledd`: the cxr-led service. For now it verifies a model bundle and
-//! reports the inference device; the DICOM service grows here.
+//! `cxr-ledd`: the cxr-led service. `run` starts the DICOM ingest (SCP,
+//! spool, study tracker); `check-bundle` verifies a model bundle and `device`
+//! reports the inference device.
 
 use std::path::PathBuf;
 
@@ -26,6 +27,42 @@ enum Command {
     },
     /// Report what libtorch sees: CUDA availability and device count.
     Device,
+    /// Run the service: DICOM ingest and study tracker, until SIGINT or SIGTERM.
+    Run {
+        /// The TOML configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Parse and validate a configuration file, then print it.
+    CheckConfig {
+        /// The TOML configuration file.
+        config: PathBuf,
+    },
+}
+
+/// Exit status for a configuration error (EX_CONFIG).
+const EXIT_CONFIG: i32 = 78;
+
+fn load_config(path: &std::path::Path) -> cxr_led_daemon::config::Config {
+    match cxr_led_daemon::config::Config::load(path) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("cxr-ledd: {e}");
+            std::process::exit(EXIT_CONFIG);
+        }
+    }
+}
+
+async fn run(config: cxr_led_daemon::config::Config) -> anyhow::Result<()> {
+    let running = cxr_led_daemon::service::start(config).await?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+    running.stop().await;
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -47,6 +84,20 @@ fn main() -> anyhow::Result<()> {
             println!("cuda devices: {}", tch::Cuda::device_count());
             println!("cudnn available: {}", tch::Cuda::cudnn_is_available());
             println!("default device: {}", device::describe(tch::Device::cuda_if_available()));
+        }
+        Command::Run { config } => {
+            let config = load_config(&config);
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                )
+                .init();
+            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(config))?;
+        }
+        Command::CheckConfig { config } => {
+            let config = load_config(&config);
+            println!("{config:#?}");
         }
     }
     Ok(())

@@ -1,0 +1,209 @@
+#!/usr/bin/env python3
+"""Ingest benchmark (not a test): instances/s and MB/s received over loopback
+from dcmtk storescu, one association and 8 in parallel, by cxr-led (fsync +
+PostgreSQL), dcmtk storescp and Orthanc, on the same files. Prints a table
+with ratios and writes out/bench/ingest.json.
+
+Needs: dcmtk (storescu, storescp, dcmodify, echoscu), Orthanc (optional, skip
+with --no-orthanc), a PostgreSQL server ($DATABASE_URL, default
+postgres://postgres@127.0.0.1:5432/postgres) and psql, and a built cxr-ledd.
+
+    python3 daemon/bench/ingest.py --cxr-ledd $CARGO_TARGET_DIR/release/cxr-ledd
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = ROOT / "daemon" / "tests" / "fixtures"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_echo(port, aec, limit=60):
+    start = time.time()
+    while time.time() - start < limit:
+        r = subprocess.run(["echoscu", "-aet", "BENCH", "-aec", aec, "127.0.0.1", str(port)], capture_output=True)
+        if r.returncode == 0:
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"receiver on {port} did not answer C-ECHO")
+
+
+def make_copies(source, folder, n, tag):
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for i in range(n):
+        target = folder / f"{tag}_{i:05d}.dcm"
+        shutil.copyfile(source, target)
+        subprocess.run(
+            ["dcmodify", "-nb", "-m", f"(0008,0018)=2.25.{os.getpid()}{i:06d}{len(tag)}",
+             "-m", f"(0020,000d)=2.25.{os.getpid()}9{len(tag)}", str(target)],
+            check=True, capture_output=True)
+        files.append(target)
+    return files
+
+
+def send(port, aec, files, parallel):
+    groups = [files[i::parallel] for i in range(parallel)]
+    start = time.time()
+    procs = [subprocess.Popen(["storescu", "-v", "-aet", f"BENCH{i}", "-aec", aec, "--max-pdu", "65536",
+                               "127.0.0.1", str(port)] + [str(f) for f in g],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i, g in enumerate(groups) if g]
+    outputs = [p.communicate()[0] for p in procs]
+    elapsed = time.time() - start
+    ok = sum(o.count("Received Store Response (Success)") for o in outputs)
+    if ok != len(files) or any(p.returncode for p in procs):
+        raise RuntimeError(f"only {ok} of {len(files)} stored:\n" + outputs[0][-2000:])
+    return elapsed
+
+
+class CxrLed:
+    name = "cxr-led"
+    aec = "CXRLED"
+
+    def __init__(self, binary, work):
+        self.binary, self.work = binary, work
+
+    def start(self):
+        self.db = f"cxrled_bench_{os.getpid()}_{int(time.time() * 1000)}"
+        admin = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+        self.admin = admin
+        subprocess.run(["psql", admin, "-qc", f"CREATE DATABASE {self.db}"], check=True)
+        base = admin.split("?")[0].rsplit("/", 1)[0]
+        self.port = free_port()
+        self.spool = self.work / "cxrled-spool"
+        config = self.work / "cxrled.toml"
+        config.write_text(
+            f'[ingest]\nlisten = "127.0.0.1:{self.port}"\nspool-dir = "{self.spool}"\nmax-pdu-length = 65536\n'
+            f'[tracker]\nquiet-period-secs = 3600.0\n[database]\nurl = "{base}/{self.db}"\nmax-connections = 16\n')
+        self.log = open(self.work / "cxrled.log", "w")
+        self.proc = subprocess.Popen([self.binary, "run", "--config", str(config)], stdout=self.log,
+                                     stderr=subprocess.STDOUT, env={**os.environ, "RUST_LOG": "warn"})
+        wait_echo(self.port, self.aec)
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=30)
+        self.log.close()
+        subprocess.run(["psql", self.admin, "-qc", f"DROP DATABASE {self.db} WITH (FORCE)"], check=True)
+        shutil.rmtree(self.spool, ignore_errors=True)
+
+
+class StoreScp:
+    name = "storescp"
+    aec = "STORESCP"
+
+    def __init__(self, work):
+        self.work = work
+
+    def start(self):
+        self.port = free_port()
+        self.out = self.work / "storescp-out"
+        self.out.mkdir()
+        self.proc = subprocess.Popen(["storescp", "--fork", "-aet", self.aec, "--max-pdu", "65536",
+                                      "-od", str(self.out), str(self.port)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_echo(self.port, self.aec)
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+        shutil.rmtree(self.out, ignore_errors=True)
+
+
+class Orthanc:
+    name = "orthanc"
+    aec = "ORTHANC"
+
+    def __init__(self, work):
+        self.work = work
+
+    def start(self):
+        self.port = free_port()
+        self.storage = self.work / "orthanc-storage"
+        self.storage.mkdir()
+        config = self.work / "orthanc.json"
+        config.write_text(json.dumps({
+            "Name": "cxr-led-bench", "StorageDirectory": str(self.storage), "IndexDirectory": str(self.storage),
+            "DicomAet": self.aec, "DicomPort": self.port, "HttpPort": free_port(), "RemoteAccessAllowed": False,
+            "DicomCheckCalledAet": False, "DicomAlwaysAllowStore": True, "Plugins": [], "MaximumPduLength": 65536,
+            "HttpServerEnabled": True, "StorageCompression": False, "DicomThreadsCount": 8,
+        }))
+        self.log = open(self.work / "orthanc.log", "w")
+        self.proc = subprocess.Popen(["Orthanc", str(config)], stdout=self.log, stderr=subprocess.STDOUT)
+        wait_echo(self.port, self.aec)
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=60)
+        self.log.close()
+        shutil.rmtree(self.storage, ignore_errors=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cxr-ledd", required=True)
+    parser.add_argument("--small", type=int, default=400, help="copies of the 2 KB CR (CR1_6154)")
+    parser.add_argument("--large", type=int, default=32, help="copies of the 7 MB chest CR (RG1_UNCR)")
+    parser.add_argument("--no-orthanc", action="store_true")
+    parser.add_argument("--out", default=str(ROOT / "out" / "bench" / "ingest.json"))
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="cxrled-bench-"))
+    try:
+        sets = {
+            "small 2 KB CR": make_copies(FIXTURES / "CR1_6154.dcm", work / "small", args.small, "s"),
+            "large 7 MB CR": make_copies(FIXTURES / "RG1_UNCR.dcm", work / "large", args.large, "l"),
+        }
+        receivers = [CxrLed(args.cxr_ledd, work), StoreScp(work)]
+        if not args.no_orthanc and shutil.which("Orthanc"):
+            receivers.append(Orthanc(work))
+        results = []
+        for set_name, files in sets.items():
+            megabytes = sum(f.stat().st_size for f in files) / 1e6
+            for parallel in (1, 8):
+                row = {"files": set_name, "n": len(files), "mb": round(megabytes, 1), "associations": parallel}
+                for receiver in receivers:
+                    receiver.start()
+                    try:
+                        elapsed = send(receiver.port, receiver.aec, files, parallel)
+                    finally:
+                        receiver.stop()
+                    row[receiver.name] = {"seconds": round(elapsed, 3), "instances_per_s": round(len(files) / elapsed, 1),
+                                          "mb_per_s": round(megabytes / elapsed, 1)}
+                results.append(row)
+                print(json.dumps(row), file=sys.stderr)
+        names = [r.name for r in receivers]
+        header = f"{'files':<16}{'assoc':>6}" + "".join(f"{n + ' inst/s':>18}{'MB/s':>8}" for n in names)
+        header += "".join(f"{'cxr-led/' + n:>20}" for n in names[1:])
+        print(header)
+        for row in results:
+            line = f"{row['files']:<16}{row['associations']:>6}"
+            line += "".join(f"{row[n]['instances_per_s']:>18}{row[n]['mb_per_s']:>8}" for n in names)
+            line += "".join(f"{row['cxr-led']['instances_per_s'] / row[n]['instances_per_s']:>20.2f}" for n in names[1:])
+            print(line)
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"receivers": names, "cxr_ledd": args.cxr_ledd, "results": results}, indent=2))
+        print(f"written {out}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+//! The DICOM SCP: C-ECHO and C-STORE over dicom-ul on tokio.
+//!
+//! - [`serve`] accepts TCP connections, one task per association, at most
+//!   `max-associations` at once (more are rejected as transient,
+//!   local-limit-exceeded).
+//! - [`association`] negotiates (AE title and peer allow-lists, presentation
+//!   contexts) and runs the DIMSE loop with read and idle timeouts.
+//! - [`store`] turns one received data set into a spooled file and a database
+//!   row, then picks the C-STORE status.
+//! - [`dimse`] reads and writes command sets.
+
+pub mod association;
+pub mod dimse;
+pub mod store;
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dicom_ul::pdu::{
+    AssociationRJ, AssociationRJResult, AssociationRJServiceProviderPresentationReason, AssociationRJSource,
+};
+use dicom_ul::Pdu;
+use sqlx::PgPool;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::audit;
+use crate::config::IngestConfig;
+use crate::spool::Spool;
+
+/// Verification SOP class.
+pub const VERIFICATION: &str = "1.2.840.10008.1.1";
+
+/// The storage SOP classes we accept: CR, DX (for presentation and for
+/// processing) and Secondary Capture.
+pub const STORAGE_SOP_CLASSES: &[&str] = &[
+    "1.2.840.10008.5.1.4.1.1.1",     // Computed Radiography Image Storage
+    "1.2.840.10008.5.1.4.1.1.1.1",   // Digital X-Ray Image Storage - For Presentation
+    "1.2.840.10008.5.1.4.1.1.1.1.1", // Digital X-Ray Image Storage - For Processing
+    "1.2.840.10008.5.1.4.1.1.7",     // Secondary Capture Image Storage
+];
+
+/// The transfer syntaxes we accept, in no particular order (the requestor's order wins).
+pub const TRANSFER_SYNTAXES: &[&str] = &[
+    "1.2.840.10008.1.2",      // Implicit VR Little Endian
+    "1.2.840.10008.1.2.1",    // Explicit VR Little Endian
+    "1.2.840.10008.1.2.1.99", // Deflated Explicit VR Little Endian
+    "1.2.840.10008.1.2.4.50", // JPEG Baseline (Process 1)
+    "1.2.840.10008.1.2.4.51", // JPEG Extended (Process 2 & 4)
+    "1.2.840.10008.1.2.4.57", // JPEG Lossless, Non-Hierarchical (Process 14)
+    "1.2.840.10008.1.2.4.70", // JPEG Lossless, First-Order Prediction
+    "1.2.840.10008.1.2.4.80", // JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.81", // JPEG-LS Near-Lossless
+    "1.2.840.10008.1.2.4.90", // JPEG 2000 Lossless Only
+    "1.2.840.10008.1.2.4.91", // JPEG 2000
+    "1.2.840.10008.1.2.5",    // RLE Lossless
+];
+
+/// What every association task shares.
+#[derive(Debug)]
+pub struct Shared {
+    /// The `[ingest]` configuration.
+    pub config: IngestConfig,
+    /// The spool folder.
+    pub spool: Spool,
+    /// The database.
+    pub db: PgPool,
+    /// SOP Instance UIDs being stored right now: a second copy waits for the
+    /// first to finish, then is recognised as a duplicate.
+    pub in_flight: Mutex<HashSet<String>>,
+}
+
+impl Shared {
+    /// Bundles the parts.
+    pub fn new(config: IngestConfig, spool: Spool, db: PgPool) -> Shared {
+        Shared { config, spool, db, in_flight: Mutex::new(HashSet::new()) }
+    }
+}
+
+/// Accepts associations until `shutdown` resolves, then gives running
+/// associations `grace` to finish and aborts the rest (their temporary files
+/// are removed at the next start; they never got Success).
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future<Output = ()>, grace: Duration) {
+    let permits = Arc::new(Semaphore::new(shared.config.max_associations));
+    let mut tasks = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            accepted = listener.accept() => match accepted {
+                Ok((socket, peer)) => {
+                    let _ = socket.set_nodelay(true);
+                    let shared = shared.clone();
+                    match permits.clone().try_acquire_owned() {
+                        Ok(permit) => {
+                            tasks.spawn(async move {
+                                association::run(socket, peer, shared).await;
+                                drop(permit);
+                            });
+                        }
+                        Err(_) => {
+                            tasks.spawn(reject_busy(socket, peer, shared));
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+        }
+    }
+    drop(listener);
+    let drain = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(grace, drain).await.is_err() {
+        tracing::warn!(remaining = tasks.len(), "aborting associations still running at shutdown");
+        tasks.shutdown().await;
+    }
+}
+
+/// Reads the A-ASSOCIATE-RQ of a connection over the association limit and
+/// answers A-ASSOCIATE-RJ (transient, service provider, local limit exceeded).
+async fn reject_busy(mut socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let read_rq = async {
+        let mut header = [0u8; 6];
+        socket.read_exact(&mut header).await?;
+        let length = u32::from_be_bytes([header[2], header[3], header[4], header[5]]) as u64;
+        let mut rest = (&mut socket).take(length.min(1 << 20));
+        tokio::io::copy(&mut rest, &mut tokio::io::sink()).await?;
+        std::io::Result::Ok(())
+    };
+    if tokio::time::timeout(shared.config.read_timeout(), read_rq).await.is_ok() {
+        let rj = Pdu::AssociationRJ(AssociationRJ {
+            result: AssociationRJResult::Transient,
+            source: AssociationRJSource::ServiceProviderPresentation(
+                AssociationRJServiceProviderPresentationReason::LocalLimitExceeded,
+            ),
+        });
+        let mut bytes = Vec::new();
+        if dicom_ul::write_pdu(&mut bytes, &rj).is_ok() {
+            let _ = socket.write_all(&bytes).await;
+            let _ = socket.shutdown().await;
+        }
+    }
+    let peer = peer.to_string();
+    tracing::warn!(peer = %peer, "association rejected: too many concurrent associations");
+    audit::record_or_log(
+        &shared.db,
+        &audit::Event {
+            event: audit::ASSOCIATION,
+            outcome: "rejected",
+            peer_address: Some(&peer),
+            detail: Some("transient: local limit exceeded (max-associations)"),
+            ..Default::default()
+        },
+    )
+    .await;
+}

@@ -1,0 +1,399 @@
+//! One C-STORE: stream the data set to a temporary file, check it, fsync,
+//! rename into the spool, fsync the folder, commit the instance row and its
+//! audit event in one transaction, and only then answer Success.
+//!
+//! Every failure answers a failure status and leaves neither a file nor a row:
+//! the temporary file is removed, a spooled file whose transaction did not
+//! commit is removed. (If the commit itself fails with an unknown outcome the
+//! spooled file is kept; start-up recovery removes it when no row exists.)
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dicom_dictionary_std::tags;
+use dicom_object::{FileMetaTableBuilder, OpenFileOptions};
+use sqlx::Row;
+
+use super::dimse::{status, Command};
+use super::Shared;
+use crate::audit;
+use crate::spool::{Spool, TempFile};
+
+/// Our Implementation Class UID (file meta group of spooled files).
+pub const IMPLEMENTATION_CLASS_UID: &str = "2.25.160934586124567883390151283911830312769";
+/// Our Implementation Version Name.
+pub const IMPLEMENTATION_VERSION_NAME: &str = "CXRLED_0_1";
+
+/// Who sent the data set.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// IP address and port.
+    pub address: String,
+    /// The peer's AE title.
+    pub calling_ae_title: String,
+    /// The AE title it called (ours).
+    pub called_ae_title: String,
+}
+
+/// A C-STORE whose data set is being received.
+#[derive(Debug)]
+pub struct Pending {
+    /// The presentation context of the command and its data set.
+    pub presentation_context_id: u8,
+    /// The request.
+    pub command: Command,
+    transfer_syntax: String,
+    temp: Option<TempFile>,
+    /// The failure status decided so far; the rest of the data set is still read and dropped.
+    failure: Option<(u16, String)>,
+    received: u64,
+}
+
+/// The fields of a received data set the ingest records.
+struct Identity {
+    sop_class_uid: String,
+    sop_instance_uid: String,
+    study_instance_uid: String,
+    series_instance_uid: Option<String>,
+}
+
+fn file_meta_bytes(command: &Command, transfer_syntax: &str, peer: &Peer) -> Result<Vec<u8>, String> {
+    let meta = FileMetaTableBuilder::new()
+        .media_storage_sop_class_uid(command.affected_sop_class_uid.as_str())
+        .media_storage_sop_instance_uid(command.affected_sop_instance_uid.as_str())
+        .transfer_syntax(transfer_syntax)
+        .implementation_class_uid(IMPLEMENTATION_CLASS_UID)
+        .implementation_version_name(IMPLEMENTATION_VERSION_NAME)
+        .source_application_entity_title(peer.calling_ae_title.as_str())
+        .build()
+        .map_err(|e| format!("cannot build file meta group: {e}"))?;
+    let mut bytes = vec![0u8; 128];
+    bytes.extend_from_slice(b"DICM");
+    meta.write(&mut bytes).map_err(|e| format!("cannot write file meta group: {e}"))?;
+    Ok(bytes)
+}
+
+impl Pending {
+    /// Opens the temporary file and writes the preamble and file meta group;
+    /// `refusal` is a status already decided from the command alone.
+    pub async fn start(
+        shared: &Arc<Shared>,
+        presentation_context_id: u8,
+        transfer_syntax: &str,
+        command: Command,
+        peer: &Peer,
+        refusal: Option<(u16, String)>,
+    ) -> Pending {
+        let mut pending = Pending {
+            presentation_context_id,
+            command,
+            transfer_syntax: transfer_syntax.to_string(),
+            temp: None,
+            failure: refusal,
+            received: 0,
+        };
+        if pending.failure.is_some() {
+            return pending;
+        }
+        let meta = match file_meta_bytes(&pending.command, transfer_syntax, peer) {
+            Ok(meta) => meta,
+            Err(e) => {
+                pending.failure = Some((status::CANNOT_UNDERSTAND, e));
+                return pending;
+            }
+        };
+        match shared.spool.create_temp().await {
+            Ok(mut temp) => match temp.write(&meta).await {
+                Ok(()) => pending.temp = Some(temp),
+                Err(e) => {
+                    temp.discard().await;
+                    pending.failure = Some((status::OUT_OF_RESOURCES, format!("spool write failed: {e}")));
+                }
+            },
+            Err(e) => pending.failure = Some((status::OUT_OF_RESOURCES, format!("spool file creation failed: {e}"))),
+        }
+        pending
+    }
+
+    /// Appends a fragment of the data set (dropped once a failure is decided).
+    pub async fn append(&mut self, bytes: &[u8]) {
+        self.received += bytes.len() as u64;
+        if let Some(temp) = self.temp.as_mut() {
+            if let Err(e) = temp.write(bytes).await {
+                self.failure = Some((status::OUT_OF_RESOURCES, format!("spool write failed: {e}")));
+                if let Some(temp) = self.temp.take() {
+                    temp.discard().await;
+                }
+            }
+        }
+    }
+
+    /// The association ended before the data set was complete: remove the
+    /// temporary file and record the failure.
+    pub async fn abandon(mut self, shared: &Arc<Shared>, peer: &Peer, why: &str) {
+        if let Some(temp) = self.temp.take() {
+            temp.discard().await;
+        }
+        let detail = format!("association ended mid-transfer ({why}) after {} bytes; nothing stored", self.received);
+        tracing::warn!(sop_instance_uid = %self.command.affected_sop_instance_uid, "{detail}");
+        record_instance(shared, peer, &self.command.affected_sop_instance_uid, None, "failure", &detail).await;
+    }
+
+    /// The data set is complete: check it, make it durable, register it and
+    /// return the status to answer (with an Error Comment for failures).
+    pub async fn finish(mut self, shared: &Arc<Shared>, peer: &Peer) -> (u16, Option<String>) {
+        let uid = self.command.affected_sop_instance_uid.clone();
+        let outcome = match (self.failure.take(), self.temp.take()) {
+            (Some(failure), temp) => {
+                if let Some(temp) = temp {
+                    temp.discard().await;
+                }
+                Err(failure)
+            }
+            (None, None) => Err((status::OUT_OF_RESOURCES, "no spool file".to_string())),
+            (None, Some(temp)) => self.store(shared, peer, temp).await,
+        };
+        match outcome {
+            Ok(stored) => (status::SUCCESS, stored),
+            Err((code, comment)) => {
+                tracing::warn!(sop_instance_uid = %uid, status = format!("{code:04X}"), "C-STORE failed: {comment}");
+                let detail = format!("status {code:04X}: {comment}");
+                record_instance(shared, peer, &uid, None, "failure", &detail).await;
+                (code, Some(comment))
+            }
+        }
+    }
+
+    /// Returns Ok(None) when stored, Ok(Some(note)) for a duplicate, or the failure.
+    async fn store(
+        &self,
+        shared: &Arc<Shared>,
+        peer: &Peer,
+        mut temp: TempFile,
+    ) -> Result<Option<String>, (u16, String)> {
+        let started = std::time::Instant::now();
+        if let Err(e) = temp.flush().await {
+            temp.discard().await;
+            return Err((status::OUT_OF_RESOURCES, format!("spool write failed: {e}")));
+        }
+        let identity = match check(temp.path().to_path_buf(), self.command.clone()).await {
+            Ok(identity) => identity,
+            Err(failure) => {
+                temp.discard().await;
+                return Err(failure);
+            }
+        };
+        let checked = started.elapsed();
+        let _guard = InFlight::acquire(shared, &identity.sop_instance_uid).await;
+        match is_known(&shared.db, &identity.sop_instance_uid).await {
+            Ok(true) => {
+                temp.discard().await;
+                let note = "duplicate SOP Instance UID: already stored, this copy was discarded".to_string();
+                record_instance(
+                    shared,
+                    peer,
+                    &identity.sop_instance_uid,
+                    Some(&identity.study_instance_uid),
+                    "duplicate",
+                    &note,
+                )
+                .await;
+                return Ok(Some(note));
+            }
+            Ok(false) => {}
+            Err(e) => {
+                temp.discard().await;
+                return Err((status::OUT_OF_RESOURCES, format!("database unavailable: {e}")));
+            }
+        }
+        let known = started.elapsed();
+        let size = temp.len();
+        let file_name = Spool::file_name(&identity.sop_instance_uid);
+        if let Err(e) = shared.spool.commit(temp, &file_name).await {
+            return Err((status::OUT_OF_RESOURCES, format!("spool commit failed: {e}")));
+        }
+        let spooled = started.elapsed();
+        let registered = self.register(shared, peer, &identity, &file_name, size).await;
+        tracing::debug!(
+            sop_instance_uid = %identity.sop_instance_uid,
+            ?checked,
+            ?known,
+            ?spooled,
+            total = ?started.elapsed(),
+            "instance stored (cumulative timings)"
+        );
+        match registered {
+            Ok(true) => Ok(None),
+            Ok(false) => Ok(Some("duplicate SOP Instance UID (registered concurrently)".to_string())),
+            Err((e, committed_unknown)) => {
+                if !committed_unknown {
+                    if let Err(e) = shared.spool.remove(&file_name).await {
+                        tracing::error!(file = %file_name, error = %e, "could not remove spooled file after a failed insert");
+                    }
+                }
+                Err((status::OUT_OF_RESOURCES, format!("database insert failed: {e}")))
+            }
+        }
+    }
+
+    /// Inserts study, instance and audit rows in one transaction. Returns
+    /// whether the instance was new; the error says whether the commit's
+    /// outcome is unknown (then the spooled file is kept for recovery).
+    async fn register(
+        &self,
+        shared: &Arc<Shared>,
+        peer: &Peer,
+        identity: &Identity,
+        file_name: &str,
+        size: u64,
+    ) -> Result<bool, (sqlx::Error, bool)> {
+        let mut tx = shared.db.begin().await.map_err(|e| (e, false))?;
+        let late: bool = sqlx::query(
+            "INSERT INTO study (study_instance_uid, instance_count) VALUES ($1, 1) \
+             ON CONFLICT (study_instance_uid) DO UPDATE \
+             SET last_received_at = now(), instance_count = study.instance_count + 1 \
+             RETURNING enqueued_at IS NOT NULL AS late",
+        )
+        .bind(&identity.study_instance_uid)
+        .fetch_one(&mut *tx)
+        .await
+        .and_then(|row| row.try_get("late"))
+        .map_err(|e| (e, false))?;
+        let inserted = sqlx::query(
+            "INSERT INTO instance (sop_instance_uid, sop_class_uid, study_instance_uid, series_instance_uid, \
+             transfer_syntax_uid, spool_file, size_bytes, calling_ae_title, peer_address) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (sop_instance_uid) DO NOTHING",
+        )
+        .bind(&identity.sop_instance_uid)
+        .bind(&identity.sop_class_uid)
+        .bind(&identity.study_instance_uid)
+        .bind(&identity.series_instance_uid)
+        .bind(&self.transfer_syntax)
+        .bind(file_name)
+        .bind(size as i64)
+        .bind(&peer.calling_ae_title)
+        .bind(&peer.address)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| (e, false))?
+        .rows_affected();
+        if inserted == 0 {
+            tx.rollback().await.map_err(|e| (e, false))?;
+            return Ok(false);
+        }
+        let detail = if late {
+            format!("stored {size} bytes, {}; study already enqueued, no new job", self.transfer_syntax)
+        } else {
+            format!("stored {size} bytes, {}", self.transfer_syntax)
+        };
+        audit::record(
+            &mut *tx,
+            &audit::Event {
+                event: audit::INSTANCE_RECEIVED,
+                outcome: "success",
+                peer_address: Some(&peer.address),
+                calling_ae_title: Some(&peer.calling_ae_title),
+                called_ae_title: Some(&peer.called_ae_title),
+                sop_instance_uid: Some(&identity.sop_instance_uid),
+                study_instance_uid: Some(&identity.study_instance_uid),
+                detail: Some(&detail),
+            },
+        )
+        .await
+        .map_err(|e| (e, false))?;
+        tx.commit().await.map_err(|e| (e, true))?;
+        Ok(true)
+    }
+}
+
+/// Parses the whole received file and checks it against its command.
+async fn check(path: std::path::PathBuf, command: Command) -> Result<Identity, (u16, String)> {
+    tokio::task::spawn_blocking(move || {
+        let obj = OpenFileOptions::new()
+            .open_file(&path)
+            .map_err(|e| (status::CANNOT_UNDERSTAND, format!("cannot parse data set: {e}")))?;
+        let text =
+            |tag| obj.element(tag).ok().and_then(|e| e.to_str().ok()).map(|s| super::dimse::trim(&s).to_string());
+        let sop_class_uid = text(tags::SOP_CLASS_UID).unwrap_or_default();
+        let sop_instance_uid = text(tags::SOP_INSTANCE_UID).unwrap_or_default();
+        if sop_class_uid != command.affected_sop_class_uid {
+            return Err((
+                status::DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+                format!("SOP Class UID {sop_class_uid:?} differs from the request's"),
+            ));
+        }
+        if sop_instance_uid != command.affected_sop_instance_uid {
+            return Err((
+                status::DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+                "SOP Instance UID differs from the request's".to_string(),
+            ));
+        }
+        let study_instance_uid = text(tags::STUDY_INSTANCE_UID).filter(|s| !s.is_empty()).ok_or_else(|| {
+            (status::DATA_SET_DOES_NOT_MATCH_SOP_CLASS, "Study Instance UID (0020,000D) missing".to_string())
+        })?;
+        Ok(Identity {
+            sop_class_uid,
+            sop_instance_uid,
+            study_instance_uid,
+            series_instance_uid: text(tags::SERIES_INSTANCE_UID),
+        })
+    })
+    .await
+    .map_err(|e| (status::OUT_OF_RESOURCES, format!("checker task failed: {e}")))?
+}
+
+async fn is_known(db: &sqlx::PgPool, sop_instance_uid: &str) -> Result<bool, sqlx::Error> {
+    let row = sqlx::query("SELECT 1 FROM instance WHERE sop_instance_uid = $1")
+        .bind(sop_instance_uid)
+        .fetch_optional(db)
+        .await?;
+    Ok(row.is_some())
+}
+
+async fn record_instance(
+    shared: &Arc<Shared>,
+    peer: &Peer,
+    uid: &str,
+    study: Option<&str>,
+    outcome: &str,
+    detail: &str,
+) {
+    audit::record_or_log(
+        &shared.db,
+        &audit::Event {
+            event: audit::INSTANCE_RECEIVED,
+            outcome,
+            peer_address: Some(&peer.address),
+            calling_ae_title: Some(&peer.calling_ae_title),
+            called_ae_title: Some(&peer.called_ae_title),
+            sop_instance_uid: (!uid.is_empty()).then_some(uid),
+            study_instance_uid: study,
+            detail: Some(detail),
+        },
+    )
+    .await;
+}
+
+/// Marks a SOP Instance UID as being stored; a second association storing
+/// the same UID waits until the first is done.
+struct InFlight<'a> {
+    shared: &'a Shared,
+    uid: String,
+}
+
+impl<'a> InFlight<'a> {
+    async fn acquire(shared: &'a Shared, uid: &str) -> InFlight<'a> {
+        loop {
+            if shared.in_flight.lock().expect("not poisoned").insert(uid.to_string()) {
+                return InFlight { shared, uid: uid.to_string() };
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.shared.in_flight.lock().expect("not poisoned").remove(&self.uid);
+    }
+}

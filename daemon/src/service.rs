@@ -1,0 +1,126 @@
+//! Start-up and shutdown of the ingest service: connect and migrate the
+//! database, recover the spool, listen, and run the study tracker.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::{PgPool, Row};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::ingest::{self, Shared};
+use crate::spool::Spool;
+use crate::{audit, db, tracker};
+
+/// What start-up recovery found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    /// Leftover temporary files removed (data sets that never got Success).
+    pub temp_removed: usize,
+    /// Spooled files without an instance row removed (a crash between rename
+    /// and commit, before Success was answered).
+    pub orphans_removed: usize,
+    /// Instance rows whose spool file is missing (should never happen).
+    pub rows_without_file: usize,
+}
+
+/// Makes the spool and the database agree: deletes temporary files and
+/// spooled files without a row. A file without a row never got Success (the
+/// row commits before the answer), so the sender still owns that instance and
+/// will send it again.
+pub async fn recover(spool: &Spool, db: &PgPool) -> anyhow::Result<Recovery> {
+    let mut recovery =
+        Recovery { temp_removed: spool.clean_temp().context("cleaning spool tmp/")?, ..Default::default() };
+    let rows = sqlx::query("SELECT spool_file FROM instance").fetch_all(db).await?;
+    let known: HashSet<String> = rows.iter().map(|r| r.try_get::<String, _>("spool_file")).collect::<Result<_, _>>()?;
+    let files = spool.list().context("listing the spool")?;
+    for name in &files {
+        if !known.contains(name) {
+            spool.remove(name).await.with_context(|| format!("removing orphan {name}"))?;
+            recovery.orphans_removed += 1;
+        }
+    }
+    let present: HashSet<&String> = files.iter().collect();
+    recovery.rows_without_file = known.iter().filter(|k| !present.contains(k)).count();
+    if recovery != Recovery::default() {
+        let detail = format!(
+            "removed {} temporary files and {} spooled files without a row; {} rows without a file",
+            recovery.temp_removed, recovery.orphans_removed, recovery.rows_without_file
+        );
+        tracing::warn!("spool recovery: {detail}");
+        audit::record(
+            db,
+            &audit::Event {
+                event: audit::SPOOL_RECOVERY,
+                outcome: if recovery.rows_without_file == 0 { "success" } else { "failure" },
+                detail: Some(&detail),
+                ..Default::default()
+            },
+        )
+        .await?;
+    }
+    Ok(recovery)
+}
+
+/// A running ingest service.
+#[derive(Debug)]
+pub struct Running {
+    /// The address the SCP listens on (useful with port 0).
+    pub local_addr: SocketAddr,
+    /// The database pool.
+    pub db: PgPool,
+    /// What start-up recovery did.
+    pub recovery: Recovery,
+    shutdown: oneshot::Sender<()>,
+    server: JoinHandle<()>,
+    tracker: JoinHandle<()>,
+}
+
+/// Connects, migrates, recovers, binds and starts serving.
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    let url = config.database_url().context("no database url: set [database] url or DATABASE_URL")?;
+    let db = db::connect(&url, config.database.max_connections).await.context("connecting to PostgreSQL")?;
+    let spool = Spool::open(&config.ingest.spool_dir)
+        .with_context(|| format!("opening spool {}", config.ingest.spool_dir.display()))?;
+    let recovery = recover(&spool, &db).await?;
+    let listener = TcpListener::bind(config.ingest.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.ingest.listen))?;
+    let local_addr = listener.local_addr()?;
+    if config.ingest.allowed_calling_ae_titles.is_empty() {
+        tracing::warn!("allowed-calling-ae-titles is empty: any calling AE title may store");
+    }
+    let shared = Arc::new(Shared::new(config.ingest.clone(), spool, db.clone()));
+    let (shutdown, stop) = oneshot::channel::<()>();
+    let server = tokio::spawn(ingest::serve(
+        listener,
+        shared,
+        async {
+            let _ = stop.await;
+        },
+        Duration::from_secs(10),
+    ));
+    let tracker = tokio::spawn(tracker::run(
+        db.clone(),
+        Duration::from_secs_f64(config.tracker.quiet_period_secs),
+        Duration::from_millis(config.tracker.poll_interval_ms.max(10)),
+    ));
+    tracing::info!(address = %local_addr, ae_title = %config.ingest.ae_title, "DICOM ingest listening");
+    Ok(Running { local_addr, db, recovery, shutdown, server, tracker })
+}
+
+impl Running {
+    /// Stops accepting, lets running associations finish (bounded), stops the tracker.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(());
+        let _ = self.server.await;
+        self.tracker.abort();
+        let _ = self.tracker.await;
+        self.db.close().await;
+    }
+}

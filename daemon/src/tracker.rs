@@ -1,0 +1,76 @@
+//! Study assembly: a study is complete once its quiet period has passed since
+//! its last instance arrived; it then becomes exactly one job in the queue.
+//!
+//! The tracker keeps no state of its own: the `study` table is the state
+//! (`last_received_at`, `enqueued_at`), so after a restart nothing is
+//! forgotten, and since the job insert and `enqueued_at` are set in one
+//! transaction (and `job.study_instance_uid` is unique) nothing is enqueued
+//! twice, even with several daemons on one database (`FOR UPDATE SKIP LOCKED`).
+//! Time comes from the database clock, which all daemons share.
+
+use std::time::Duration;
+
+use sqlx::{PgPool, Row};
+
+use crate::audit;
+
+/// Enqueues every study whose quiet period has passed; returns the enqueued Study Instance UIDs.
+pub async fn enqueue_complete(db: &PgPool, quiet_period: Duration) -> Result<Vec<String>, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    let rows = sqlx::query(
+        "SELECT study_instance_uid, instance_count FROM study \
+         WHERE enqueued_at IS NULL AND last_received_at <= now() - make_interval(secs => $1) \
+         ORDER BY last_received_at LIMIT 500 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(quiet_period.as_secs_f64())
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut enqueued = Vec::with_capacity(rows.len());
+    for row in rows {
+        let study: String = row.try_get("study_instance_uid")?;
+        let count: i32 = row.try_get("instance_count")?;
+        let inserted = sqlx::query("INSERT INTO job (study_instance_uid) VALUES ($1) ON CONFLICT DO NOTHING")
+            .bind(&study)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        sqlx::query("UPDATE study SET enqueued_at = now() WHERE study_instance_uid = $1")
+            .bind(&study)
+            .execute(&mut *tx)
+            .await?;
+        if inserted == 1 {
+            let detail = format!("{count} instances");
+            audit::record(
+                &mut *tx,
+                &audit::Event {
+                    event: audit::STUDY_ENQUEUED,
+                    outcome: "success",
+                    study_instance_uid: Some(&study),
+                    detail: Some(&detail),
+                    ..Default::default()
+                },
+            )
+            .await?;
+            enqueued.push(study);
+        }
+    }
+    tx.commit().await?;
+    Ok(enqueued)
+}
+
+/// Runs [`enqueue_complete`] every `poll_interval` until the task is dropped.
+pub async fn run(db: PgPool, quiet_period: Duration, poll_interval: Duration) {
+    let mut ticker = tokio::time::interval(poll_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        match enqueue_complete(&db, quiet_period).await {
+            Ok(studies) => {
+                for study in studies {
+                    tracing::info!(study = %study, "study complete, job enqueued");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "study tracker: database error, retrying"),
+        }
+    }
+}

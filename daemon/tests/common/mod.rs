@@ -1,0 +1,250 @@
+//! Shared helpers of the ingest tests: a fresh database per test, an
+//! in-process daemon on a free port, dcmtk peers and a raw DIMSE client.
+#![allow(dead_code, missing_docs)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use cxr_led_daemon::config::Config;
+use cxr_led_daemon::ingest::dimse;
+use cxr_led_daemon::service::{self, Running};
+use dicom_dictionary_std::tags;
+use dicom_object::{open_file, InMemDicomObject};
+use dicom_ul::pdu::{PDataValue, PDataValueType};
+use dicom_ul::{ClientAssociationOptions, Pdu};
+use sqlx::{Connection, PgConnection, PgPool, Row};
+
+pub const AE: &str = "CXRLED";
+pub const CR: &str = "1.2.840.10008.5.1.4.1.1.1";
+pub const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
+
+/// The folder of the copied fixtures.
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+fn admin_url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A database created for one test and dropped (forcefully) when dropped.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    pub async fn create() -> TestDb {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let name = format!("cxrled_test_{}_{}", std::process::id(), nanos % 1_000_000_000_000);
+        let admin = admin_url();
+        let mut conn = PgConnection::connect(&admin).await.expect("connect to DATABASE_URL");
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create test database");
+        conn.close().await.ok();
+        let (base, query) = match admin.split_once('?') {
+            Some((b, q)) => (b.to_string(), format!("?{q}")),
+            None => (admin.clone(), String::new()),
+        };
+        let base = base.rsplit_once('/').map(|(b, _)| b.to_string()).unwrap_or(base);
+        TestDb { url: format!("{base}/{name}{query}"), name }
+    }
+
+    pub async fn pool(&self) -> PgPool {
+        PgPool::connect(&self.url).await.expect("connect to test database")
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let admin = admin_url();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                if let Ok(mut conn) = PgConnection::connect(&admin).await {
+                    let _ =
+                        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A configuration for tests: loopback, port 0, the given spool and database.
+pub fn test_config(db: &TestDb, spool: &Path) -> Config {
+    let mut config = Config::default();
+    config.ingest.listen = "127.0.0.1:0".parse().unwrap();
+    config.ingest.spool_dir = spool.to_path_buf();
+    config.ingest.read_timeout_secs = 20;
+    config.ingest.idle_timeout_secs = 30;
+    config.database.url = db.url.clone();
+    config.database.max_connections = 8;
+    config.tracker.quiet_period_secs = 3600.0;
+    config.tracker.poll_interval_ms = 100;
+    config
+}
+
+pub async fn start(config: Config) -> Running {
+    let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("info").try_init();
+    service::start(config).await.expect("daemon starts")
+}
+
+/// Runs a dcmtk tool (off the async runtime).
+pub async fn dcmtk(program: &str, args: Vec<String>) -> Output {
+    let program = program.to_string();
+    tokio::task::spawn_blocking(move || {
+        Command::new(&program)
+            .args(&args)
+            .output()
+            .unwrap_or_else(|e| panic!("running {program}: {e} (is dcmtk installed?)"))
+    })
+    .await
+    .unwrap()
+}
+
+pub fn text(output: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+}
+
+/// storescu with our AE title as the called one.
+pub async fn storescu(addr: SocketAddr, calling: &str, extra: &[&str], files: &[PathBuf]) -> Output {
+    let mut args: Vec<String> = vec!["-v".into(), "-aet".into(), calling.into(), "-aec".into(), AE.into()];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.push(addr.ip().to_string());
+    args.push(addr.port().to_string());
+    args.extend(files.iter().map(|f| f.display().to_string()));
+    dcmtk("storescu", args).await
+}
+
+/// Writes `n` copies of a fixture with fresh SOP Instance UIDs (and the given
+/// Study Instance UID), returning their paths and UIDs.
+pub fn make_copies(source: &Path, dir: &Path, n: usize, study_uid: &str, tag: &str) -> Vec<(PathBuf, String)> {
+    let original = open_file(source).expect("open fixture");
+    (0..n)
+        .map(|i| {
+            let uid = format!("2.25.{}{}{:06}", tag_digits(tag), std::process::id(), i);
+            let mut obj = original.clone();
+            obj.put_str(tags::SOP_INSTANCE_UID, dicom_core::VR::UI, uid.clone());
+            obj.put_str(tags::STUDY_INSTANCE_UID, dicom_core::VR::UI, study_uid);
+            obj.update_meta(|m| m.media_storage_sop_instance_uid = uid.clone());
+            let path = dir.join(format!("{tag}_{i:04}.dcm"));
+            obj.write_to_file(&path).expect("write copy");
+            (path, uid)
+        })
+        .collect()
+}
+
+fn tag_digits(tag: &str) -> String {
+    tag.bytes().map(|b| (b % 10).to_string()).collect()
+}
+
+pub async fn count(db: &PgPool, sql: &str) -> i64 {
+    sqlx::query(sql).fetch_one(db).await.expect(sql).try_get::<i64, _>(0).unwrap()
+}
+
+/// Polls `condition` until it holds, panicking after `limit`.
+pub async fn wait_until<F, Fut>(limit: Duration, what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !condition().await {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Files in the spool (not in tmp/).
+pub fn spool_files(spool: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(spool)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().unwrap().is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+pub fn temp_files(spool: &Path) -> usize {
+    std::fs::read_dir(spool.join("tmp")).map(|d| d.count()).unwrap_or(0)
+}
+
+/// A raw DIMSE client (dicom-ul, blocking) for inputs dcmtk refuses to send.
+pub struct RawScu {
+    pub association: dicom_ul::ClientAssociation<std::net::TcpStream>,
+    pub pc_id: u8,
+    next_id: u16,
+}
+
+impl RawScu {
+    pub fn connect(addr: SocketAddr, sop_class: &str, transfer_syntax: &str) -> RawScu {
+        let association = ClientAssociationOptions::new()
+            .calling_ae_title("RAWSCU")
+            .called_ae_title(AE)
+            .with_presentation_context(sop_class, vec![transfer_syntax])
+            .max_pdu_length(16384)
+            .read_timeout(Duration::from_secs(30))
+            .establish(addr)
+            .expect("association");
+        let pc_id = association.presentation_contexts()[0].id;
+        RawScu { association, pc_id, next_id: 1 }
+    }
+
+    /// Sends the command and the first `chunks_to_send` 8 KiB chunks of the data set
+    /// (all of it when None), and for a complete send returns the response status.
+    pub fn store(
+        &mut self,
+        sop_class: &str,
+        sop_instance: &str,
+        data: &[u8],
+        chunks_to_send: Option<usize>,
+    ) -> Option<u16> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let command = dimse::store_request(id, sop_class, sop_instance);
+        self.association
+            .send(&Pdu::PData {
+                data: vec![PDataValue {
+                    presentation_context_id: self.pc_id,
+                    value_type: PDataValueType::Command,
+                    is_last: true,
+                    data: command,
+                }],
+            })
+            .unwrap();
+        let chunks: Vec<&[u8]> = data.chunks(8192).collect();
+        let limit = chunks_to_send.unwrap_or(chunks.len());
+        for (i, chunk) in chunks.iter().enumerate().take(limit) {
+            self.association
+                .send(&Pdu::PData {
+                    data: vec![PDataValue {
+                        presentation_context_id: self.pc_id,
+                        value_type: PDataValueType::Data,
+                        is_last: i + 1 == chunks.len(),
+                        data: chunk.to_vec(),
+                    }],
+                })
+                .unwrap();
+        }
+        if limit < chunks.len() {
+            return None;
+        }
+        match self.association.receive().unwrap() {
+            Pdu::PData { data } => Some(dimse::response_status(&data[0].data).unwrap()),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// The data set of a file (without preamble and meta group), in Explicit VR Little Endian.
+pub fn data_set_bytes(obj: &InMemDicomObject) -> Vec<u8> {
+    let ts = dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN.erased();
+    let mut bytes = Vec::new();
+    obj.write_dataset_with_ts(&mut bytes, &ts).unwrap();
+    bytes
+}
