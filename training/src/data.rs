@@ -8,12 +8,12 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use image::imageops::FilterType;
 use rand::Rng;
 use sha2::{Digest, Sha256};
 use tch::{Kind, Tensor};
 
-use crate::degrade::{degrade, DegradationParams, DegradationRanges};
+use crate::degrade::{degrade_tensor, DegradationParams, DegradationRanges};
+use crate::image_io;
 
 /// Every PNG under the given folders (recursively), sorted.
 pub fn list_images(folders: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
@@ -64,19 +64,10 @@ pub fn split_of(path: &Path, validation: f64, test: f64) -> Split {
     }
 }
 
-/// Reads a PNG as `[1, size, size]` in [-1, 1] (resized, aspect ratio not kept:
-/// chest X-ray sets are near square).
-pub fn load_image(path: &Path, size: u32) -> anyhow::Result<Tensor> {
-    let decoded = image::open(path).with_context(|| format!("reading {}", path.display()))?.into_luma16();
-    let resized = image::imageops::resize(&decoded, size, size, FilterType::Triangle);
-    let values: Vec<f32> = resized.into_raw().into_iter().map(|v| v as f32 / 65535.0 * 2.0 - 1.0).collect();
-    Ok(Tensor::from_slice(&values).view([1, size as i64, size as i64]))
-}
-
-/// Loads images into one `[N, 1, size, size]` tensor.
+/// Loads images, resized to `size` x `size`, into one `[N, 1, size, size]` tensor.
 pub fn load_stack(paths: &[PathBuf], size: u32) -> anyhow::Result<Tensor> {
-    let images = paths.iter().map(|p| load_image(p, size)).collect::<anyhow::Result<Vec<_>>>()?;
-    Ok(Tensor::stack(&images, 0))
+    let images = paths.iter().map(|p| image_io::read_png_resized(p, Some(size))).collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(Tensor::cat(&images, 0))
 }
 
 /// Degrades each image `[N, 1, H, W]` with its own parameters drawn from
@@ -87,16 +78,13 @@ pub fn degrade_stack(
     ranges: &DegradationRanges,
 ) -> anyhow::Result<(Tensor, Vec<DegradationParams>)> {
     use rand::SeedableRng;
-    let (height, width) = (images.size()[2] as usize, images.size()[3] as usize);
     let mut degraded = Vec::with_capacity(paths.len());
     let mut params = Vec::with_capacity(paths.len());
     for (i, path) in paths.iter().enumerate() {
         let seed = (name_fraction(path, "degrade") * u64::MAX as f64) as u64;
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let drawn = ranges.sample(&mut rng);
-        let intensity = Vec::<f32>::try_from(((images.get(i as i64) + 1.0) / 2.0).flatten(0, -1))?;
-        let out = degrade(&intensity, width, height, &drawn, rng.gen());
-        degraded.push(Tensor::from_slice(&out).view([1, height as i64, width as i64]) * 2.0 - 1.0);
+        degraded.push(degrade_tensor(&images.get(i as i64), &drawn, rng.gen())?);
         params.push(drawn);
     }
     Ok((Tensor::stack(&degraded, 0).to_kind(Kind::Float), params))

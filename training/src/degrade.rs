@@ -199,6 +199,17 @@ pub fn degrade(intensity: &[f32], width: usize, height: usize, params: &Degradat
     processed.iter().map(|&d| (mean + params.contrast * (d - mean)).clamp(0.0, 1.0) as f32).collect()
 }
 
+/// [`degrade`] on an image tensor `[..., H, W]` in the model range [-1, 1];
+/// returns a float tensor of the same shape and range.
+pub fn degrade_tensor(image: &tch::Tensor, params: &DegradationParams, seed: u64) -> anyhow::Result<tch::Tensor> {
+    let size = image.size();
+    anyhow::ensure!(size.len() >= 2, "expected an image [..., H, W], got {size:?}");
+    let (height, width) = (size[size.len() - 2] as usize, size[size.len() - 1] as usize);
+    let intensity = Vec::<f32>::try_from(((image.to_kind(tch::Kind::Float) + 1.0) / 2.0).flatten(0, -1))?;
+    let degraded = degrade(&intensity, width, height, params, seed);
+    Ok(tch::Tensor::from_slice(&degraded).view(size.as_slice()) * 2.0 - 1.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

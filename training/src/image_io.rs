@@ -9,8 +9,17 @@ use tch::{Kind, Tensor};
 
 /// Reads a PNG as a `[1, 1, H, W]` float tensor in [-1, 1].
 pub fn read_png(path: &Path) -> anyhow::Result<Tensor> {
+    read_png_resized(path, None)
+}
+
+/// Reads a PNG as a `[1, 1, H, W]` float tensor in [-1, 1], resized to
+/// `side` x `side` when given (aspect ratio not kept: chest X-ray sets are near square).
+pub fn read_png_resized(path: &Path, side: Option<u32>) -> anyhow::Result<Tensor> {
     let decoded = image::open(path).with_context(|| format!("reading image {}", path.display()))?;
-    let gray = decoded.into_luma16();
+    let mut gray = decoded.into_luma16();
+    if let Some(side) = side {
+        gray = image::imageops::resize(&gray, side, side, image::imageops::FilterType::Triangle);
+    }
     let (width, height) = gray.dimensions();
     let values: Vec<f32> = gray.into_raw().into_iter().map(|v| v as f32 / 65535.0 * 2.0 - 1.0).collect();
     Ok(Tensor::from_slice(&values).view([1, 1, height as i64, width as i64]))

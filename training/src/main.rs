@@ -108,8 +108,6 @@ fn main() -> anyhow::Result<()> {
         Command::Degrade { input, output, seed, dose, ranges } => {
             use rand::SeedableRng;
             let image = image_io::read_png(&input)?;
-            let (height, width) = (image.size()[2] as usize, image.size()[3] as usize);
-            let intensity = Vec::<f32>::try_from(((image + 1.0) / 2.0).flatten(0, -1))?;
             let ranges: degrade::DegradationRanges = match ranges {
                 Some(path) => toml::from_str(&std::fs::read_to_string(&path)?)
                     .with_context(|| format!("reading degradation ranges {}", path.display()))?,
@@ -121,8 +119,7 @@ fn main() -> anyhow::Result<()> {
                 anyhow::ensure!(dose > 0.0 && dose <= 1.0, "--dose must lie in (0, 1], got {dose}");
                 params.dose_fraction = dose;
             }
-            let degraded = degrade::degrade(&intensity, width, height, &params, seed);
-            let tensor = tch::Tensor::from_slice(&degraded).view([1, 1, height as i64, width as i64]) * 2.0 - 1.0;
+            let tensor = degrade::degrade_tensor(&image, &params, seed)?;
             image_io::write_png(&output, &tensor)?;
             let report = serde_json::json!({
                 "input": input.display().to_string(),
