@@ -16,6 +16,22 @@ pub const INSTANCE_RECEIVED: &str = "instance-received";
 pub const STUDY_ENQUEUED: &str = "study-enqueued";
 /// Event: start-up recovery removed or found something in the spool.
 pub const SPOOL_RECOVERY: &str = "spool-recovery";
+/// Event: the exposure gate decided on an instance (flagged or not, and why).
+pub const EXPOSURE_DECISION: &str = "exposure-decision";
+/// Event: an instance was enhanced and its derived instance queued for delivery.
+pub const INSTANCE_ENHANCED: &str = "instance-enhanced";
+/// Event: an enhanced result was held (hallucination score above the threshold).
+pub const RESULT_HELD: &str = "result-held";
+/// Event: an instance could not be enhanced (permanent, recorded, not retried).
+pub const INSTANCE_FAILED: &str = "instance-failed";
+/// Event: every instance of a study was decided; the job is done.
+pub const STUDY_PROCESSED: &str = "study-processed";
+/// Event: a job attempt failed and will be retried.
+pub const JOB_RETRY: &str = "job-retry";
+/// Event: a job is out of attempts (dead letter).
+pub const JOB_DEAD: &str = "job-dead";
+/// Event: `cxr-ledd reproduce` re-ran an enhancement (Instances Accessed, 110103).
+pub const REPRODUCED: &str = "reproduced";
 
 /// One audit row.
 #[derive(Debug, Default, Clone)]

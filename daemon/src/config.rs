@@ -17,6 +17,10 @@ pub struct Config {
     pub tracker: TrackerConfig,
     /// PostgreSQL (`[database]`).
     pub database: DatabaseConfig,
+    /// The exposure gate (`[exposure]`).
+    pub exposure: ExposureConfig,
+    /// Workers, model and queue (`[pipeline]`).
+    pub pipeline: PipelineConfig,
 }
 
 /// The C-STORE / C-ECHO service class provider.
@@ -103,6 +107,108 @@ impl Default for DatabaseConfig {
     }
 }
 
+/// The exposure gate's thresholds (see `triage`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct ExposureConfig {
+    /// Flag an image whose Deviation Index is below this. AAPM TG-116's
+    /// action levels: below -1 "consult", below -3 "repeat" (half the
+    /// target dose); the default flags what TG-116 would repeat.
+    pub flag_below_deviation_index: f64,
+    /// Without exposure tags: flag an image whose display noise sigma
+    /// (intensity in [0, 1]) is above this.
+    pub flag_above_noise_sigma: f64,
+    /// Body Part Examined values the model is for; an image with another
+    /// value is not applicable (an image without the tag is examined).
+    pub body_parts: Vec<String>,
+}
+
+impl Default for ExposureConfig {
+    fn default() -> Self {
+        ExposureConfig {
+            flag_below_deviation_index: -3.0,
+            flag_above_noise_sigma: 0.03,
+            body_parts: vec!["CHEST".into(), "THORAX".into(), "LUNG".into()],
+        }
+    }
+}
+
+/// The enhancement workers: the model bundle, inference settings and the job queue.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Whether this process runs workers (ingest-only hosts set false).
+    pub enabled: bool,
+    /// The model bundle folder (holds bundle.toml).
+    pub bundle: PathBuf,
+    /// Inference device: auto, cpu, cuda or cuda:N.
+    pub device: String,
+    /// Precision: f32, f16 or bf16 (the last two on CUDA only).
+    pub precision: cxr_led_models::Precision,
+    /// Refinement start timestep; 0 = the bundle's default.
+    pub t0: usize,
+    /// DDIM steps; 0 = the bundle's default.
+    pub steps: usize,
+    /// Hold a result whose hallucination score is above this; a negative
+    /// value means the bundle's calibrated threshold.
+    pub hold_threshold: f64,
+    /// Concurrent jobs in this process (each runs one image at a time).
+    pub workers: usize,
+    /// Seconds a claimed job stays leased without a heartbeat; a job whose
+    /// worker died is claimable again after this.
+    pub lease_secs: u64,
+    /// Attempts before a job goes to the dead-letter state.
+    pub max_attempts: i32,
+    /// First retry delay in seconds; doubles per attempt.
+    pub retry_initial_secs: u64,
+    /// Longest retry delay in seconds.
+    pub retry_max_secs: u64,
+    /// How often an idle worker looks for jobs, in milliseconds.
+    pub poll_interval_ms: u64,
+    /// Folder of the derived instances (written before they are queued for delivery).
+    pub output_dir: PathBuf,
+    /// Also send the hallucination check's doubt map as a Secondary Capture
+    /// instance in the derived series, so a radiologist sees where the
+    /// enhancement may be inventing detail.
+    pub doubt_map_instance: bool,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            enabled: true,
+            bundle: PathBuf::from("/usr/share/cxr-led/bundles/default"),
+            device: "auto".into(),
+            precision: cxr_led_models::Precision::F32,
+            t0: 0,
+            steps: 0,
+            hold_threshold: -1.0,
+            workers: 1,
+            lease_secs: 300,
+            max_attempts: 5,
+            retry_initial_secs: 30,
+            retry_max_secs: 3600,
+            poll_interval_ms: 1000,
+            output_dir: PathBuf::from("/var/lib/cxr-led/derived"),
+            doubt_map_instance: false,
+        }
+    }
+}
+
+impl PipelineConfig {
+    /// The lease as a duration.
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs(self.lease_secs.max(1))
+    }
+
+    /// The delay before retry number `attempt` (1-based): exponential, capped.
+    pub fn retry_delay(&self, attempt: i32) -> Duration {
+        let exponent = attempt.saturating_sub(1).clamp(0, 20) as u32;
+        let secs = self.retry_initial_secs.saturating_mul(1u64 << exponent).min(self.retry_max_secs);
+        Duration::from_secs(secs)
+    }
+}
+
 /// A configuration that could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -158,6 +264,31 @@ impl Config {
         }
         if self.tracker.quiet_period_secs.is_nan() || self.tracker.quiet_period_secs < 0.0 {
             return Err(Error::Invalid("quiet-period-secs must be zero or more".into()));
+        }
+        if !self.exposure.flag_below_deviation_index.is_finite() {
+            return Err(Error::Invalid("exposure.flag-below-deviation-index must be a number such as -3.0".into()));
+        }
+        if !(self.exposure.flag_above_noise_sigma > 0.0 && self.exposure.flag_above_noise_sigma < 1.0) {
+            return Err(Error::Invalid("exposure.flag-above-noise-sigma must be between 0 and 1".into()));
+        }
+        let pipeline = &self.pipeline;
+        if pipeline.workers == 0 {
+            return Err(Error::Invalid("pipeline.workers must be at least 1 (set enabled = false for none)".into()));
+        }
+        if pipeline.max_attempts < 1 {
+            return Err(Error::Invalid("pipeline.max-attempts must be at least 1".into()));
+        }
+        if pipeline.lease_secs < 10 {
+            return Err(Error::Invalid("pipeline.lease-secs must be at least 10".into()));
+        }
+        if pipeline.hold_threshold.is_nan() || pipeline.hold_threshold > 1.0 {
+            return Err(Error::Invalid(
+                "pipeline.hold-threshold must be in [0, 1], or negative for the bundle's calibrated value".into(),
+            ));
+        }
+        if pipeline.enabled {
+            cxr_led_models::device::parse_device(&pipeline.device)
+                .map_err(|e| Error::Invalid(format!("pipeline.device: {e}")))?;
         }
         Ok(())
     }

@@ -84,7 +84,15 @@ pub fn test_config(db: &TestDb, spool: &Path) -> Config {
     config.database.max_connections = 8;
     config.tracker.quiet_period_secs = 3600.0;
     config.tracker.poll_interval_ms = 100;
+    // Ingest tests run no workers; pipeline tests turn them on with `pipeline_config`.
+    config.pipeline.enabled = false;
+    config.pipeline.output_dir = spool.join("derived");
     config
+}
+
+/// The tiny bundle checked into the repository (random fixed weights).
+pub fn tiny_bundle() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/bundles/tiny")
 }
 
 pub async fn start(config: Config) -> Running {
