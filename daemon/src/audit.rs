@@ -16,6 +16,10 @@ pub const INSTANCE_RECEIVED: &str = "instance-received";
 pub const STUDY_ENQUEUED: &str = "study-enqueued";
 /// Event: start-up recovery removed or found something in the spool.
 pub const SPOOL_RECOVERY: &str = "spool-recovery";
+/// Event: a derived instance was stored by a destination (PS3.15 110104 Instances Transferred).
+pub const INSTANCE_SENT: &str = "instance-sent";
+/// Event: an attempt to deliver a derived instance failed (it is retried unless max-attempts was reached).
+pub const DELIVERY_FAILED: &str = "delivery-failed";
 
 /// One audit row.
 #[derive(Debug, Default, Clone)]

@@ -3,6 +3,7 @@
 //! - [`config`]: the TOML configuration.
 //! - [`ingest`]: the DICOM SCP (C-ECHO, C-STORE) with its durable [`spool`].
 //! - [`tracker`]: study assembly (quiet period) into the job queue.
+//! - [`derive`]: the derived DICOM instance (and the doubt map) of an enhancement.
 //! - [`audit`]: audit events.
 //! - [`db`]: PostgreSQL pool and migrations.
 //! - [`service`]: start-up (recovery), run, shutdown.
@@ -10,6 +11,7 @@
 pub mod audit;
 pub mod config;
 pub mod db;
+pub mod derive;
 pub mod ingest;
 pub mod service;
 pub mod spool;
