@@ -4,6 +4,7 @@
 //! - [`ingest`]: the DICOM SCP (C-ECHO, C-STORE) with its durable [`spool`].
 //! - [`tracker`]: study assembly (quiet period) into the job queue.
 //! - [`derive`]: the derived DICOM instance (and the doubt map) of an enhancement.
+//! - [`deliver`]: the outbox and the C-STORE SCU that sends derived instances to the PACS.
 //! - [`audit`]: audit events.
 //! - [`db`]: PostgreSQL pool and migrations.
 //! - [`service`]: start-up (recovery), run, shutdown.
@@ -11,6 +12,7 @@
 pub mod audit;
 pub mod config;
 pub mod db;
+pub mod deliver;
 pub mod derive;
 pub mod ingest;
 pub mod service;

@@ -24,6 +24,8 @@ use dicom_pixeldata::PixelDecoder;
 /// - "Retired attribute" / "retired attributes": copied from the source
 ///   (Other Patient IDs, Postprocessing Function); patient data is never
 ///   rewritten.
+/// - "Unrecognized defined term <99CXRLED>": our local coding scheme (PS3.16
+///   8.2 allows "99" designators; dciodvfy only knows registered ones).
 /// - "Retired Person Name form", "Unrecognized defined term", "Value is zero
 ///   for value 1 of attribute <Exposure|KVP|Sensitivity>", "should be absent
 ///   (not empty)": source values we copy as they are (acquisition facts).
@@ -40,13 +42,16 @@ const ACCEPTED_WARNINGS: &[&str] = &[
     "should be absent (not empty)",
 ];
 
-/// Runs dciodvfy; fails on any Error line, and on a warning not in [`ACCEPTED_WARNINGS`].
-fn validate(path: &Path) -> String {
+/// Runs dciodvfy; fails unless it recognised the IOD (`CRImage`, `DXImage`,
+/// `SCImage`, ...), on any Error line, and on a warning not in [`ACCEPTED_WARNINGS`].
+fn validate(path: &Path, iod: &str) -> String {
     let out = Command::new("dciodvfy")
         .arg(path)
         .output()
         .expect("running dciodvfy (dicom3tools; .ci/env.sh cxr_led_test_services installs it)");
     let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    println!("dciodvfy {}:\n{report}", path.display());
+    assert!(report.lines().any(|l| l.trim() == iod), "dciodvfy did not validate {} as {iod}:\n{report}", path.display());
     let errors: Vec<&str> = report.lines().filter(|l| l.starts_with("Error")).collect();
     assert!(errors.is_empty(), "dciodvfy errors for {}:\n{}\n--- full report:\n{report}", path.display(), errors.join("\n"));
     let unexpected: Vec<&str> = report
@@ -122,7 +127,7 @@ fn derive_from(source: &DefaultDicomObject, dir: &Path, name: &str) -> Derived {
 }
 
 /// The tags every derived instance must carry, whatever its source.
-fn check_common(source: &DefaultDicomObject, d: &Derived) {
+fn check_common(source: &DefaultDicomObject, d: &Derived, iod: &str) {
     let obj = &d.object;
     assert_eq!(obj.meta().transfer_syntax().trim_end_matches('\0'), derive::EXPLICIT_VR_LITTLE_ENDIAN);
     assert_eq!(str_of(obj, tags::SOP_INSTANCE_UID), d.provenance.derived_sop_instance_uid);
@@ -185,7 +190,7 @@ fn check_common(source: &DefaultDicomObject, d: &Derived) {
     // No private element of the source survives (only our group 0071).
     assert!(obj.iter().all(|e| e.header().tag.0 % 2 == 0 || e.header().tag.0 == 0x0071));
     assert!(obj.element_opt(tags::ICON_IMAGE_SEQUENCE).unwrap().is_none());
-    validate(&d.path);
+    validate(&d.path, iod);
 }
 
 fn str_of_item(item: &dicom_object::InMemDicomObject, tag: Tag) -> String {
@@ -197,7 +202,7 @@ fn cr_uncompressed_stays_cr_and_validates() {
     let dir = tempfile::tempdir().unwrap();
     let source = open_file(fixture("RG1_UNCR.dcm")).unwrap();
     let d = derive_from(&source, dir.path(), "rg1.dcm");
-    check_common(&source, &d);
+    check_common(&source, &d, "CRImage");
     assert_eq!(str_of(&d.object, tags::SOP_CLASS_UID), derive::CR_IMAGE_STORAGE);
     assert_eq!((d.object.element(tags::ROWS).unwrap().to_int::<u16>().unwrap()), 1955);
     assert_eq!(str_of(&d.object, tags::LOSSY_IMAGE_COMPRESSION), "00");
@@ -221,7 +226,7 @@ fn lossy_sources_make_lossy_derived_instances() {
     // JPEG 2000 irreversible: the source already says 01; it stays 01.
     let j2ki = open_file(fixture("RG1_J2KI.dcm")).unwrap();
     let d = derive_from(&j2ki, dir.path(), "j2ki.dcm");
-    check_common(&j2ki, &d);
+    check_common(&j2ki, &d, "CRImage");
     assert_eq!(str_of(&d.object, tags::LOSSY_IMAGE_COMPRESSION), "01");
     assert_eq!(str_of(&d.object, tags::SOP_CLASS_UID), derive::CR_IMAGE_STORAGE);
     // The source's own Source Image Sequence (its uncompressed predecessor) is replaced by ours.
@@ -234,7 +239,7 @@ fn lossy_sources_make_lossy_derived_instances() {
     jlsn.remove_element(tags::LOSSY_IMAGE_COMPRESSION_METHOD);
     jlsn.remove_element(tags::LOSSY_IMAGE_COMPRESSION_RATIO);
     let d = derive_from(&jlsn, dir.path(), "jlsn.dcm");
-    check_common(&jlsn, &d);
+    check_common(&jlsn, &d, "CRImage");
     assert_eq!(str_of(&d.object, tags::LOSSY_IMAGE_COMPRESSION), "01");
     assert_eq!(str_of(&d.object, tags::LOSSY_IMAGE_COMPRESSION_METHOD), "ISO_14495_1");
     let ratio: f64 = str_of(&d.object, tags::LOSSY_IMAGE_COMPRESSION_RATIO).parse().unwrap();
@@ -243,7 +248,7 @@ fn lossy_sources_make_lossy_derived_instances() {
     // JPEG 2000 lossless only: not lossy.
     let j2kr = open_file(fixture("RG1_J2KR.dcm")).unwrap();
     let d = derive_from(&j2kr, dir.path(), "j2kr.dcm");
-    check_common(&j2kr, &d);
+    check_common(&j2kr, &d, "CRImage");
     assert_ne!(str_of(&d.object, tags::LOSSY_IMAGE_COMPRESSION), "01");
 }
 
@@ -252,7 +257,7 @@ fn dx_8_bit_monochrome1_stays_dx_for_presentation() {
     let dir = tempfile::tempdir().unwrap();
     let source = open_file(fixture("dx_image.dcm")).unwrap();
     let d = derive_from(&source, dir.path(), "dx.dcm");
-    check_common(&source, &d);
+    check_common(&source, &d, "DXImageForPresentation");
     let obj = &d.object;
     assert_eq!(str_of(obj, tags::SOP_CLASS_UID), derive::DX_FOR_PRESENTATION);
     assert_eq!(obj.element(tags::IMAGE_TYPE).unwrap().to_multi_str().unwrap().to_vec(), ["DERIVED", "SECONDARY", ""]);
@@ -278,7 +283,7 @@ fn dx_for_processing_becomes_dx_for_presentation_with_a_window() {
     source.remove_element(tags::WINDOW_WIDTH);
     source.remove_element(tags::PRESENTATION_LUT_SHAPE);
     let d = derive_from(&source, dir.path(), "dxproc.dcm");
-    check_common(&source, &d);
+    check_common(&source, &d, "DXImageForPresentation");
     let obj = &d.object;
     assert_eq!(str_of(obj, tags::SOP_CLASS_UID), derive::DX_FOR_PRESENTATION);
     assert_eq!(str_of(obj, tags::PRESENTATION_INTENT_TYPE), "FOR PRESENTATION");
@@ -296,7 +301,7 @@ fn small_cr_and_its_doubt_map_validate() {
     let dir = tempfile::tempdir().unwrap();
     let source = open_file(fixture("CR1_6154.dcm")).unwrap();
     let d = derive_from(&source, dir.path(), "cr1.dcm");
-    check_common(&source, &d);
+    check_common(&source, &d, "CRImage");
 
     let rows = source.element(tags::ROWS).unwrap().to_int::<u32>().unwrap();
     let columns = source.element(tags::COLUMNS).unwrap().to_int::<u32>().unwrap();
@@ -306,7 +311,7 @@ fn small_cr_and_its_doubt_map_validate() {
     let path = dir.path().join("doubt.dcm");
     derive::write_durably(&map, &path).unwrap();
     let map = open_file(&path).unwrap();
-    validate(&path);
+    validate(&path, "SCImage");
     assert_eq!(str_of(&map, tags::SOP_CLASS_UID), derive::SECONDARY_CAPTURE);
     assert_eq!(str_of(&map, tags::SOP_INSTANCE_UID), uid);
     assert_eq!(str_of(&map, tags::SERIES_INSTANCE_UID), d.provenance.derived_series_instance_uid);
@@ -330,7 +335,7 @@ fn small_cr_and_its_doubt_map_validate() {
     let map = derive::doubt_map_instance(&big, &doubt, rows, columns, &provenance, "2.25.12345").unwrap();
     let path = dir.path().join("doubt_big.dcm");
     derive::write_durably(&map, &path).unwrap();
-    validate(&path);
+    validate(&path, "SCImage");
 }
 
 #[test]
