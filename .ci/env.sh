@@ -49,6 +49,8 @@ cxr_led_torch() {
 # The environment every cargo command of this project needs.
 cxr_led_env() {
     cxr_led_torch
+    # charls-sys (JPEG-LS decoding for dicom-pixeldata) builds CharLS with CMake.
+    command -v cmake >/dev/null || cxr_led_apt cmake
     export VIRTUAL_ENV="$CXR_LED_VENV"
     export PATH="$CXR_LED_VENV/bin:$PATH"
     # torch-sys asks the venv's python where libtorch is; binaries get an rpath to it.
@@ -57,11 +59,12 @@ cxr_led_env() {
     export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CXR_LED_CACHE/target}"
 }
 
-# What the daemon's tests need: dcmtk (echoscu, storescu) and a running
+# What the daemon's tests need: dcmtk (echoscu, storescu, storescp, dcmdump),
+# dicom3tools (dciodvfy, the IOD validator of the derived instances) and a running
 # PostgreSQL that trusts local connections of user postgres. Exports
 # DATABASE_URL (tests create and drop their own databases on that server).
 cxr_led_test_services() {
-    cxr_led_apt dcmtk
+    cxr_led_apt dcmtk dicom3tools
     export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
     if pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
         return 0

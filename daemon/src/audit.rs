@@ -32,6 +32,10 @@ pub const JOB_RETRY: &str = "job-retry";
 pub const JOB_DEAD: &str = "job-dead";
 /// Event: `cxr-ledd reproduce` re-ran an enhancement (Instances Accessed, 110103).
 pub const REPRODUCED: &str = "reproduced";
+/// Event: a derived instance was stored by a destination (PS3.15 110104 Instances Transferred).
+pub const INSTANCE_SENT: &str = "instance-sent";
+/// Event: an attempt to deliver a derived instance failed (it is retried unless max-attempts was reached).
+pub const DELIVERY_FAILED: &str = "delivery-failed";
 
 /// One audit row.
 #[derive(Debug, Default, Clone)]

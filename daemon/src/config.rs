@@ -21,6 +21,8 @@ pub struct Config {
     pub exposure: ExposureConfig,
     /// Workers, model and queue (`[pipeline]`).
     pub pipeline: PipelineConfig,
+    /// Sending derived instances to the PACS (`[delivery]`).
+    pub delivery: DeliveryConfig,
 }
 
 /// The C-STORE / C-ECHO service class provider.
@@ -195,6 +197,49 @@ impl Default for PipelineConfig {
     }
 }
 
+/// Delivery of derived instances: the C-STORE SCU and its retry policy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// The calling AE title of our associations.
+    pub calling_ae_title: String,
+    /// Where every derived instance goes (one outbox row per destination).
+    pub destinations: Vec<DestinationConfig>,
+    /// Delay before the first retry (seconds); doubles with every failed attempt.
+    pub retry_initial_secs: u64,
+    /// Longest delay between retries (seconds).
+    pub retry_max_secs: u64,
+    /// Attempts after which a delivery is marked `failed`; 0 retries forever.
+    pub max_attempts: u32,
+    /// Seconds to wait for the TCP connection and the association answer.
+    pub connect_timeout_secs: u64,
+    /// Seconds to wait for the C-STORE response once an instance is sent.
+    pub response_timeout_secs: u64,
+    /// How often the sender looks for due deliveries (milliseconds).
+    pub poll_interval_ms: u64,
+    /// Largest PDU we accept from the peer (bytes).
+    pub max_pdu_length: u32,
+    /// Deliveries claimed per pass.
+    pub batch_size: u32,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            calling_ae_title: "CXRLED".into(),
+            destinations: Vec::new(),
+            retry_initial_secs: 10,
+            retry_max_secs: 600,
+            max_attempts: 0,
+            connect_timeout_secs: 10,
+            response_timeout_secs: 60,
+            poll_interval_ms: 1000,
+            max_pdu_length: 65536,
+            batch_size: 16,
+        }
+    }
+}
+
 impl PipelineConfig {
     /// The lease as a duration.
     pub fn lease(&self) -> Duration {
@@ -207,6 +252,46 @@ impl PipelineConfig {
         let secs = self.retry_initial_secs.saturating_mul(1u64 << exponent).min(self.retry_max_secs);
         Duration::from_secs(secs)
     }
+}
+
+impl DeliveryConfig {
+    /// [`Self::connect_timeout_secs`] as a duration.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.connect_timeout_secs.max(1))
+    }
+
+    /// [`Self::response_timeout_secs`] as a duration.
+    pub fn response_timeout(&self) -> Duration {
+        Duration::from_secs(self.response_timeout_secs.max(1))
+    }
+
+    /// How long a claimed delivery stays invisible to other senders: long
+    /// enough to connect, send and wait for the answer, so a second daemon
+    /// does not send the same row at the same time; if this one dies the row
+    /// becomes due again after it.
+    pub fn lease(&self) -> Duration {
+        self.connect_timeout() * 2 + self.response_timeout() * 2 + Duration::from_secs(30)
+    }
+}
+
+/// One PACS (or other storage SCP) that receives derived instances.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct DestinationConfig {
+    /// Our name for it: the outbox and the audit trail refer to it by this name.
+    pub name: String,
+    /// Its AE title (the called AE title).
+    pub ae_title: String,
+    /// `host:port`.
+    pub address: String,
+}
+
+fn check_ae_title(key: &str, ae: &str) -> Result<(), Error> {
+    if ae.trim().is_empty() || ae.len() > 16 || !ae.chars().all(|c| c.is_ascii_graphic() || c == ' ') || ae.contains('\\')
+    {
+        return Err(Error::Invalid(format!("{key} {ae:?} must be 1 to 16 printable ASCII characters, no backslash")));
+    }
+    Ok(())
 }
 
 /// A configuration that could not be loaded.
@@ -256,6 +341,7 @@ impl Config {
         if ae.is_empty() || ae.len() > 16 || !ae.chars().all(|c| c.is_ascii_graphic() || c == ' ') {
             return Err(Error::Invalid(format!("ae-title {ae:?} must be 1 to 16 printable ASCII characters")));
         }
+        self.validate_delivery()?;
         if !(4096..=131_072).contains(&self.ingest.max_pdu_length) {
             return Err(Error::Invalid("max-pdu-length must be between 4096 and 131072".into()));
         }
@@ -289,6 +375,43 @@ impl Config {
         if pipeline.enabled {
             cxr_led_models::device::parse_device(&pipeline.device)
                 .map_err(|e| Error::Invalid(format!("pipeline.device: {e}")))?;
+        }
+        Ok(())
+    }
+
+    fn validate_delivery(&self) -> Result<(), Error> {
+        let d = &self.delivery;
+        check_ae_title("[delivery] calling-ae-title", &d.calling_ae_title)?;
+        let mut names = std::collections::HashSet::new();
+        for dest in &d.destinations {
+            if dest.name.trim().is_empty() || !names.insert(dest.name.as_str()) {
+                return Err(Error::Invalid(format!(
+                    "[delivery] destination name {:?} must be non-empty and unique",
+                    dest.name
+                )));
+            }
+            check_ae_title(&format!("[delivery] destination {:?} ae-title", dest.name), &dest.ae_title)?;
+            let port_ok = dest
+                .address
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+            if !port_ok {
+                return Err(Error::Invalid(format!(
+                    "[delivery] destination {:?} address {:?} must be host:port",
+                    dest.name, dest.address
+                )));
+            }
+        }
+        if d.retry_initial_secs == 0 || d.retry_max_secs < d.retry_initial_secs {
+            return Err(Error::Invalid(
+                "[delivery] retry-initial-secs must be at least 1 and retry-max-secs at least retry-initial-secs".into(),
+            ));
+        }
+        if !(4096..=131_072).contains(&d.max_pdu_length) {
+            return Err(Error::Invalid("[delivery] max-pdu-length must be between 4096 and 131072".into()));
+        }
+        if d.batch_size == 0 {
+            return Err(Error::Invalid("[delivery] batch-size must be at least 1".into()));
         }
         Ok(())
     }
@@ -329,6 +452,29 @@ mod tests {
         .unwrap();
         assert_eq!(config.ingest.allowed_calling_ae_titles, vec!["PACS".to_string()]);
         assert_eq!(config.tracker.quiet_period_secs, 2.5);
+    }
+
+    #[test]
+    fn delivery_destinations() {
+        let config = Config::from_toml(
+            "[delivery]\ncalling-ae-title = \"LED\"\nretry-initial-secs = 5\n\
+             destinations = [{ name = \"pacs\", ae-title = \"PACS\", address = \"pacs.example:104\" }]\n",
+        )
+        .unwrap();
+        assert_eq!(config.delivery.destinations[0].ae_title, "PACS");
+        assert_eq!(config.delivery.retry_initial_secs, 5);
+        assert_eq!(config.delivery.retry_max_secs, 600);
+        let err = Config::from_toml("[delivery]\ndestinations = [{ name = \"p\", ae-title = \"P\", address = \"nohost\" }]\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("host:port"), "{err}");
+        let err = Config::from_toml(
+            "[delivery]\ndestinations = [{ name = \"p\", ae-title = \"P\", address = \"h:1\" }, \
+             { name = \"p\", ae-title = \"Q\", address = \"h:2\" }]\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("unique"), "{err}");
+        let err = Config::from_toml("[delivery]\nretry-initial-secs = 100\nretry-max-secs = 10\n").unwrap_err();
+        assert!(err.to_string().contains("retry-max-secs"), "{err}");
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! - [`config`]: the TOML configuration.
 //! - [`ingest`]: the DICOM SCP (C-ECHO, C-STORE) with its durable [`spool`].
 //! - [`tracker`]: study assembly (quiet period) into the job queue.
+//! - [`derive`]: the derived DICOM instance (and the doubt map) of an enhancement.
+//! - [`deliver`]: the outbox and the C-STORE SCU that sends derived instances to the PACS.
 //! - [`audit`]: audit events.
 //! - [`db`]: PostgreSQL pool and migrations.
 //! - [`service`]: start-up (recovery), run, shutdown.
@@ -10,6 +12,8 @@
 pub mod audit;
 pub mod config;
 pub mod db;
+pub mod deliver;
+pub mod derive;
 pub mod ingest;
 pub mod pixels;
 pub mod queue;

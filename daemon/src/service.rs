@@ -1,5 +1,6 @@
 //! Start-up and shutdown of the ingest service: connect and migrate the
-//! database, recover the spool, listen, and run the study tracker.
+//! database, recover the spool, listen, and run the study tracker and the
+//! delivery sender.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -15,7 +16,7 @@ use tokio::task::JoinHandle;
 use crate::config::Config;
 use crate::ingest::{self, Shared};
 use crate::spool::Spool;
-use crate::{audit, db, tracker};
+use crate::{audit, db, deliver, tracker};
 
 /// What start-up recovery found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -79,6 +80,8 @@ pub struct Running {
     shutdown: oneshot::Sender<()>,
     server: JoinHandle<()>,
     tracker: JoinHandle<()>,
+    delivery_shutdown: oneshot::Sender<()>,
+    delivery: JoinHandle<()>,
 }
 
 /// Connects, migrates, recovers, binds and starts serving.
@@ -110,17 +113,32 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         Duration::from_secs_f64(config.tracker.quiet_period_secs),
         Duration::from_millis(config.tracker.poll_interval_ms.max(10)),
     ));
+    let (delivery_shutdown, delivery_stop) = oneshot::channel::<()>();
+    if config.delivery.destinations.is_empty() {
+        tracing::warn!("[delivery] destinations is empty: derived instances are not sent anywhere");
+    }
+    let delivery = tokio::spawn(deliver::run(db.clone(), config.delivery.clone(), async {
+        let _ = delivery_stop.await;
+    }));
     tracing::info!(address = %local_addr, ae_title = %config.ingest.ae_title, "DICOM ingest listening");
-    Ok(Running { local_addr, db, recovery, shutdown, server, tracker })
+    Ok(Running { local_addr, db, recovery, shutdown, server, tracker, delivery_shutdown, delivery })
 }
 
 impl Running {
-    /// Stops accepting, lets running associations finish (bounded), stops the tracker.
+    /// Stops accepting, lets running associations finish (bounded), stops the
+    /// tracker, lets a delivery pass in progress finish (bounded; a delivery
+    /// cut short is sent again once its lease runs out).
     pub async fn stop(self) {
         let _ = self.shutdown.send(());
+        let _ = self.delivery_shutdown.send(());
         let _ = self.server.await;
         self.tracker.abort();
         let _ = self.tracker.await;
+        let mut delivery = self.delivery;
+        if tokio::time::timeout(Duration::from_secs(10), &mut delivery).await.is_err() {
+            delivery.abort();
+            let _ = delivery.await;
+        }
         self.db.close().await;
     }
 }
