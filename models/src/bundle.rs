@@ -17,6 +17,7 @@ use tch::nn::VarStore;
 use tch::Tensor;
 
 use crate::generator::GeneratorConfig;
+use crate::hallucination::HallucinationCalibration;
 use crate::led::{EnhanceParams, LedModel};
 use crate::schedule::ScheduleConfig;
 use crate::unet::UNetConfig;
@@ -89,6 +90,10 @@ pub struct BundleManifest {
     /// Evaluation figures.
     #[serde(default)]
     pub metrics: toml::Table,
+    /// The hallucination check's calibration: hold threshold, configuration
+    /// and the benchmark figures they were chosen on (absent: uncalibrated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hallucination: Option<HallucinationCalibration>,
     /// Weight files by network name ([`NETWORKS`]).
     #[serde(default)]
     pub files: BTreeMap<String, WeightFile>,
@@ -201,6 +206,28 @@ impl Bundle {
     /// to `dir`, then loads the result back, verified. Weights are always saved in f32.
     pub fn save(dir: impl AsRef<Path>, manifest: &BundleManifest, model: &LedModel) -> Result<Self> {
         Self::save_stores(dir, manifest, model.var_stores())
+    }
+
+    /// Rewrites only `bundle.toml` of the verified bundle in `dir` with
+    /// `manifest` (e.g. a new `[hallucination]` calibration), keeping the
+    /// weight files and their recorded hashes, then loads the result back,
+    /// verified. The bundle's sha256 changes with the manifest.
+    pub fn save_manifest(dir: impl AsRef<Path>, manifest: &BundleManifest) -> Result<Self> {
+        let dir = dir.as_ref();
+        let current = Self::load(dir)?;
+        let path = dir.join(MANIFEST_FILE);
+        if manifest.files != current.manifest.files {
+            return Err(Error::BundleManifest {
+                path,
+                message: "the new manifest records other weight files than the bundle holds; \
+                          use Bundle::save to write new weights"
+                    .into(),
+            });
+        }
+        let text = toml::to_string_pretty(manifest)
+            .map_err(|e| Error::BundleManifest { path: path.clone(), message: format!("cannot serialise: {e}") })?;
+        write_atomically(&path, text.as_bytes())?;
+        Self::load(dir)
     }
 
     /// [`Bundle::save`] from the variable stores of the networks in [`NETWORKS`]

@@ -10,6 +10,8 @@
 //! - [`sampler`]: DDPM ancestral and DDIM sampling.
 //! - [`tiling`]: any matrix size through overlapping, blended, batched tiles.
 //! - [`led`]: LED inference, G_AB estimate refined by conditional diffusion from t0.
+//! - [`hallucination`]: the hallucination-check score and doubt map of an
+//!   enhanced image against its low-quality input.
 //! - [`noise`]: deterministic Gaussian noise from a seed (the daemon seeds it
 //!   from the SOP Instance UID and the bundle hash).
 //! - [`bundle`]: the model bundle on disk (safetensors + `bundle.toml`, sha256 checked).
@@ -23,6 +25,7 @@ pub mod device;
 pub mod discriminator;
 pub mod error;
 pub mod generator;
+pub mod hallucination;
 pub mod led;
 pub mod noise;
 pub mod presets;

@@ -55,6 +55,7 @@ pub fn tiny() -> BundleManifest {
         },
         training: Default::default(),
         metrics: Default::default(),
+        hallucination: None,
         files: Default::default(),
     }
 }

@@ -7,6 +7,19 @@ use anyhow::Context;
 use image::{ImageBuffer, Luma};
 use tch::{Kind, Tensor};
 
+/// Reads an image file to score or enhance as a `[1, 1, H, W]` float tensor
+/// in [-1, 1]. The one place input formats are told apart: PNG today; DICOM
+/// joins here through the daemon's decode module.
+pub fn read_image(path: &Path) -> anyhow::Result<Tensor> {
+    match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+        Some("png") => read_png(path),
+        _ => anyhow::bail!(
+            "{}: only PNG images can be read here (DICOM is decoded by the daemon); convert the file to PNG",
+            path.display()
+        ),
+    }
+}
+
 /// Reads a PNG as a `[1, 1, H, W]` float tensor in [-1, 1].
 pub fn read_png(path: &Path) -> anyhow::Result<Tensor> {
     read_png_resized(path, None)
@@ -23,6 +36,22 @@ pub fn read_png_resized(path: &Path, side: Option<u32>) -> anyhow::Result<Tensor
     let (width, height) = gray.dimensions();
     let values: Vec<f32> = gray.into_raw().into_iter().map(|v| v as f32 / 65535.0 * 2.0 - 1.0).collect();
     Ok(Tensor::from_slice(&values).view([1, 1, height as i64, width as i64]))
+}
+
+/// Writes a `[1, 1, H, W]` tensor in [-1, 1] as an 8-bit grayscale PNG (maps, previews).
+pub fn write_png_8bit(path: &Path, image: &Tensor) -> anyhow::Result<()> {
+    let size = image.size();
+    anyhow::ensure!(size.len() == 4 && size[0] == 1 && size[1] == 1, "expected [1, 1, H, W], got {size:?}");
+    let scaled = ((image.to_kind(Kind::Float).to_device(tch::Device::Cpu).clamp(-1.0, 1.0) + 1.0) * 127.5)
+        .round()
+        .flatten(0, -1);
+    let values: Vec<u8> = Vec::<f32>::try_from(&scaled)?.into_iter().map(|v| v as u8).collect();
+    let buffer = image::GrayImage::from_raw(size[3] as u32, size[2] as u32, values)
+        .context("pixel count does not match the image size")?;
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    buffer.save(path).with_context(|| format!("writing {}", path.display()))
 }
 
 /// Writes a `[1, 1, H, W]` tensor in [-1, 1] as a 16-bit grayscale PNG.

@@ -6,6 +6,7 @@ mod cyclegan;
 mod data;
 mod degrade;
 mod diffusion;
+mod hallucination_bench;
 mod image_io;
 mod pipeline;
 
@@ -15,6 +16,7 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use cxr_led_models::noise::NoiseSource;
+use cxr_led_models::hallucination;
 use cxr_led_models::{device, presets, Bundle, LedModel};
 
 #[derive(Parser)]
@@ -65,6 +67,28 @@ enum Command {
         #[arg(long)]
         ranges: Option<PathBuf>,
     },
+    /// Score an enhanced image against its low-quality input with the
+    /// hallucination check (the daemon's code path) and print JSON.
+    Score {
+        /// The low-quality input (PNG, any size).
+        #[arg(long)]
+        input: PathBuf,
+        /// The enhanced output (PNG, same size).
+        #[arg(long)]
+        output: PathBuf,
+        /// The bundle (its G_BA and its calibrated threshold and configuration).
+        #[arg(long, default_value = "models/bundles/tiny")]
+        bundle: PathBuf,
+        /// Also write the doubt map here (8-bit PNG, white = doubt).
+        #[arg(long)]
+        doubt_map: Option<PathBuf>,
+        /// auto, cpu, cuda or cuda:N (for the bundle's networks).
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
+    /// Planted-hallucination benchmark: AUROC, detection and false-hold
+    /// rates of the hallucination check; calibrates a bundle's hold threshold.
+    HallucinationBench(hallucination_bench::BenchArgs),
     /// Enhance a PNG with a bundle, write the result as a 16-bit PNG and print timings.
     Enhance {
         /// The bundle folder.
@@ -129,6 +153,31 @@ fn main() -> anyhow::Result<()> {
             });
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
+        Command::Score { input, output, bundle, doubt_map, device } => {
+            let device = device::parse_device(&device)?;
+            let bundle = Bundle::load(&bundle).with_context(|| format!("loading bundle {}", bundle.display()))?;
+            let model = LedModel::from_bundle(&bundle, device, bundle.manifest.inference.precision)?;
+            let low_quality = image_io::read_image(&input)?;
+            let enhanced = image_io::read_image(&output)?;
+            let config = hallucination::bundle_config(&bundle.manifest);
+            let report =
+                hallucination::score(&model, &low_quality, &enhanced, &bundle.manifest.inference.tiles, &config)?;
+            let threshold = hallucination::hold_threshold(&bundle.manifest);
+            if let Some(path) = doubt_map {
+                image_io::write_png_8bit(&path, &(&report.doubt_map * 2.0 - 1.0))?;
+            }
+            let components: serde_json::Map<String, serde_json::Value> =
+                report.components.iter().map(|(name, value)| (name.clone(), (*value).into())).collect();
+            let json = serde_json::json!({
+                "score": report.score,
+                "components": components,
+                "hold_threshold": threshold,
+                "held": hallucination::held(report.score, threshold),
+                "bundle_sha256": bundle.sha256,
+            });
+            println!("{}", serde_json::to_string_pretty(&json)?);
+        }
+        Command::HallucinationBench(args) => hallucination_bench::run(&args)?,
         Command::Enhance { bundle, input, output, estimate, seed, device } => {
             let device = device::parse_device(&device)?;
             let started = Instant::now();

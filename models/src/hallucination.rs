@@ -1,0 +1,510 @@
+//! The hallucination check: how much of the enhanced image the low-quality
+//! input does not support.
+//!
+//! An enhancement may remove noise, undo blur and stretch contrast; it may not
+//! add a nodule, erase a rib, move the body outline or draw a tube. All of
+//! those leave *structure* in the output that the input, at its own noise
+//! level, does not contain. The check therefore compares the two images after
+//! mapping the output's grey levels onto the input's (a global cubic fit, so
+//! contrast changes cost nothing), band-limits both with Gaussians of a few
+//! widths, and divides their difference by what the input's noise alone would
+//! explain at that width:
+//!
+//! ```text
+//! z_s(p) = min over blur offsets | G_s+b(tone(enhanced)) - G_s+b'(input) |(p) / (sigma(p) * ||G_s+b'||_2)
+//! ```
+//!
+//! `sigma(p)` is the input's local noise (a robust block median of a Laplacian
+//! residual), `||G||_2` how much a Gaussian shrinks white noise, and the
+//! minimum over small extra blurs of either side makes a sharper or a softer
+//! (but faithful) output free. A faithful output gives z of order 1
+//! everywhere; a planted structure of amplitude A and width w gives z that
+//! grows with A·w / sigma.
+//!
+//! Components, each a map and its maximum, each turned into [0, 1] by its
+//! calibration `c = 1 - exp(-max(0, raw - offset) / spread)`:
+//! - `fine-structure`, `medium-structure`, `coarse-structure`: z_s at three widths.
+//! - `texture-energy`: the local mean of z² at the fine width (a windowed
+//!   chi-square), for changes spread over an area (replaced texture, lines).
+//! - `cycle-consistency`: the same z with G_BA(enhanced) in place of the
+//!   enhanced image: the bundle's learnt degradation should give the input back.
+//! - `diffusion-spread` (only with `samples > 0`): the spread of K seeded LED
+//!   samples relative to the input's noise: where the model itself is unsure.
+//!
+//! The score is the noisy-or of the weighted components, `1 - prod(1 - w_k c_k)`,
+//! and the doubt map the pixel-wise maximum of the weighted component maps.
+//! Weights and calibrations are chosen by the planted-hallucination benchmark
+//! (`cxr-led-train hallucination-bench`) and stored in the bundle's
+//! `[hallucination]` table with the figures they were chosen on.
+//!
+//! Everything runs on the CPU at a bounded working size (the longest side is
+//! area-averaged down to `working-size`), so memory is bounded for any matrix
+//! and the same inputs give the same bits.
+
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use crate::bundle::BundleManifest;
+use crate::led::{EnhanceParams, LedModel, Precision};
+use crate::noise::NoiseSource;
+use crate::tiling::TileConfig;
+use crate::{Error, Result};
+
+/// The component names, in report order.
+pub const COMPONENTS: [&str; 6] = [
+    "fine-structure",
+    "medium-structure",
+    "coarse-structure",
+    "texture-energy",
+    "cycle-consistency",
+    "diffusion-spread",
+];
+
+/// The hold threshold used when a bundle carries no calibration: low, so an
+/// uncalibrated bundle holds rather than passes doubtful images.
+pub const UNCALIBRATED_HOLD_THRESHOLD: f64 = 0.25;
+
+/// How one component's raw statistic (a z-like number, 0 = no evidence)
+/// becomes a value in [0, 1], and how much it counts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ComponentConfig {
+    /// Gaussian width in working pixels the component looks at (for
+    /// `texture-energy` the window of the local mean; for `diffusion-spread`
+    /// the width the samples are compared at).
+    pub scale: f64,
+    /// Weight in [0, 1] in the noisy-or; 0 turns the component off.
+    pub weight: f64,
+    /// Raw value below which there is no doubt (what faithful outputs reach).
+    pub offset: f64,
+    /// Raw value above the offset at which the component reaches 1 - 1/e.
+    pub spread: f64,
+}
+
+impl ComponentConfig {
+    fn new(scale: f64, weight: f64, offset: f64, spread: f64) -> Self {
+        Self { scale, weight, offset, spread }
+    }
+
+    /// Maps a raw statistic (a tensor of them) to [0, 1].
+    fn squash(&self, raw: &Tensor) -> Tensor {
+        let excess = (raw - self.offset).clamp_min(0.0) / self.spread.max(1e-6);
+        (-(excess.neg().exp()) + 1.0).clamp(0.0, 1.0)
+    }
+}
+
+/// Everything the score depends on besides the images and the model. The
+/// defaults are the calibration measured on the planted-hallucination
+/// benchmark (see the README section "Hallucination-check score").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct HallucinationConfig {
+    /// Longest side of the working images; larger inputs are area-averaged down.
+    pub working_size: i64,
+    /// Floor of the input's noise level, in model units ([-1, 1] range): an
+    /// almost noiseless input still allows quantisation-sized differences.
+    pub min_noise: f64,
+    /// Side in working pixels of the blocks the noise level is estimated in.
+    pub noise_block: i64,
+    /// Extra Gaussian blurs (pixels) either side may get before comparison,
+    /// so that a sharper or softer faithful output is not doubted.
+    pub blur_tolerance: Vec<f64>,
+    /// Small structures: nodules, lines.
+    pub fine_structure: ComponentConfig,
+    /// Medium structures: larger nodules, erased or shifted segments.
+    pub medium_structure: ComponentConfig,
+    /// Large structures: outline warps, large masses.
+    pub coarse_structure: ComponentConfig,
+    /// Area changes: replaced texture.
+    pub texture_energy: ComponentConfig,
+    /// G_BA(enhanced) against the input.
+    pub cycle_consistency: ComponentConfig,
+    /// Spread of `samples` LED samples.
+    pub diffusion_spread: ComponentConfig,
+    /// LED samples for `diffusion-spread`; 0 turns it off (it costs K enhancements).
+    pub samples: usize,
+    /// Refinement start of those samples.
+    pub sample_t0: usize,
+    /// DDIM steps of those samples.
+    pub sample_steps: usize,
+    /// Seed of the samples' noise.
+    pub sample_seed: u64,
+}
+
+impl Default for HallucinationConfig {
+    fn default() -> Self {
+        Self {
+            working_size: 512,
+            min_noise: 0.004,
+            noise_block: 16,
+            blur_tolerance: vec![1.0, 2.0],
+            fine_structure: ComponentConfig::new(1.0, 1.0, 5.0, 4.0),
+            medium_structure: ComponentConfig::new(2.5, 1.0, 5.0, 4.0),
+            coarse_structure: ComponentConfig::new(6.0, 1.0, 5.0, 4.0),
+            texture_energy: ComponentConfig::new(4.0, 1.0, 2.0, 2.0),
+            cycle_consistency: ComponentConfig::new(2.5, 0.0, 5.0, 4.0),
+            diffusion_spread: ComponentConfig::new(2.5, 0.0, 5.0, 4.0),
+            samples: 0,
+            sample_t0: 200,
+            sample_steps: 10,
+            sample_seed: 0,
+        }
+    }
+}
+
+impl HallucinationConfig {
+    /// Checks that the numbers can work.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |message: String| Err(Error::InvalidParams(format!("hallucination config: {message}")));
+        if self.working_size < 16 {
+            return bad(format!("working-size {} must be at least 16", self.working_size));
+        }
+        if !(self.min_noise > 0.0) {
+            return bad(format!("min-noise {} must be positive", self.min_noise));
+        }
+        if self.noise_block < 4 {
+            return bad(format!("noise-block {} must be at least 4", self.noise_block));
+        }
+        if self.blur_tolerance.iter().any(|b| !(*b >= 0.0 && *b <= 16.0)) {
+            return bad(format!("blur-tolerance {:?} must lie in [0, 16]", self.blur_tolerance));
+        }
+        for (name, c) in COMPONENTS.iter().zip(self.components()) {
+            if !(c.scale > 0.0 && c.scale <= 64.0) {
+                return bad(format!("{name}.scale {} must lie in (0, 64]", c.scale));
+            }
+            if !(0.0..=1.0).contains(&c.weight) {
+                return bad(format!("{name}.weight {} must lie in [0, 1]", c.weight));
+            }
+            if !(c.spread > 0.0) || !c.offset.is_finite() {
+                return bad(format!("{name}: offset must be finite and spread positive"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The component calibrations in [`COMPONENTS`] order.
+    pub fn components(&self) -> [&ComponentConfig; 6] {
+        [
+            &self.fine_structure,
+            &self.medium_structure,
+            &self.coarse_structure,
+            &self.texture_energy,
+            &self.cycle_consistency,
+            &self.diffusion_spread,
+        ]
+    }
+
+    /// Mutable access by name, for calibration.
+    pub fn component_mut(&mut self, name: &str) -> Option<&mut ComponentConfig> {
+        match name {
+            "fine-structure" => Some(&mut self.fine_structure),
+            "medium-structure" => Some(&mut self.medium_structure),
+            "coarse-structure" => Some(&mut self.coarse_structure),
+            "texture-energy" => Some(&mut self.texture_energy),
+            "cycle-consistency" => Some(&mut self.cycle_consistency),
+            "diffusion-spread" => Some(&mut self.diffusion_spread),
+            _ => None,
+        }
+    }
+}
+
+/// A bundle's `[hallucination]` table: the calibrated check and what it was calibrated on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct HallucinationCalibration {
+    /// Scores above this hold the image for a human.
+    pub hold_threshold: f64,
+    /// The check's configuration the threshold belongs to.
+    #[serde(default)]
+    pub config: HallucinationConfig,
+    /// The benchmark figures (AUROC, detection and false-hold rates, command).
+    #[serde(default)]
+    pub benchmark: toml::Table,
+}
+
+/// Whether a score holds the image: strictly above the threshold.
+pub fn held(score: f64, threshold: f64) -> bool {
+    score > threshold
+}
+
+/// The bundle's calibrated hold threshold, or [`UNCALIBRATED_HOLD_THRESHOLD`].
+pub fn hold_threshold(manifest: &BundleManifest) -> f64 {
+    manifest.hallucination.as_ref().map_or(UNCALIBRATED_HOLD_THRESHOLD, |h| h.hold_threshold)
+}
+
+/// The bundle's calibrated check configuration, or the defaults.
+pub fn bundle_config(manifest: &BundleManifest) -> HallucinationConfig {
+    manifest.hallucination.as_ref().map(|h| h.config.clone()).unwrap_or_default()
+}
+
+/// The result of [`score`].
+#[derive(Debug)]
+pub struct HallucinationReport {
+    /// In [0, 1]; higher means more doubt that the output is faithful.
+    pub score: f64,
+    /// Each component's value in [0, 1], named as in [`COMPONENTS`]
+    /// (`diffusion-spread` only when samples are drawn).
+    pub components: Vec<(String, f64)>,
+    /// Raw statistic of each component before calibration (for benchmarks).
+    pub raw: Vec<(String, f64)>,
+    /// `[1, 1, H, W]` f32 on the CPU in [0, 1]: where the doubt comes from.
+    pub doubt_map: Tensor,
+}
+
+/// A 1-D Gaussian of width `sigma` (radius ceil(3 sigma)), normalised.
+fn gaussian_kernel(sigma: f64) -> Vec<f32> {
+    let radius = (3.0 * sigma).ceil().max(1.0) as i64;
+    let weights: Vec<f64> = (-radius..=radius).map(|i| (-((i * i) as f64) / (2.0 * sigma * sigma)).exp()).collect();
+    let sum: f64 = weights.iter().sum();
+    weights.into_iter().map(|w| (w / sum) as f32).collect()
+}
+
+/// Separable Gaussian blur of `[1, C, H, W]` with replicated edges; sigma 0 is the identity.
+pub fn gaussian_blur(image: &Tensor, sigma: f64) -> Tensor {
+    if sigma < 0.05 {
+        return image.shallow_clone();
+    }
+    let kernel = gaussian_kernel(sigma);
+    let k = kernel.len() as i64;
+    let radius = k / 2;
+    let channels = image.size()[1];
+    let weight = Tensor::from_slice(&kernel).to_device(image.device());
+    let horizontal = weight.view([1, 1, 1, k]).repeat([channels, 1, 1, 1]);
+    let vertical = weight.view([1, 1, k, 1]).repeat([channels, 1, 1, 1]);
+    let padded = image.replication_pad2d([radius, radius, radius, radius]);
+    let rows = padded.conv2d(&horizontal, None::<Tensor>, [1, 1], [0, 0], [1, 1], channels);
+    rows.conv2d(&vertical, None::<Tensor>, [1, 1], [0, 0], [1, 1], channels)
+}
+
+/// How much [`gaussian_blur`] of width `sigma` shrinks the standard
+/// deviation of white noise at each pixel of an `h` x `w` image, `[1, 1, h, w]`:
+/// the L2 norm of each output pixel's weights, edge replication included
+/// (at a border the replicated pixel carries more weight, so less averaging).
+fn noise_gain(h: i64, w: i64, sigma: f64) -> Tensor {
+    if sigma < 0.05 {
+        return Tensor::ones([1, 1, h, w], (Kind::Float, Device::Cpu));
+    }
+    let kernel = gaussian_kernel(sigma);
+    let radius = (kernel.len() / 2) as i64;
+    // Per axis: the sum of squared effective weights of each output position.
+    let profile = |n: i64| -> Tensor {
+        let values: Vec<f32> = (0..n)
+            .map(|i| {
+                let mut weights = vec![0.0f64; n as usize];
+                for (k, g) in kernel.iter().enumerate() {
+                    let j = (i + k as i64 - radius).clamp(0, n - 1);
+                    weights[j as usize] += f64::from(*g);
+                }
+                weights.iter().map(|v| v * v).sum::<f64>() as f32
+            })
+            .collect();
+        Tensor::from_slice(&values)
+    };
+    (profile(h).view([1, 1, h, 1]) * profile(w).view([1, 1, 1, w])).sqrt()
+}
+
+fn check_image(name: &str, image: &Tensor) -> Result<(i64, i64)> {
+    match image.size().as_slice() {
+        &[1, 1, h, w] if h > 0 && w > 0 => Ok((h, w)),
+        other => {
+            Err(Error::InvalidParams(format!("hallucination check: {name} must be one grayscale image [1, 1, H, W], got {other:?}")))
+        }
+    }
+}
+
+/// Area-averages `image` so that its longest side is at most `working_size`.
+fn to_working(image: &Tensor, working_size: i64) -> Tensor {
+    let image = image.to_device(Device::Cpu).to_kind(Kind::Float);
+    let (h, w) = (image.size()[2], image.size()[3]);
+    let longest = h.max(w);
+    if longest <= working_size {
+        return image;
+    }
+    let scale = working_size as f64 / longest as f64;
+    let size = [((h as f64 * scale).round() as i64).max(1), ((w as f64 * scale).round() as i64).max(1)];
+    image.adaptive_avg_pool2d(size)
+}
+
+/// The input's local noise level `[1, 1, H, W]`: the median absolute value of
+/// a Laplacian residual in blocks (robust to the edges in a block), scaled to
+/// a Gaussian standard deviation, smoothly interpolated between blocks.
+fn noise_map(input: &Tensor, config: &HallucinationConfig) -> Tensor {
+    let (h, w) = (input.size()[2], input.size()[3]);
+    let laplacian =
+        Tensor::from_slice(&[0.0f32, -0.25, 0.0, -0.25, 1.0, -0.25, 0.0, -0.25, 0.0]).view([1, 1, 3, 3]);
+    let residual = input
+        .replication_pad2d([1, 1, 1, 1])
+        .conv2d(&laplacian, None::<Tensor>, [1, 1], [0, 0], [1, 1], 1)
+        .abs()
+        / 1.25f64.sqrt();
+    let block = config.noise_block.min(h).min(w).max(1);
+    let (by, bx) = ((h + block - 1) / block, (w + block - 1) / block);
+    let padded = residual.replication_pad2d([0, bx * block - w, 0, by * block - h]);
+    let blocks = padded.view([by, block, bx, block]).permute([0, 2, 1, 3]).reshape([by * bx, block * block]);
+    let (median, _) = blocks.median_dim(1, false);
+    // Median |N(0, sigma)| = 0.6745 sigma.
+    let sigma_blocks = (median / 0.674_489_75).view([1, 1, by, bx]);
+    let global = sigma_blocks.median().double_value(&[]);
+    let floor = config.min_noise.max(0.25 * global);
+    let smooth = if by * bx > 1 { gaussian_blur(&sigma_blocks, 0.7) } else { sigma_blocks };
+    smooth.upsample_bilinear2d([h, w], false, None, None).clamp_min(floor)
+}
+
+/// Least-squares cubic `tone(e) = a + b e + c e^2 + d e^3` that maps the
+/// output's grey levels onto the input's, fitted between their smoothed versions.
+fn tone_map(output: &Tensor, input: &Tensor) -> Tensor {
+    let x = gaussian_blur(output, 1.0).flatten(0, -1).to_kind(Kind::Double);
+    let y = gaussian_blur(input, 1.0).flatten(0, -1).to_kind(Kind::Double);
+    let powers: Vec<Tensor> = (0..4).map(|p| x.pow_tensor_scalar(p as f64)).collect();
+    let design = Tensor::stack(&powers, 1);
+    let gram = design.transpose(0, 1).matmul(&design);
+    let moment = design.transpose(0, 1).matmul(&y.unsqueeze(1));
+    let count = x.size()[0] as f64;
+    let mut a = [[0.0f64; 5]; 4];
+    for (i, row) in a.iter_mut().enumerate() {
+        for (j, cell) in row.iter_mut().take(4).enumerate() {
+            *cell = gram.double_value(&[i as i64, j as i64]) / count;
+        }
+        // A little ridge keeps flat images (one grey level) solvable.
+        row[i] += 1e-6;
+        row[4] = moment.double_value(&[i as i64, 0]) / count;
+    }
+    let coefficients = solve4(a).unwrap_or([0.0, 1.0, 0.0, 0.0]);
+    let mut mapped = output.zeros_like();
+    for (p, c) in coefficients.iter().enumerate() {
+        mapped += output.pow_tensor_scalar(p as f64) * *c;
+    }
+    mapped
+}
+
+/// Gaussian elimination with partial pivoting on a 4x4 augmented matrix.
+fn solve4(mut a: [[f64; 5]; 4]) -> Option<[f64; 4]> {
+    for col in 0..4 {
+        let pivot = (col..4).max_by(|&i, &j| a[i][col].abs().total_cmp(&a[j][col].abs()))?;
+        if a[pivot][col].abs() < 1e-12 {
+            return None;
+        }
+        a.swap(col, pivot);
+        for row in 0..4 {
+            if row != col {
+                let factor = a[row][col] / a[col][col];
+                for k in col..5 {
+                    a[row][k] -= factor * a[col][k];
+                }
+            }
+        }
+    }
+    let solution = [a[0][4] / a[0][0], a[1][4] / a[1][1], a[2][4] / a[2][2], a[3][4] / a[3][3]];
+    solution.iter().all(|v| v.is_finite()).then_some(solution)
+}
+
+/// z_s: the smallest noise-normalised difference between `candidate` and
+/// `input` at width `scale` over the allowed extra blurs of either side.
+fn structure_z(candidate: &Tensor, input: &Tensor, sigma: &Tensor, scale: f64, config: &HallucinationConfig) -> Tensor {
+    let widen = |b: f64| (scale * scale + b * b).sqrt();
+    let (h, w) = (input.size()[2], input.size()[3]);
+    let base_input = gaussian_blur(input, scale);
+    let base_candidate = gaussian_blur(candidate, scale);
+    let z = |c: &Tensor, i: &Tensor, input_width: f64| (c - i).abs() / (sigma * noise_gain(h, w, input_width));
+    let mut best = z(&base_candidate, &base_input, scale);
+    for &b in config.blur_tolerance.iter().filter(|b| **b > 0.0) {
+        let width = widen(b);
+        best = best.minimum(&z(&gaussian_blur(candidate, width), &base_input, scale));
+        best = best.minimum(&z(&base_candidate, &gaussian_blur(input, width), width));
+    }
+    best
+}
+
+/// Scores how far `enhanced` departs from what `low_quality` supports (both
+/// `[1, 1, H, W]` in [-1, 1], same size, any device). `model` supplies G_BA
+/// for `cycle-consistency` and the samples for `diffusion-spread`; `tiles`
+/// is how those networks are tiled.
+pub fn score(
+    model: &LedModel,
+    low_quality: &Tensor,
+    enhanced: &Tensor,
+    tiles: &TileConfig,
+    config: &HallucinationConfig,
+) -> Result<HallucinationReport> {
+    config.validate()?;
+    let _no_grad = tch::no_grad_guard();
+    let (h, w) = check_image("the low-quality input", low_quality)?;
+    let size = check_image("the enhanced output", enhanced)?;
+    if size != (h, w) {
+        return Err(Error::InvalidParams(format!(
+            "hallucination check: the enhanced output is {}x{} but the input is {h}x{w}; score the output at the input's matrix",
+            size.0, size.1
+        )));
+    }
+    let input = to_working(low_quality, config.working_size);
+    let output = to_working(enhanced, config.working_size);
+    let sigma = noise_map(&input, config);
+    let mapped = tone_map(&output, &input);
+
+    let mut maps: Vec<(usize, Tensor)> = Vec::new();
+    let structure = [&config.fine_structure, &config.medium_structure, &config.coarse_structure];
+    for (index, component) in structure.iter().enumerate() {
+        maps.push((index, structure_z(&mapped, &input, &sigma, component.scale, config)));
+    }
+    let fine_z = &maps[0].1;
+    let energy = gaussian_blur(&(fine_z * fine_z), config.texture_energy.scale).sqrt();
+    maps.push((3, energy));
+
+    let cycle_degraded = model.degrade(&output.to_device(model.device()), tiles)?.to_device(Device::Cpu);
+    let cycle_mapped = tone_map(&cycle_degraded, &input);
+    maps.push((4, structure_z(&cycle_mapped, &input, &sigma, config.cycle_consistency.scale, config)));
+
+    if config.samples > 0 {
+        maps.push((5, diffusion_spread(model, &input, &sigma, tiles, config)?));
+    }
+
+    let calibrations = config.components();
+    let mut components = Vec::with_capacity(maps.len());
+    let mut raw = Vec::with_capacity(maps.len());
+    let mut keep = 1.0f64;
+    let mut doubt = input.zeros_like();
+    for (index, map) in &maps {
+        let calibration = calibrations[*index];
+        let statistic = map.max().double_value(&[]);
+        let value = calibration.squash(&Tensor::from(statistic)).double_value(&[]);
+        keep *= 1.0 - calibration.weight * value;
+        doubt = doubt.maximum(&(calibration.squash(map) * calibration.weight));
+        raw.push((COMPONENTS[*index].to_owned(), statistic));
+        components.push((COMPONENTS[*index].to_owned(), value));
+    }
+    let doubt_map = if doubt.size()[2..] == [h, w] {
+        doubt
+    } else {
+        doubt.upsample_bilinear2d([h, w], false, None, None)
+    }
+    .clamp(0.0, 1.0)
+    .to_kind(Kind::Float);
+    Ok(HallucinationReport { score: (1.0 - keep).clamp(0.0, 1.0), components, raw, doubt_map })
+}
+
+/// The standard deviation across `samples` seeded LED samples of the input,
+/// band-limited at the component's width, relative to the input's noise there.
+fn diffusion_spread(
+    model: &LedModel,
+    input: &Tensor,
+    sigma: &Tensor,
+    tiles: &TileConfig,
+    config: &HallucinationConfig,
+) -> Result<Tensor> {
+    let params = EnhanceParams {
+        t0: config.sample_t0,
+        steps: config.sample_steps,
+        tiles: tiles.clone(),
+        precision: Precision::F32,
+    };
+    let mut noise = NoiseSource::new(config.sample_seed);
+    let scale = config.diffusion_spread.scale;
+    let mut samples = Vec::with_capacity(config.samples);
+    for _ in 0..config.samples {
+        let sample = model.enhance(&input.to_device(model.device()), &params, &mut noise)?.output.to_device(Device::Cpu);
+        samples.push(gaussian_blur(&sample, scale));
+    }
+    let stacked = Tensor::cat(&samples, 0);
+    let spread = stacked.std_dim(0, false, true);
+    Ok(spread / (sigma * noise_gain(input.size()[2], input.size()[3], scale)))
+}

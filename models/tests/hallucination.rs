@@ -1,0 +1,200 @@
+//! The hallucination check on small synthetic images with the tiny bundle:
+//! faithful outputs score low, a planted blob raises the score and lights the
+//! doubt map where it was planted, results are bit-for-bit repeatable, every
+//! value stays in [0, 1], any matrix size works, and the calibration lives in
+//! the bundle manifest.
+
+mod common;
+
+use common::{test_image, tiny_bundle_dir};
+use cxr_led_models::hallucination::{
+    self, gaussian_blur, hold_threshold, score, HallucinationCalibration, HallucinationConfig, HallucinationReport,
+    UNCALIBRATED_HOLD_THRESHOLD,
+};
+use cxr_led_models::noise::NoiseSource;
+use cxr_led_models::{Bundle, LedModel, Precision};
+use tch::{Device, Kind, Tensor};
+
+fn model() -> (Bundle, LedModel) {
+    let bundle = Bundle::load(tiny_bundle_dir()).unwrap();
+    let model = LedModel::from_bundle(&bundle, Device::Cpu, Precision::F32).unwrap();
+    (bundle, model)
+}
+
+/// A clean "anatomy" image with edges and smooth shading, and its noisy,
+/// contrast-compressed low-quality partner.
+fn pair(h: i64, w: i64, seed: u64) -> (Tensor, Tensor) {
+    let xs = Tensor::arange(w, (Kind::Float, Device::Cpu)).view([1, 1, 1, w]);
+    let ys = Tensor::arange(h, (Kind::Float, Device::Cpu)).view([1, 1, h, 1]);
+    let band = (xs.f_sub_scalar(w as f64 * 0.3).unwrap().abs().le(w as f64 * 0.08)).to_kind(Kind::Float) * 0.3;
+    let stripe = (ys.f_sub_scalar(h as f64 * 0.6).unwrap().abs().le(1.5)).to_kind(Kind::Float) * 0.2;
+    let clean = (test_image(h, w) * 0.5 + band + stripe).clamp(-1.0, 1.0);
+    let noise = NoiseSource::new(seed).normal(&[1, 1, h, w], Device::Cpu) * 0.08;
+    let low = (&clean * 0.7 + noise).clamp(-1.0, 1.0);
+    (clean, low)
+}
+
+/// A Gaussian bump of amplitude `amplitude` and width `radius` at (cy, cx).
+fn blob(h: i64, w: i64, cy: f64, cx: f64, radius: f64, amplitude: f64) -> Tensor {
+    let xs = Tensor::arange(w, (Kind::Double, Device::Cpu)).view([1, 1, 1, w]) - cx;
+    let ys = Tensor::arange(h, (Kind::Double, Device::Cpu)).view([1, 1, h, 1]) - cy;
+    ((xs.square() + ys.square()) / (-2.0 * radius * radius)).exp().to_kind(Kind::Float) * amplitude
+}
+
+fn run(model: &LedModel, low: &Tensor, enhanced: &Tensor) -> HallucinationReport {
+    score(model, low, enhanced, &model_tiles(), &HallucinationConfig::default()).unwrap()
+}
+
+fn model_tiles() -> cxr_led_models::tiling::TileConfig {
+    Bundle::load(tiny_bundle_dir()).unwrap().manifest.inference.tiles
+}
+
+fn assert_in_unit_range(report: &HallucinationReport) {
+    assert!((0.0..=1.0).contains(&report.score), "score {}", report.score);
+    for (name, value) in &report.components {
+        assert!((0.0..=1.0).contains(value), "{name} = {value}");
+    }
+    let (min, max) = (report.doubt_map.min().double_value(&[]), report.doubt_map.max().double_value(&[]));
+    assert!(min >= 0.0 && max <= 1.0, "doubt map spans [{min}, {max}]");
+    assert_eq!(report.doubt_map.kind(), Kind::Float);
+    assert_eq!(report.doubt_map.device(), Device::Cpu);
+}
+
+#[test]
+fn identical_input_and_output_score_low() {
+    let (_, model) = model();
+    let (_, low) = pair(96, 96, 1);
+    let report = run(&model, &low, &low);
+    assert_in_unit_range(&report);
+    assert!(report.score < 0.05, "identical images scored {}: {:?}", report.score, report.components);
+}
+
+#[test]
+fn a_faithful_denoise_and_the_ground_truth_score_below_the_threshold() {
+    let (_, model) = model();
+    for seed in [2, 3] {
+        let (clean, low) = pair(112, 96, seed);
+        let denoised = gaussian_blur(&low, 1.5);
+        for (name, candidate) in [("ground truth", &clean), ("denoised input", &denoised)] {
+            let report = run(&model, &low, candidate);
+            assert_in_unit_range(&report);
+            assert!(
+                report.score < UNCALIBRATED_HOLD_THRESHOLD,
+                "{name} (seed {seed}) scored {}: {:?}",
+                report.score,
+                report.raw
+            );
+        }
+    }
+}
+
+#[test]
+fn a_planted_blob_raises_the_score_and_lights_the_map_where_it_is() {
+    let (_, model) = model();
+    let (h, w) = (128, 112);
+    let (clean, low) = pair(h, w, 4);
+    let faithful = run(&model, &low, &clean);
+    let (cy, cx) = (40.0, 75.0);
+    let planted = &clean + blob(h, w, cy, cx, 4.0, 0.35);
+    let report = run(&model, &low, &planted);
+    assert_in_unit_range(&report);
+    assert!(
+        report.score > faithful.score + 0.3 && report.score > UNCALIBRATED_HOLD_THRESHOLD,
+        "blob {} vs faithful {}: {:?}",
+        report.score,
+        faithful.score,
+        report.raw
+    );
+    let map = report.doubt_map.view([h, w]);
+    let flat_index = map.argmax(None, false).int64_value(&[]);
+    let (my, mx) = ((flat_index / w) as f64, (flat_index % w) as f64);
+    assert!((my - cy).hypot(mx - cx) <= 4.0, "map peaks at ({my}, {mx}), blob at ({cy}, {cx})");
+    // Far from the blob (more than 5 widths away) the map stays low.
+    let far = blob(h, w, cy, cx, 20.0, 1.0).view([h, w]).lt(0.04);
+    let far_max = map.masked_select(&far).max().double_value(&[]);
+    assert!(far_max < 0.2, "doubt far from the blob reaches {far_max}");
+    assert!(map.double_value(&[cy as i64, cx as i64]) > 0.5);
+}
+
+#[test]
+fn the_score_is_bit_for_bit_repeatable() {
+    let (_, model) = model();
+    let (clean, low) = pair(80, 72, 5);
+    let planted = &clean + blob(80, 72, 30.0, 30.0, 3.0, 0.3);
+    let config = HallucinationConfig { samples: 2, sample_steps: 2, ..HallucinationConfig::default() };
+    let first = score(&model, &low, &planted, &model_tiles(), &config).unwrap();
+    let second = score(&model, &low, &planted, &model_tiles(), &config).unwrap();
+    assert_eq!(first.score.to_bits(), second.score.to_bits());
+    assert_eq!(first.components, second.components);
+    assert!(first.components.iter().any(|(name, _)| name == "diffusion-spread"));
+    assert!(first.doubt_map.equal(&second.doubt_map), "doubt maps differ");
+    assert_in_unit_range(&first);
+}
+
+#[test]
+fn any_matrix_size_works_and_large_ones_run_at_the_working_size() {
+    let (_, model) = model();
+    for (h, w) in [(37, 53), (65, 17), (601, 523)] {
+        let (clean, low) = pair(h, w, 6);
+        let report = run(&model, &low, &clean);
+        assert_eq!(report.doubt_map.size(), vec![1, 1, h, w]);
+        assert_in_unit_range(&report);
+        let names: Vec<&str> = report.components.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, &hallucination::COMPONENTS[..5]);
+    }
+}
+
+#[test]
+fn mismatched_shapes_are_refused_with_a_reason() {
+    let (_, model) = model();
+    let (_, low) = pair(32, 32, 7);
+    let error = score(&model, &low, &low.narrow(3, 0, 31), &model_tiles(), &HallucinationConfig::default())
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("32x31") && error.contains("32x32"), "{error}");
+    let bad = HallucinationConfig { working_size: 4, ..HallucinationConfig::default() };
+    assert!(score(&model, &low, &low, &model_tiles(), &bad).unwrap_err().to_string().contains("working-size"));
+}
+
+#[test]
+fn the_calibration_lives_in_the_bundle_manifest() {
+    let work = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(tiny_bundle_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, work.path().join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let mut bundle = Bundle::load(work.path()).unwrap();
+    bundle.manifest.hallucination = None;
+    let uncalibrated = Bundle::save_manifest(work.path(), &bundle.manifest).unwrap();
+    assert_eq!(hold_threshold(&uncalibrated.manifest), UNCALIBRATED_HOLD_THRESHOLD);
+
+    let mut manifest = uncalibrated.manifest.clone();
+    let mut benchmark = toml::Table::new();
+    benchmark.insert("auroc".into(), 0.93.into());
+    let config = HallucinationConfig { working_size: 384, ..HallucinationConfig::default() };
+    manifest.hallucination = Some(HallucinationCalibration { hold_threshold: 0.42, config: config.clone(), benchmark });
+    let saved = Bundle::save_manifest(work.path(), &manifest).unwrap();
+    assert_ne!(saved.sha256, uncalibrated.sha256, "the bundle's identity must follow its manifest");
+    let reloaded = Bundle::load(work.path()).unwrap();
+    assert_eq!(hold_threshold(&reloaded.manifest), 0.42);
+    assert_eq!(hallucination::bundle_config(&reloaded.manifest), config);
+    let text = std::fs::read_to_string(work.path().join("bundle.toml")).unwrap();
+    assert!(text.contains("[hallucination]") && text.contains("hold-threshold = 0.42"), "{text}");
+    LedModel::from_bundle(&reloaded, Device::Cpu, Precision::F32).unwrap();
+
+    // New weight records cannot sneak in through a manifest rewrite.
+    manifest.files.get_mut("g_ab").unwrap().sha256 = "00".repeat(32);
+    assert!(Bundle::save_manifest(work.path(), &manifest).is_err());
+}
+
+#[test]
+fn the_config_is_kebab_case_and_refuses_unknown_keys() {
+    let config: HallucinationConfig = toml::from_str("working-size = 256\n[fine-structure]\nscale = 1.5\nweight = 0.5\noffset = 4.0\nspread = 3.0\n").unwrap();
+    assert_eq!(config.working_size, 256);
+    assert_eq!(config.fine_structure.weight, 0.5);
+    assert_eq!(config.medium_structure, HallucinationConfig::default().medium_structure);
+    let error = toml::from_str::<HallucinationConfig>("workingsize = 3").unwrap_err().to_string();
+    assert!(error.contains("unknown field"), "{error}");
+}

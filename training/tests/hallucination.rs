@@ -1,0 +1,143 @@
+//! `cxr-led-train score` and `hallucination-bench` end to end on CPU with the
+//! tiny bundle and a few small synthetic chest phantoms: the CLI prints the
+//! library's number, the benchmark writes its report and figures, and
+//! `--write-bundle` calibrates a bundle that still loads with verified hashes.
+
+use std::path::Path;
+use std::process::Command;
+
+use cxr_led_models::hallucination::{self, hold_threshold};
+use cxr_led_models::{Bundle, LedModel, Precision};
+use image::{ImageBuffer, Luma};
+
+fn train(args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_cxr-led-train")).args(args).output().expect("run cxr-led-train");
+    let (stdout, stderr) =
+        (String::from_utf8_lossy(&output.stdout).into_owned(), String::from_utf8_lossy(&output.stderr).into_owned());
+    assert!(output.status.success(), "cxr-led-train {args:?} failed:\n{stdout}\n{stderr}");
+    stdout
+}
+
+/// A chest-like phantom: bright body, two dark lung fields, rib-like stripes.
+fn phantom(i: u32, side: u32) -> ImageBuffer<Luma<u16>, Vec<u16>> {
+    ImageBuffer::from_fn(side, side, |x, y| {
+        let (u, v) = (x as f32 / side as f32, y as f32 / side as f32);
+        let shift = (i % 5) as f32 * 0.01;
+        let body = if (u - 0.5).abs() < 0.42 { 0.75 } else { 0.1 };
+        let lung = |cx: f32| (-((u - cx - shift).powi(2) * 14.0 + (v - 0.5).powi(2) * 6.0)).exp();
+        let ribs = 0.06 * ((v * 40.0 + u * 6.0).sin()).max(0.0);
+        let value = body - 0.45 * (lung(0.3) + lung(0.7)) + ribs;
+        Luma([(value.clamp(0.0, 1.0) * 65535.0) as u16])
+    })
+}
+
+fn copy_tiny_bundle(to: &Path) {
+    let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/bundles/tiny");
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+}
+
+fn read(path: &Path) -> tch::Tensor {
+    let gray = image::open(path).unwrap().into_luma16();
+    let (w, h) = gray.dimensions();
+    let values: Vec<f32> = gray.into_raw().into_iter().map(|v| v as f32 / 65535.0 * 2.0 - 1.0).collect();
+    tch::Tensor::from_slice(&values).view([1, 1, h as i64, w as i64])
+}
+
+#[test]
+fn score_prints_the_library_number_and_the_bench_calibrates_a_bundle() {
+    let work = tempfile::tempdir().unwrap();
+    let images = work.path().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    for i in 0..3 {
+        phantom(i, 64).save(images.join(format!("phantom-{i}.png"))).unwrap();
+    }
+    let bundle_dir = work.path().join("bundle");
+    copy_tiny_bundle(&bundle_dir);
+    let s = |p: &Path| p.to_string_lossy().into_owned();
+
+    // score: an odd-sized pair, with the doubt map written.
+    let input = work.path().join("input.png");
+    let output = work.path().join("output.png");
+    phantom(7, 61).save(&input).unwrap();
+    phantom(8, 61).save(&output).unwrap();
+    let map = work.path().join("doubt.png");
+    let printed: serde_json::Value = serde_json::from_str(&train(&[
+        "score",
+        "--input",
+        &s(&input),
+        "--output",
+        &s(&output),
+        "--bundle",
+        &s(&bundle_dir),
+        "--doubt-map",
+        &s(&map),
+    ]))
+    .unwrap();
+    let bundle = Bundle::load(&bundle_dir).unwrap();
+    let model = LedModel::from_bundle(&bundle, tch::Device::Cpu, Precision::F32).unwrap();
+    let report = hallucination::score(
+        &model,
+        &read(&input),
+        &read(&output),
+        &bundle.manifest.inference.tiles,
+        &hallucination::bundle_config(&bundle.manifest),
+    )
+    .unwrap();
+    assert_eq!(printed["score"].as_f64().unwrap(), report.score, "{printed}");
+    assert_eq!(printed["hold_threshold"].as_f64().unwrap(), hold_threshold(&bundle.manifest));
+    assert_eq!(printed["held"].as_bool().unwrap(), hallucination::held(report.score, hold_threshold(&bundle.manifest)));
+    for (name, value) in &report.components {
+        assert_eq!(printed["components"][name].as_f64().unwrap(), *value, "{name}");
+    }
+    assert_eq!(image::open(&map).unwrap().into_luma8().dimensions(), (61, 61));
+
+    // The benchmark on the phantoms, calibrating the copied bundle.
+    let out = work.path().join("bench");
+    let stdout = train(&[
+        "hallucination-bench",
+        "--data",
+        &s(&images),
+        "--split",
+        "all",
+        "--count",
+        "3",
+        "--size",
+        "64",
+        "--bundle",
+        &s(&bundle_dir),
+        "--faithful",
+        "ground-truth,denoised",
+        "--examples",
+        "2",
+        "--out",
+        &s(&out),
+        "--write-bundle",
+    ]);
+    let summary: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let figures: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("figures.json")).unwrap()).unwrap();
+    assert_eq!(figures["summary"], summary);
+    assert_eq!(summary["images"], 3);
+    assert_eq!(summary["faithful_count"], 6);
+    assert_eq!(summary["planted_count"], 3 * 5 * 3);
+    let auroc = summary["auroc"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&auroc), "{summary}");
+    // Large nodules on noise-free phantoms are found whatever the calibration.
+    assert!(figures["per_kind"]["nodule"]["large"]["auroc"].as_f64().unwrap() > 0.9, "{figures}");
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("| nodule |") && report.contains("example-0-"), "{report}");
+    assert!(out.join("example-0-nodule-medium.png").exists());
+
+    let calibrated = Bundle::load(&bundle_dir).unwrap();
+    assert_ne!(calibrated.sha256, bundle.sha256);
+    let threshold = summary["hold_threshold"].as_f64().unwrap();
+    assert_eq!(hold_threshold(&calibrated.manifest), threshold);
+    let stored = &calibrated.manifest.hallucination.as_ref().unwrap().benchmark;
+    assert_eq!(stored["auroc"].as_float(), Some(auroc));
+}
