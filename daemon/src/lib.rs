@@ -3,14 +3,17 @@
 //! - [`config`]: the TOML configuration.
 //! - [`ingest`]: the DICOM SCP (C-ECHO, C-STORE) with its durable [`spool`].
 //! - [`tracker`]: study assembly (quiet period) into the job queue.
-//! - [`audit`]: audit events.
+//! - [`audit`]: the append-only, hash-chained audit trail and its verification.
+//! - [`alerts`]: alert mails for held results, dead jobs, unreachable PACS ([`mail`] sends them).
 //! - [`db`]: PostgreSQL pool and migrations.
 //! - [`service`]: start-up (recovery), run, shutdown.
 
+pub mod alerts;
 pub mod audit;
 pub mod config;
 pub mod db;
 pub mod ingest;
+pub mod mail;
 pub mod service;
 pub mod spool;
 pub mod tracker;

@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use crate::config::Config;
 use crate::ingest::{self, Shared};
 use crate::spool::Spool;
-use crate::{audit, db, tracker};
+use crate::{alerts, audit, db, mail, tracker};
 
 /// What start-up recovery found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -79,11 +79,18 @@ pub struct Running {
     shutdown: oneshot::Sender<()>,
     server: JoinHandle<()>,
     tracker: JoinHandle<()>,
+    alerts: Option<JoinHandle<()>>,
 }
 
 /// Connects, migrates, recovers, binds and starts serving.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     let url = config.database_url().context("no database url: set [database] url or DATABASE_URL")?;
+    let mailer = if config.mail.enabled {
+        Some(mail::Mailer::from_config(&config.mail)?)
+    } else {
+        tracing::warn!("[mail] enabled = false: held results, dead jobs and unreachable PACS raise no alert mail");
+        None
+    };
     let db = db::connect(&url, config.database.max_connections).await.context("connecting to PostgreSQL")?;
     let spool = Spool::open(&config.ingest.spool_dir)
         .with_context(|| format!("opening spool {}", config.ingest.spool_dir.display()))?;
@@ -110,17 +117,22 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         Duration::from_secs_f64(config.tracker.quiet_period_secs),
         Duration::from_millis(config.tracker.poll_interval_ms.max(10)),
     ));
+    let alerts = mailer.map(|mailer| tokio::spawn(alerts::run(db.clone(), mailer, config.alerts.clone())));
     tracing::info!(address = %local_addr, ae_title = %config.ingest.ae_title, "DICOM ingest listening");
-    Ok(Running { local_addr, db, recovery, shutdown, server, tracker })
+    Ok(Running { local_addr, db, recovery, shutdown, server, tracker, alerts })
 }
 
 impl Running {
-    /// Stops accepting, lets running associations finish (bounded), stops the tracker.
+    /// Stops accepting, lets running associations finish (bounded), stops the tracker and alerts.
     pub async fn stop(self) {
         let _ = self.shutdown.send(());
         let _ = self.server.await;
         self.tracker.abort();
         let _ = self.tracker.await;
+        if let Some(alerts) = self.alerts {
+            alerts.abort();
+            let _ = alerts.await;
+        }
         self.db.close().await;
     }
 }
