@@ -51,6 +51,8 @@ cxr_led_env() {
     cxr_led_torch
     # charls-sys (JPEG-LS decoding for dicom-pixeldata) builds CharLS with CMake.
     command -v cmake >/dev/null || cxr_led_apt cmake
+    # lettre's TLS (alert mail) links the system's OpenSSL.
+    cxr_led_apt pkg-config libssl-dev
     export VIRTUAL_ENV="$CXR_LED_VENV"
     export PATH="$CXR_LED_VENV/bin:$PATH"
     # torch-sys asks the venv's python where libtorch is; binaries get an rpath to it.
@@ -60,11 +62,13 @@ cxr_led_env() {
 }
 
 # What the daemon's tests need: dcmtk (echoscu, storescu, storescp, dcmdump),
-# dicom3tools (dciodvfy, the IOD validator of the derived instances) and a running
-# PostgreSQL that trusts local connections of user postgres. Exports
-# DATABASE_URL (tests create and drop their own databases on that server).
+# dicom3tools (dciodvfy, the IOD validator of the derived instances), an SMTP
+# sink for the alert mail tests (Debian's aiosmtpd, run by the tests as
+# /usr/bin/python3 -m aiosmtpd) and a running PostgreSQL that trusts local
+# connections of user postgres. Exports DATABASE_URL (tests create and drop
+# their own databases on that server).
 cxr_led_test_services() {
-    cxr_led_apt dcmtk dicom3tools
+    cxr_led_apt dcmtk dicom3tools python3-aiosmtpd
     export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
     if pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
         return 0

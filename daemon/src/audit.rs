@@ -1,12 +1,24 @@
-//! Audit events of the ingest: every association (accepted or rejected) and
-//! every received instance leaves a row in `audit_event`, written in the same
-//! transaction as the state change it reports where there is one.
+//! The audit trail: every association (accepted or rejected), every received
+//! instance and every later state change leaves a row in `audit_event`,
+//! written in the same transaction as the state change it reports where there
+//! is one.
+//!
+//! The table is append-only and hash-chained by the database itself
+//! (migration `20261125000004_audit_chain.sql`): a trigger gives each row its
+//! chain position `seq`, the previous row's hash and its own
+//! `row_hash = sha256(prev_hash || canonical text)`. [`verify_chain`]
+//! recomputes that chain here, in Rust, from the stored columns, so a row
+//! changed or removed behind the triggers' back is found. daemon/AUDIT.md
+//! explains the encoding and what the chain proves.
 //!
 //! Event names follow DICOM PS3.15 A.5 where they fit: `association` is an
 //! Application Activity / Security Alert for rejections, `instance-received`
-//! an Instances Transferred (110104) event.
+//! an Instances Transferred (110104) event, `alert-sent` a Security Alert
+//! (110113) or Application Activity (110100).
 
-use sqlx::PgExecutor;
+use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
+use sqlx::{PgExecutor, PgPool, Row};
 
 /// Event: an association was accepted or rejected.
 pub const ASSOCIATION: &str = "association";
@@ -36,6 +48,9 @@ pub const REPRODUCED: &str = "reproduced";
 pub const INSTANCE_SENT: &str = "instance-sent";
 /// Event: an attempt to deliver a derived instance failed (it is retried unless max-attempts was reached).
 pub const DELIVERY_FAILED: &str = "delivery-failed";
+/// Event: an alert mail was accepted by the SMTP server (PS3.15 Security
+/// Alert 110113 / Application Activity 110100); `data` says which alert.
+pub const ALERT_SENT: &str = "alert-sent";
 
 /// One audit row.
 #[derive(Debug, Default, Clone)]
@@ -56,13 +71,15 @@ pub struct Event<'a> {
     pub study_instance_uid: Option<&'a str>,
     /// Free text: reason, status, counts. Never patient names.
     pub detail: Option<&'a str>,
+    /// Structured figures (decision numbers, score components, timings), stored as jsonb.
+    pub data: Option<&'a serde_json::Value>,
 }
 
 /// Inserts one audit row.
 pub async fn record<'e>(db: impl PgExecutor<'e>, event: &Event<'_>) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO audit_event (event, outcome, peer_address, calling_ae_title, called_ae_title, \
-         sop_instance_uid, study_instance_uid, detail) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+         sop_instance_uid, study_instance_uid, detail, data) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(event.event)
     .bind(event.outcome)
@@ -72,6 +89,7 @@ pub async fn record<'e>(db: impl PgExecutor<'e>, event: &Event<'_>) -> Result<()
     .bind(event.sop_instance_uid)
     .bind(event.study_instance_uid)
     .bind(event.detail)
+    .bind(event.data)
     .execute(db)
     .await?;
     Ok(())
@@ -82,5 +100,307 @@ pub async fn record<'e>(db: impl PgExecutor<'e>, event: &Event<'_>) -> Result<()
 pub async fn record_or_log<'e>(db: impl PgExecutor<'e>, event: &Event<'_>) {
     if let Err(e) = record(db, event).await {
         tracing::error!(error = %e, event = event.event, "could not write audit event");
+    }
+}
+
+/// `prev_hash` of the first row of the chain (seq 1): 64 zeros.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Rows read per query while verifying: the chain is walked in pages by
+/// `seq`, never loaded whole.
+const VERIFY_PAGE: i64 = 1000;
+
+/// One audit row as the chain sees it: every column, `data` as PostgreSQL
+/// prints jsonb.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChainRow {
+    /// Chain position, 1, 2, 3, ... without gaps.
+    pub seq: i64,
+    /// The row id (drawn before the chain lock, so not the chain order).
+    pub id: i64,
+    /// When the event was recorded.
+    pub at: DateTime<Utc>,
+    /// Event name.
+    pub event: String,
+    /// Outcome.
+    pub outcome: String,
+    /// Peer address.
+    pub peer_address: Option<String>,
+    /// Calling AE title.
+    pub calling_ae_title: Option<String>,
+    /// Called AE title.
+    pub called_ae_title: Option<String>,
+    /// SOP Instance UID.
+    pub sop_instance_uid: Option<String>,
+    /// Study Instance UID.
+    pub study_instance_uid: Option<String>,
+    /// Free text.
+    pub detail: Option<String>,
+    /// `data::text`: jsonb's own text form (sorted keys, fixed spacing), which
+    /// is what the database hashed.
+    pub data: Option<String>,
+    /// The previous row's `row_hash`, or [`GENESIS_HASH`].
+    pub prev_hash: String,
+    /// Hex sha256 of `prev_hash` followed by [`ChainRow::canonical`].
+    pub row_hash: String,
+}
+
+impl ChainRow {
+    /// The canonical text of the row, exactly as the migration's
+    /// `audit_event_canonical()` writes it: seq, id, at, event, outcome,
+    /// peer_address, calling_ae_title, called_ae_title, sop_instance_uid,
+    /// study_instance_uid, detail, data; each `<UTF-8 length>:<text>`, or `~`
+    /// for NULL; `at` in UTC with microseconds.
+    pub fn canonical(&self) -> String {
+        let mut out = String::with_capacity(256);
+        let fields: [Option<&str>; 12] = [
+            Some(&self.seq.to_string()),
+            Some(&self.id.to_string()),
+            Some(&self.at.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()),
+            Some(&self.event),
+            Some(&self.outcome),
+            self.peer_address.as_deref(),
+            self.calling_ae_title.as_deref(),
+            self.called_ae_title.as_deref(),
+            self.sop_instance_uid.as_deref(),
+            self.study_instance_uid.as_deref(),
+            self.detail.as_deref(),
+            self.data.as_deref(),
+        ];
+        for field in fields {
+            match field {
+                None => out.push('~'),
+                Some(text) => {
+                    out.push_str(&text.len().to_string());
+                    out.push(':');
+                    out.push_str(text);
+                }
+            }
+        }
+        out
+    }
+
+    /// The row's hash given the previous row's hash: hex sha256 of
+    /// `prev_hash || canonical`.
+    pub fn compute_hash(&self, prev_hash: &str) -> String {
+        let mut hasher = Sha256::new();
+        hasher.update(prev_hash.as_bytes());
+        hasher.update(self.canonical().as_bytes());
+        hex::encode(hasher.finalize())
+    }
+}
+
+/// Which check a row failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// `seq` is not the previous seq + 1 (a row was removed, or the first row is not seq 1).
+    SeqGap,
+    /// `prev_hash` is not the previous row's `row_hash` (or the genesis value).
+    PrevLink,
+    /// `row_hash` does not match the row's columns (the row was changed).
+    RowHash,
+}
+
+impl std::fmt::Display for Check {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Check::SeqGap => "gap in seq (a row is missing)",
+            Check::PrevLink => "prev_hash does not link to the previous row",
+            Check::RowHash => "row_hash does not match the row's contents (the row was changed)",
+        })
+    }
+}
+
+/// The first row where the chain breaks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokenLink {
+    /// The row's seq.
+    pub seq: i64,
+    /// The row's id.
+    pub id: i64,
+    /// What failed.
+    pub check: Check,
+    /// What the chain says the value should be.
+    pub expected: String,
+    /// What the row holds.
+    pub found: String,
+}
+
+impl std::fmt::Display for BrokenLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "seq {} (id {}): {}: expected {}, found {}", self.seq, self.id, self.check, self.expected, self.found)
+    }
+}
+
+/// The last row that verified: anchor its hash elsewhere (an external log, a
+/// ticket, a mail) to detect a later rewrite of the whole chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainHead {
+    /// Its seq.
+    pub seq: i64,
+    /// Its id.
+    pub id: i64,
+    /// When it was recorded.
+    pub at: DateTime<Utc>,
+    /// Its row hash, which commits to every row before it.
+    pub row_hash: String,
+}
+
+/// What [`verify_chain`] found.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ChainReport {
+    /// Rows that verified (before the break, if any).
+    pub rows: u64,
+    /// The last row that verified; None for an empty table (or a break at the first row).
+    pub head: Option<ChainHead>,
+    /// The first broken link; None when the whole chain verified.
+    pub broken: Option<BrokenLink>,
+}
+
+impl ChainReport {
+    /// True when every row verified.
+    pub fn is_intact(&self) -> bool {
+        self.broken.is_none()
+    }
+}
+
+impl std::fmt::Display for ChainReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.broken, &self.head) {
+            (None, None) => write!(f, "audit chain intact: no events"),
+            (None, Some(head)) => write!(
+                f,
+                "audit chain intact: {} events, head seq {} (id {}) at {} row_hash {}",
+                self.rows,
+                head.seq,
+                head.id,
+                head.at.format("%Y-%m-%dT%H:%M:%S%.6fZ"),
+                head.row_hash
+            ),
+            (Some(broken), _) => {
+                write!(f, "audit chain BROKEN at {broken}; {} events before it verified", self.rows)
+            }
+        }
+    }
+}
+
+/// Walks the chain in seq order, a page at a time, recomputes every hash
+/// here and stops at the first broken link. Rows appended while it runs are
+/// verified too. Needs only SELECT on `audit_event` (the auditor role will do).
+pub async fn verify_chain(db: &PgPool) -> Result<ChainReport, sqlx::Error> {
+    let mut report = ChainReport::default();
+    let mut expected_seq: i64 = 1;
+    let mut expected_prev = GENESIS_HASH.to_string();
+    let mut after: i64 = i64::MIN;
+    loop {
+        let rows = sqlx::query(
+            "SELECT seq, id, at, event, outcome, peer_address, calling_ae_title, called_ae_title, \
+             sop_instance_uid, study_instance_uid, detail, data::text AS data, prev_hash, row_hash \
+             FROM audit_event WHERE seq > $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(after)
+        .bind(VERIFY_PAGE)
+        .fetch_all(db)
+        .await?;
+        let page_len = rows.len();
+        for row in rows {
+            let row = ChainRow {
+                seq: row.try_get("seq")?,
+                id: row.try_get("id")?,
+                at: row.try_get("at")?,
+                event: row.try_get("event")?,
+                outcome: row.try_get("outcome")?,
+                peer_address: row.try_get("peer_address")?,
+                calling_ae_title: row.try_get("calling_ae_title")?,
+                called_ae_title: row.try_get("called_ae_title")?,
+                sop_instance_uid: row.try_get("sop_instance_uid")?,
+                study_instance_uid: row.try_get("study_instance_uid")?,
+                detail: row.try_get("detail")?,
+                data: row.try_get("data")?,
+                prev_hash: row.try_get("prev_hash")?,
+                row_hash: row.try_get("row_hash")?,
+            };
+            let broken = |check, expected: String, found: String| BrokenLink {
+                seq: row.seq,
+                id: row.id,
+                check,
+                expected,
+                found,
+            };
+            if row.seq != expected_seq {
+                report.broken = Some(broken(Check::SeqGap, expected_seq.to_string(), row.seq.to_string()));
+                return Ok(report);
+            }
+            if row.prev_hash != expected_prev {
+                report.broken = Some(broken(Check::PrevLink, expected_prev, row.prev_hash.clone()));
+                return Ok(report);
+            }
+            let computed = row.compute_hash(&row.prev_hash);
+            if computed != row.row_hash {
+                report.broken = Some(broken(Check::RowHash, computed, row.row_hash.clone()));
+                return Ok(report);
+            }
+            report.rows += 1;
+            expected_seq = row.seq + 1;
+            after = row.seq;
+            expected_prev = row.row_hash.clone();
+            report.head = Some(ChainHead { seq: row.seq, id: row.id, at: row.at, row_hash: row.row_hash });
+        }
+        if page_len < VERIFY_PAGE as usize {
+            return Ok(report);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The row and hash the migration's SQL produced for the same values
+    /// (`SELECT audit_event_canonical(a), row_hash FROM audit_event a`).
+    #[test]
+    fn canonical_encoding_matches_the_database() {
+        let row = ChainRow {
+            seq: 3,
+            id: 3,
+            at: DateTime::parse_from_rfc3339("2026-11-25T15:11:28.773446Z").unwrap().with_timezone(&Utc),
+            event: "a".into(),
+            outcome: "success".into(),
+            peer_address: None,
+            calling_ae_title: None,
+            called_ae_title: None,
+            sop_instance_uid: None,
+            study_instance_uid: None,
+            detail: None,
+            data: Some(r#"{"a": [1, 2], "b": 1.50}"#.into()),
+            prev_hash: "c120c151ef00052eef7c658700092f42acd4415ea63854efa803b4a5ad529b88".into(),
+            row_hash: "208e3cfd3a0be55102fccb2345edcf59cab4e9f4fc9df7210b8422b70c67cf68".into(),
+        };
+        assert_eq!(
+            row.canonical(),
+            r#"1:31:327:2026-11-25T15:11:28.773446Z1:a7:success~~~~~~24:{"a": [1, 2], "b": 1.50}"#
+        );
+        assert_eq!(row.compute_hash(&row.prev_hash), row.row_hash);
+    }
+
+    #[test]
+    fn lengths_are_utf8_bytes() {
+        let row = ChainRow {
+            seq: 1,
+            id: 7,
+            at: DateTime::parse_from_rfc3339("2026-01-02T03:04:05Z").unwrap().with_timezone(&Utc),
+            event: "e".into(),
+            outcome: "o".into(),
+            peer_address: None,
+            calling_ae_title: None,
+            called_ae_title: None,
+            sop_instance_uid: None,
+            study_instance_uid: None,
+            detail: Some("Ä:~".into()),
+            data: None,
+            prev_hash: GENESIS_HASH.into(),
+            row_hash: String::new(),
+        };
+        assert_eq!(row.canonical(), "1:11:727:2026-01-02T03:04:05.000000Z1:e1:o~~~~~4:Ä:~~");
     }
 }

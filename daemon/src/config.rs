@@ -23,6 +23,10 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     /// Sending derived instances to the PACS (`[delivery]`).
     pub delivery: DeliveryConfig,
+    /// Alert mail transport (`[mail]`).
+    pub mail: MailConfig,
+    /// What raises an alert (`[alerts]`).
+    pub alerts: AlertsConfig,
 }
 
 /// The C-STORE / C-ECHO service class provider.
@@ -193,6 +197,53 @@ impl Default for PipelineConfig {
             poll_interval_ms: 1000,
             output_dir: PathBuf::from("/var/lib/cxr-led/derived"),
             doubt_map_instance: false,
+/// How the SMTP connection is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MailTls {
+    /// Plain SMTP (a relay on localhost or a trusted network only).
+    None,
+    /// Plain connection upgraded with STARTTLS, which is required (port 587).
+    Starttls,
+    /// TLS from the first byte (SMTPS, port 465).
+    Tls,
+}
+
+/// The SMTP server alert mails go through. The password is never in this
+/// file: it comes from `$CREDENTIALS_DIRECTORY/smtp-password` (systemd
+/// `LoadCredential=smtp-password:...`) or `$CXR_LED_SMTP_PASSWORD`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct MailConfig {
+    /// Send alert mails at all.
+    pub enabled: bool,
+    /// SMTP server host name (also the name its TLS certificate must carry).
+    pub smtp_host: String,
+    /// SMTP server port.
+    pub smtp_port: u16,
+    /// `none`, `starttls` or `tls`.
+    pub tls: MailTls,
+    /// SMTP user name; empty means no authentication.
+    pub username: String,
+    /// Sender address, e.g. `cxr-led <cxr-led@hospital.example>`.
+    pub from: String,
+    /// Recipient addresses.
+    pub to: Vec<String>,
+    /// Seconds to wait for the SMTP server before a send counts as failed.
+    pub timeout_secs: u64,
+}
+
+impl Default for MailConfig {
+    fn default() -> Self {
+        MailConfig {
+            enabled: false,
+            smtp_host: "localhost".into(),
+            smtp_port: 587,
+            tls: MailTls::Starttls,
+            username: String::new(),
+            from: "cxr-led <cxr-led@localhost>".into(),
+            to: Vec::new(),
+            timeout_secs: 30,
         }
     }
 }
@@ -294,6 +345,23 @@ fn check_ae_title(key: &str, ae: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// When alerts are raised.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    /// A destination counts as unreachable once a derived instance has waited
+    /// this many seconds in the outbox and nothing reached it meanwhile.
+    pub pacs_unreachable_after_secs: u64,
+    /// How often the database is searched for new alerts (milliseconds).
+    pub poll_interval_ms: u64,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig { pacs_unreachable_after_secs: 900, poll_interval_ms: 10_000 }
+    }
+}
+
 /// A configuration that could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -376,7 +444,7 @@ impl Config {
             cxr_led_models::device::parse_device(&pipeline.device)
                 .map_err(|e| Error::Invalid(format!("pipeline.device: {e}")))?;
         }
-        Ok(())
+        self.validate_mail()
     }
 
     fn validate_delivery(&self) -> Result<(), Error> {
@@ -412,6 +480,49 @@ impl Config {
         }
         if d.batch_size == 0 {
             return Err(Error::Invalid("[delivery] batch-size must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    fn validate_mail(&self) -> Result<(), Error> {
+        let mail = &self.mail;
+        if self.alerts.poll_interval_ms < 100 {
+            return Err(Error::Invalid("[alerts] poll-interval-ms must be at least 100".into()));
+        }
+        if self.alerts.pacs_unreachable_after_secs == 0 {
+            return Err(Error::Invalid("[alerts] pacs-unreachable-after-secs must be at least 1".into()));
+        }
+        if !mail.enabled {
+            return Ok(());
+        }
+        if mail.smtp_host.trim().is_empty() {
+            return Err(Error::Invalid(
+                "[mail] smtp-host is empty: name the SMTP server (or set enabled = false)".into(),
+            ));
+        }
+        if mail.smtp_port == 0 {
+            return Err(Error::Invalid("[mail] smtp-port must be 1 to 65535 (587 starttls, 465 tls, 25 none)".into()));
+        }
+        if mail.timeout_secs == 0 {
+            return Err(Error::Invalid("[mail] timeout-secs must be at least 1".into()));
+        }
+        mail.from.parse::<lettre::message::Mailbox>().map_err(|e| {
+            Error::Invalid(format!(
+                "[mail] from {:?} is not a mail address ({e}); write name@host or \"Name <name@host>\"",
+                mail.from
+            ))
+        })?;
+        if mail.to.is_empty() {
+            return Err(Error::Invalid(
+                "[mail] to is empty: list at least one recipient (or set enabled = false)".into(),
+            ));
+        }
+        for to in &mail.to {
+            to.parse::<lettre::message::Mailbox>().map_err(|e| {
+                Error::Invalid(format!(
+                    "[mail] to {to:?} is not a mail address ({e}); write name@host or \"Name <name@host>\""
+                ))
+            })?;
         }
         Ok(())
     }
@@ -475,6 +586,22 @@ mod tests {
         assert!(err.to_string().contains("unique"), "{err}");
         let err = Config::from_toml("[delivery]\nretry-initial-secs = 100\nretry-max-secs = 10\n").unwrap_err();
         assert!(err.to_string().contains("retry-max-secs"), "{err}");
+    fn mail_section() {
+        let config = Config::from_toml(
+            "[mail]\nenabled = true\nsmtp-host = \"mail.example\"\nsmtp-port = 465\ntls = \"tls\"\n\
+             to = [\"Radiology IT <rad-it@hospital.example>\"]\n[alerts]\npacs-unreachable-after-secs = 60\n",
+        )
+        .unwrap();
+        assert_eq!(config.mail.tls, MailTls::Tls);
+        assert_eq!(config.alerts.pacs_unreachable_after_secs, 60);
+        let err = Config::from_toml("[mail]\nenabled = true\n").unwrap_err();
+        assert!(err.to_string().contains("to is empty"), "{err}");
+        let err = Config::from_toml("[mail]\nenabled = true\nto = [\"not an address\"]\n").unwrap_err();
+        assert!(err.to_string().contains("not a mail address"), "{err}");
+        let err = Config::from_toml("[mail]\ntls = \"ssl\"\n").unwrap_err();
+        assert!(err.to_string().contains("unknown variant"), "{err}");
+        let err = Config::from_toml("[mail]\npassword = \"x\"\n").unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
     }
 
     #[test]

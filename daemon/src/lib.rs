@@ -5,10 +5,12 @@
 //! - [`tracker`]: study assembly (quiet period) into the job queue.
 //! - [`derive`]: the derived DICOM instance (and the doubt map) of an enhancement.
 //! - [`deliver`]: the outbox and the C-STORE SCU that sends derived instances to the PACS.
-//! - [`audit`]: audit events.
+//! - [`audit`]: the append-only, hash-chained audit trail and its verification.
+//! - [`alerts`]: alert mails for held results, dead jobs, unreachable PACS ([`mail`] sends them).
 //! - [`db`]: PostgreSQL pool and migrations.
 //! - [`service`]: start-up (recovery), run, shutdown.
 
+pub mod alerts;
 pub mod audit;
 pub mod config;
 pub mod db;
@@ -16,6 +18,7 @@ pub mod deliver;
 pub mod derive;
 pub mod ingest;
 pub mod pixels;
+pub mod mail;
 pub mod queue;
 pub mod service;
 pub mod spool;

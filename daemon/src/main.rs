@@ -1,6 +1,7 @@
 //! `cxr-ledd`: the cxr-led service. `run` starts the DICOM ingest (SCP,
-//! spool, study tracker); `check-bundle` verifies a model bundle and `device`
-//! reports the inference device.
+//! spool, study tracker, alerts); `check-bundle` verifies a model bundle,
+//! `device` reports the inference device and `audit verify` checks the audit
+//! trail's hash chain.
 
 use std::path::PathBuf;
 
@@ -38,6 +39,41 @@ enum Command {
         /// The TOML configuration file.
         config: PathBuf,
     },
+    /// Audit trail tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Recompute the audit trail's hash chain; exit 0 and print the head hash
+    /// (anchor it elsewhere) when intact, exit 65 and name the first broken row when not.
+    Verify {
+        /// The TOML configuration file (for [database] url).
+        #[arg(long)]
+        config: PathBuf,
+        /// Connect with this URL instead (e.g. as a login role granted cxr_led_auditor).
+        #[arg(long)]
+        database_url: Option<String>,
+    },
+}
+
+/// Exit status for a broken audit chain (EX_DATAERR).
+const EXIT_CHAIN_BROKEN: i32 = 65;
+
+/// Verifies the chain without migrating: an auditor's role may read, nothing more.
+async fn audit_verify(url: &str) -> anyhow::Result<cxr_led_daemon::audit::ChainReport> {
+    let db = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(std::time::Duration::from_secs(10))
+        .connect(url)
+        .await
+        .context("connecting to PostgreSQL")?;
+    let report = cxr_led_daemon::audit::verify_chain(&db).await.context("reading audit_event")?;
+    db.close().await;
+    Ok(report)
 }
 
 /// Exit status for a configuration error (EX_CONFIG).
@@ -98,6 +134,20 @@ fn main() -> anyhow::Result<()> {
         Command::CheckConfig { config } => {
             let config = load_config(&config);
             println!("{config:#?}");
+        }
+        Command::Audit { command: AuditCommand::Verify { config, database_url } } => {
+            let config = load_config(&config);
+            let url = database_url
+                .or_else(|| config.database_url())
+                .context("no database url: set [database] url, DATABASE_URL or --database-url")?;
+            let report =
+                tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(audit_verify(&url))?;
+            if report.is_intact() {
+                println!("{report}");
+            } else {
+                eprintln!("cxr-ledd: {report}");
+                std::process::exit(EXIT_CHAIN_BROKEN);
+            }
         }
     }
     Ok(())

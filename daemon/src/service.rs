@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use crate::config::Config;
 use crate::ingest::{self, Shared};
 use crate::spool::Spool;
-use crate::{audit, db, deliver, tracker};
+use crate::{alerts, audit, db, deliver, mail, tracker};
 
 /// What start-up recovery found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -82,11 +82,18 @@ pub struct Running {
     tracker: JoinHandle<()>,
     delivery_shutdown: oneshot::Sender<()>,
     delivery: JoinHandle<()>,
+    alerts: Option<JoinHandle<()>>,
 }
 
 /// Connects, migrates, recovers, binds and starts serving.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     let url = config.database_url().context("no database url: set [database] url or DATABASE_URL")?;
+    let mailer = if config.mail.enabled {
+        Some(mail::Mailer::from_config(&config.mail)?)
+    } else {
+        tracing::warn!("[mail] enabled = false: held results, dead jobs and unreachable PACS raise no alert mail");
+        None
+    };
     let db = db::connect(&url, config.database.max_connections).await.context("connecting to PostgreSQL")?;
     let spool = Spool::open(&config.ingest.spool_dir)
         .with_context(|| format!("opening spool {}", config.ingest.spool_dir.display()))?;
@@ -121,7 +128,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         let _ = delivery_stop.await;
     }));
     tracing::info!(address = %local_addr, ae_title = %config.ingest.ae_title, "DICOM ingest listening");
-    Ok(Running { local_addr, db, recovery, shutdown, server, tracker, delivery_shutdown, delivery })
+    let alerts = mailer.map(|mailer| tokio::spawn(alerts::run(db.clone(), mailer, config.alerts.clone())));
+    Ok(Running { local_addr, db, recovery, shutdown, server, tracker, delivery_shutdown, delivery, alerts })
 }
 
 impl Running {
@@ -138,6 +146,10 @@ impl Running {
         if tokio::time::timeout(Duration::from_secs(10), &mut delivery).await.is_err() {
             delivery.abort();
             let _ = delivery.await;
+        }
+        if let Some(alerts) = self.alerts {
+            alerts.abort();
+            let _ = alerts.await;
         }
         self.db.close().await;
     }

@@ -297,6 +297,7 @@ impl Pending {
                 sop_instance_uid: Some(&identity.sop_instance_uid),
                 study_instance_uid: Some(&identity.study_instance_uid),
                 detail: Some(&detail),
+                ..Default::default()
             },
         )
         .await
@@ -369,6 +370,7 @@ async fn record_instance(
             sop_instance_uid: (!uid.is_empty()).then_some(uid),
             study_instance_uid: study,
             detail: Some(detail),
+            ..Default::default()
         },
     )
     .await;
