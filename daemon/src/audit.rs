@@ -75,7 +75,9 @@ pub struct Event<'a> {
     pub data: Option<&'a serde_json::Value>,
 }
 
-/// Inserts one audit row.
+/// Inserts one audit row. The insert takes the chain's lock until the
+/// transaction ends, so in a transaction make it the last statement before
+/// commit: every other audit writer waits for it.
 pub async fn record<'e>(db: impl PgExecutor<'e>, event: &Event<'_>) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO audit_event (event, outcome, peer_address, calling_ae_title, called_ae_title, \

@@ -148,6 +148,7 @@ async fn held_result_is_mailed_once() {
     let messages = wait_for_messages(&sink, 1);
     assert_eq!(messages.len(), 1);
     let mail = &messages[0];
+    println!("{mail}");
     for expected in [
         "Subject: [cxr-led] Result held: hallucination-check score 0.8300 above 0.5000",
         "To: \"Radiology IT\" <rad-it@hospital.example>, pacs-admin@hospital.example",
