@@ -34,6 +34,15 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Re-run the enhancement of a derived instance from the spooled source and
+    /// report whether the pixels match what was sent (exit 0 when they do, 1 when not).
+    Reproduce {
+        /// The derived instance's SOP Instance UID.
+        derived_sop_instance_uid: String,
+        /// The TOML configuration file (database, spool, bundle).
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Parse and validate a configuration file, then print it.
     CheckConfig {
         /// The TOML configuration file.
@@ -130,6 +139,25 @@ fn main() -> anyhow::Result<()> {
                 )
                 .init();
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(config))?;
+        }
+        Command::Reproduce { derived_sop_instance_uid, config } => {
+            let config = load_config(&config);
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let reproduction = runtime.block_on(async {
+                let url = config.database_url().context("no database url: set [database] url or DATABASE_URL")?;
+                let db = cxr_led_daemon::db::connect(&url, 2).await.context("connecting to PostgreSQL")?;
+                cxr_led_daemon::reproduce::reproduce(
+                    &db,
+                    &config.ingest.spool_dir,
+                    &config.pipeline,
+                    &derived_sop_instance_uid,
+                )
+                .await
+            })?;
+            println!("{}", serde_json::to_string_pretty(&reproduction)?);
+            if !reproduction.matches {
+                std::process::exit(1);
+            }
         }
         Command::CheckConfig { config } => {
             let config = load_config(&config);

@@ -14,6 +14,8 @@ use dicom_object::DefaultDicomObject;
 use dicom_pixeldata::{PixelDecoder, PixelRepresentation};
 use serde::Serialize;
 
+use crate::derive::StoredPixels;
+
 /// Why an image cannot go through the model. The text says what is wrong
 /// with the instance; none of these is retried.
 #[derive(Debug, thiserror::Error)]
@@ -96,26 +98,6 @@ pub struct DisplayImage {
     pub stored: Vec<i64>,
     /// How to map back.
     pub mapping: DisplayMapping,
-}
-
-/// Stored pixel values ready for a derived instance, in the source's Bits
-/// Allocated (8 or 16; signed values as two's complement words).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StoredValues {
-    /// Bits Allocated 8.
-    U8(Vec<u8>),
-    /// Bits Allocated 16.
-    U16(Vec<u16>),
-}
-
-impl StoredValues {
-    /// The stored values as little-endian bytes (what a native Pixel Data element holds).
-    pub fn to_le_bytes(&self) -> Vec<u8> {
-        match self {
-            StoredValues::U8(values) => values.clone(),
-            StoredValues::U16(values) => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        }
-    }
 }
 
 /// Reads a numeric attribute that may be absent; `Err` when present but not a number.
@@ -256,11 +238,20 @@ pub fn percentiles(values: &mut [f64], low: f64, high: f64) -> (f64, f64) {
     (lo, hi)
 }
 
+/// The stored values as little-endian bytes, as a native Pixel Data element
+/// holds them (without the padding byte of an odd length).
+pub fn stored_bytes(pixels: &StoredPixels) -> Vec<u8> {
+    match pixels {
+        StoredPixels::U8(values) => values.clone(),
+        StoredPixels::U16(values) => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+    }
+}
+
 /// Maps an enhanced display image back to stored values of the source's bit
 /// range. Where the source clipped (stored values beyond its window), the
 /// derived image keeps the source's values: the model saw only the clipped
 /// intensity there, so it has nothing to add.
-pub fn to_stored(image: &DisplayImage, enhanced: &[f32]) -> StoredValues {
+pub fn to_stored(image: &DisplayImage, enhanced: &[f32]) -> StoredPixels {
     let mapping = &image.mapping;
     let values = enhanced.iter().zip(&image.stored).map(|(&display, &source)| {
         let rescaled = source as f64 * mapping.rescale_slope + mapping.rescale_intercept;
@@ -275,9 +266,9 @@ pub fn to_stored(image: &DisplayImage, enhanced: &[f32]) -> StoredValues {
         (v as i32 as u32 & 0xffff) as u16
     };
     if mapping.bits_allocated == 8 {
-        StoredValues::U8(values.map(|v| word(v) as u8).collect())
+        StoredPixels::U8(values.map(|v| word(v) as u8).collect())
     } else {
-        StoredValues::U16(values.map(word).collect())
+        StoredPixels::U16(values.map(word).collect())
     }
 }
 

@@ -14,9 +14,10 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
+use crate::enhance::Enhancer;
 use crate::ingest::{self, Shared};
 use crate::spool::Spool;
-use crate::{alerts, audit, db, deliver, mail, tracker};
+use crate::{alerts, audit, db, deliver, mail, tracker, worker};
 
 /// What start-up recovery found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -83,6 +84,8 @@ pub struct Running {
     delivery_shutdown: oneshot::Sender<()>,
     delivery: JoinHandle<()>,
     alerts: Option<JoinHandle<()>>,
+    stop_workers: tokio::sync::watch::Sender<bool>,
+    workers: Vec<JoinHandle<()>>,
 }
 
 /// Connects, migrates, recovers, binds and starts serving.
@@ -98,6 +101,24 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let spool = Spool::open(&config.ingest.spool_dir)
         .with_context(|| format!("opening spool {}", config.ingest.spool_dir.display()))?;
     let recovery = recover(&spool, &db).await?;
+    // The model loads before we listen: a bad bundle stops start-up instead
+    // of accepting studies nobody will process.
+    let enhancer = if config.pipeline.enabled {
+        std::fs::create_dir_all(&config.pipeline.output_dir)
+            .with_context(|| format!("creating output-dir {}", config.pipeline.output_dir.display()))?;
+        let pipeline = config.pipeline.clone();
+        let enhancer = tokio::task::spawn_blocking(move || Enhancer::load(&pipeline))
+            .await?
+            .with_context(|| format!("loading the model bundle {}", config.pipeline.bundle.display()))?;
+        tracing::info!(
+            bundle = %enhancer.bundle_name, version = %enhancer.bundle_version, sha256 = %enhancer.bundle_sha256,
+            device = %enhancer.device, t0 = enhancer.params.t0, steps = enhancer.params.steps,
+            hold_threshold = enhancer.hold_threshold, "model loaded"
+        );
+        Some(enhancer)
+    } else {
+        None
+    };
     let listener = TcpListener::bind(config.ingest.listen)
         .await
         .with_context(|| format!("listening on {}", config.ingest.listen))?;
@@ -105,6 +126,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     if config.ingest.allowed_calling_ae_titles.is_empty() {
         tracing::warn!("allowed-calling-ae-titles is empty: any calling AE title may store");
     }
+    let workers_spool = Arc::new(Spool::open(&config.ingest.spool_dir)?);
     let shared = Arc::new(Shared::new(config.ingest.clone(), spool, db.clone()));
     let (shutdown, stop) = oneshot::channel::<()>();
     let server = tokio::spawn(ingest::serve(
@@ -129,7 +151,33 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     }));
     tracing::info!(address = %local_addr, ae_title = %config.ingest.ae_title, "DICOM ingest listening");
     let alerts = mailer.map(|mailer| tokio::spawn(alerts::run(db.clone(), mailer, config.alerts.clone())));
-    Ok(Running { local_addr, db, recovery, shutdown, server, tracker, delivery_shutdown, delivery, alerts })
+    let (stop_workers, stop) = tokio::sync::watch::channel(false);
+    let workers = match enhancer {
+        Some(enhancer) => {
+            let context = Arc::new(worker::WorkerContext::new(&config, db.clone(), workers_spool, Arc::new(enhancer)));
+            let host = hostname();
+            (0..config.pipeline.workers)
+                .map(|index| {
+                    let worker_id = format!("{host}:{}:{index}", std::process::id());
+                    tokio::spawn(worker::run(Arc::clone(&context), worker_id, stop.clone()))
+                })
+                .collect()
+        }
+        None => Vec::new(),
+    };
+    Ok(Running {
+        local_addr,
+        db,
+        recovery,
+        shutdown,
+        server,
+        tracker,
+        delivery_shutdown,
+        delivery,
+        alerts,
+        stop_workers,
+        workers,
+    })
 }
 
 impl Running {
@@ -139,6 +187,7 @@ impl Running {
     pub async fn stop(self) {
         let _ = self.shutdown.send(());
         let _ = self.delivery_shutdown.send(());
+        let _ = self.stop_workers.send(true);
         let _ = self.server.await;
         self.tracker.abort();
         let _ = self.tracker.await;
@@ -151,6 +200,20 @@ impl Running {
             alerts.abort();
             let _ = alerts.await;
         }
+        // A worker finishes the image it is on; its job is then done or
+        // retried, never lost (the lease would expire otherwise).
+        for worker in self.workers {
+            let _ = worker.await;
+        }
         self.db.close().await;
     }
+}
+
+/// This host's name, for worker ids in leases (which host holds a job).
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_string())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }

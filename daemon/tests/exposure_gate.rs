@@ -5,7 +5,8 @@
 mod common;
 
 use cxr_led_daemon::config::ExposureConfig;
-use cxr_led_daemon::pixels::{self, StoredValues};
+use cxr_led_daemon::derive::StoredPixels;
+use cxr_led_daemon::pixels;
 use cxr_led_daemon::triage::{self, Rule};
 use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::tags;
@@ -120,8 +121,8 @@ fn stored_values_survive_display_and_back() {
         assert!(image.pixels.iter().all(|p| (0.0..=1.0).contains(p)));
         let back = pixels::to_stored(&image, &image.pixels);
         let words: Vec<i64> = match back {
-            StoredValues::U8(v) => v.into_iter().map(i64::from).collect(),
-            StoredValues::U16(v) => v.into_iter().map(i64::from).collect(),
+            StoredPixels::U8(v) => v.into_iter().map(i64::from).collect(),
+            StoredPixels::U16(v) => v.into_iter().map(i64::from).collect(),
         };
         assert_eq!(words, image.stored, "{name}");
     }

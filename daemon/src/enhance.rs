@@ -1,0 +1,179 @@
+//! The enhancement stage: a display image (intensities in [0, 1]) through
+//! LED at its native size, then the hallucination check on the result.
+//! Tensors live only here and in the models crate; the caller hands in plain
+//! pixels and gets plain pixels back.
+//!
+//! Noise is seeded from (SOP Instance UID, bundle sha256), so the same input,
+//! bundle, parameters and precision reproduce the same pixels
+//! (`cxr-ledd reproduce` checks that).
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use cxr_led_models::hallucination::{self, HallucinationConfig};
+use cxr_led_models::noise::{seed_from_parts, NoiseSource};
+use cxr_led_models::{Bundle, EnhanceParams, LedModel, Precision};
+use serde::Serialize;
+use tch::{Device, Kind, Tensor};
+
+use crate::config::PipelineConfig;
+
+/// A loaded bundle, ready to enhance: the networks on their device and what
+/// the provenance of every result needs.
+#[derive(Debug)]
+pub struct Enhancer {
+    /// libtorch tensors are not `Sync`: workers take turns on the model
+    /// (each inference already uses every core or the whole GPU).
+    model: Mutex<LedModel>,
+    /// Bundle name from its manifest.
+    pub bundle_name: String,
+    /// Bundle version from its manifest.
+    pub bundle_version: String,
+    /// sha256 of the bundle's manifest (its identity).
+    pub bundle_sha256: String,
+    /// The inference parameters in force (bundle defaults, config overrides).
+    pub params: EnhanceParams,
+    /// The hallucination check's configuration (from the bundle).
+    pub score_config: HallucinationConfig,
+    /// Hold results scoring above this.
+    pub hold_threshold: f64,
+    /// The device, in words.
+    pub device: String,
+}
+
+/// One enhanced image and its check.
+#[derive(Debug, Clone)]
+pub struct EnhancedImage {
+    /// Row-major display intensities in [0, 1].
+    pub pixels: Vec<f32>,
+    /// The per-pixel doubt map in [0, 1], row-major.
+    pub doubt_map: Vec<f32>,
+    /// Hallucination-check score in [0, 1].
+    pub score: f64,
+    /// The score's components, each in [0, 1].
+    pub components: Vec<(String, f64)>,
+    /// The noise seed used.
+    pub seed: u64,
+    /// Seconds per stage.
+    pub timings: StageTimings,
+}
+
+/// Wall-clock seconds of each model stage.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct StageTimings {
+    /// G_AB estimate.
+    pub estimate_s: f64,
+    /// Diffusion refinement.
+    pub refinement_s: f64,
+    /// Hallucination check.
+    pub score_s: f64,
+}
+
+/// Why an enhancement failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EnhanceError {
+    /// The bundle or a parameter is wrong (configuration: fix and restart).
+    #[error("{0}")]
+    Model(#[from] cxr_led_models::Error),
+    /// libtorch failed (e.g. out of memory).
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+}
+
+impl Enhancer {
+    /// Loads and verifies the configured bundle onto the configured device.
+    pub fn load(config: &PipelineConfig) -> Result<Enhancer, EnhanceError> {
+        let device = cxr_led_models::device::parse_device(&config.device)?;
+        let bundle = Bundle::load(&config.bundle)?;
+        Self::from_bundle(&bundle, device, config)
+    }
+
+    /// Builds an enhancer from a loaded bundle.
+    pub fn from_bundle(bundle: &Bundle, device: Device, config: &PipelineConfig) -> Result<Enhancer, EnhanceError> {
+        let model = LedModel::from_bundle(bundle, device, config.precision)?;
+        let mut params = bundle.manifest.inference.clone();
+        if config.t0 > 0 {
+            params.t0 = config.t0;
+        }
+        if config.steps > 0 {
+            params.steps = config.steps;
+        }
+        params.precision = config.precision;
+        // Fail at start-up, not on the first image.
+        cxr_led_models::sampler::DdimSampler::refinement(model.schedule(), params.t0, params.steps)?;
+        let hold_threshold = if config.hold_threshold >= 0.0 {
+            config.hold_threshold
+        } else {
+            hallucination::hold_threshold(&bundle.manifest)
+        };
+        Ok(Enhancer {
+            model: Mutex::new(model),
+            bundle_name: bundle.manifest.name.clone(),
+            bundle_version: bundle.manifest.version.clone(),
+            bundle_sha256: bundle.sha256.clone(),
+            params,
+            score_config: hallucination::bundle_config(&bundle.manifest),
+            hold_threshold,
+            device: cxr_led_models::device::describe(device),
+        })
+    }
+
+    /// The precision in force.
+    pub fn precision(&self) -> Precision {
+        self.params.precision
+    }
+
+    /// The noise seed of one source instance with this bundle.
+    pub fn seed(&self, sop_instance_uid: &str) -> u64 {
+        seed_from_parts(&[sop_instance_uid.as_bytes(), self.bundle_sha256.as_bytes()])
+    }
+
+    /// Enhances one display image (`rows` x `columns`, intensities in [0, 1])
+    /// and scores the result.
+    pub fn enhance(
+        &self,
+        sop_instance_uid: &str,
+        pixels: &[f32],
+        rows: u32,
+        columns: u32,
+    ) -> Result<EnhancedImage, EnhanceError> {
+        let (h, w) = (i64::from(rows), i64::from(columns));
+        // Display [0, 1] to the model's [-1, 1].
+        let low_quality = Tensor::from_slice(pixels).reshape([1, 1, h, w]).to_kind(Kind::Float) * 2.0 - 1.0;
+        let seed = self.seed(sop_instance_uid);
+        let mut noise = NoiseSource::new(seed);
+        // A panic in another worker cannot leave the weights half-written
+        // (inference never writes them), so a poisoned lock is still usable.
+        let model = self.model.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let enhancement = model.enhance(&low_quality, &self.params, &mut noise)?;
+        let output = enhancement.output.to_device(Device::Cpu).to_kind(Kind::Float);
+        let started = Instant::now();
+        let report = hallucination::score(
+            &model,
+            &low_quality.to_device(model.device()),
+            &enhancement.output,
+            &self.params.tiles,
+            &self.score_config,
+        )?;
+        let score_time = started.elapsed();
+        let enhanced: Vec<f32> = Vec::<f32>::try_from(((output + 1.0) / 2.0).clamp(0.0, 1.0).flatten(0, -1))?;
+        let doubt_map: Vec<f32> =
+            Vec::<f32>::try_from(report.doubt_map.to_device(Device::Cpu).to_kind(Kind::Float).flatten(0, -1))?;
+        Ok(EnhancedImage {
+            pixels: enhanced,
+            doubt_map,
+            score: report.score,
+            components: report.components,
+            seed,
+            timings: StageTimings {
+                estimate_s: secs(enhancement.timings.estimate),
+                refinement_s: secs(enhancement.timings.refinement),
+                score_s: secs(score_time),
+            },
+        })
+    }
+}
+
+fn secs(duration: Duration) -> f64 {
+    duration.as_secs_f64()
+}

@@ -1,0 +1,302 @@
+//! The whole pipeline on CPU with the tiny bundle, real PostgreSQL and dcmtk's
+//! `storescp` as the PACS: an under-exposed study comes back as a valid
+//! derived instance, a well-exposed one does not; a PACS that is down for a
+//! while gets every result exactly once; two daemons share one queue; the
+//! recorded enhancement reproduces bit for bit.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use cxr_led_daemon::config::{Config, DestinationConfig};
+use cxr_led_daemon::reproduce;
+use dicom_core::{DataElement, PrimitiveValue, VR};
+use dicom_dictionary_std::tags;
+use dicom_object::open_file;
+use sqlx::{PgPool, Row};
+
+const PACS_AE: &str = "TESTPACS";
+
+/// dcmtk's storescp as the PACS, storing into `dir`, killed on drop.
+struct Pacs {
+    child: Child,
+}
+
+impl Pacs {
+    fn start(port: u16, dir: &Path) -> Pacs {
+        std::fs::create_dir_all(dir).unwrap();
+        let child = Command::new("storescp")
+            .args(["-aet", PACS_AE, "-od"])
+            .arg(dir)
+            .args(["-uf", "--fork"])
+            .arg(port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("storescp runs (is dcmtk installed?)");
+        Pacs { child }
+    }
+}
+
+impl Drop for Pacs {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Waits until something accepts TCP connections on the port.
+async fn wait_for_port(port: u16) {
+    common::wait_until(Duration::from_secs(10), "the PACS to listen", || async move {
+        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+    })
+    .await;
+}
+
+/// A pipeline configuration: tiny bundle on CPU, fast tracker and retries,
+/// the PACS at `pacs_port` as the one destination.
+fn pipeline_config(db: &common::TestDb, spool: &Path, pacs_port: u16) -> Config {
+    let mut config = common::test_config(db, spool);
+    config.tracker.quiet_period_secs = 0.5;
+    config.pipeline.enabled = true;
+    config.pipeline.bundle = common::tiny_bundle();
+    config.pipeline.device = "cpu".into();
+    config.pipeline.poll_interval_ms = 50;
+    config.pipeline.retry_initial_secs = 1;
+    // The tiny bundle has random weights: hold nothing unless a test says so.
+    config.pipeline.hold_threshold = 1.0;
+    config.delivery.calling_ae_title = "CXRLED".into();
+    config.delivery.destinations = vec![DestinationConfig {
+        name: "pacs".into(),
+        ae_title: PACS_AE.into(),
+        address: format!("127.0.0.1:{pacs_port}"),
+    }];
+    config.delivery.retry_initial_secs = 1;
+    config.delivery.retry_max_secs = 1;
+    config.delivery.poll_interval_ms = 100;
+    config
+}
+
+/// A copy of dx_image.dcm (DI -7) in its own study, with the given DI.
+fn dx_copy(dir: &Path, name: &str, deviation_index: &str) -> (PathBuf, String, String) {
+    let study =
+        format!("2.25.{}{}", std::process::id(), name.bytes().map(|b| (b % 10).to_string()).collect::<String>());
+    let (path, sop) = common::make_copies(&common::fixture("dx_image.dcm"), dir, 1, &study, name).remove(0);
+    let mut object = open_file(&path).unwrap();
+    object.put(DataElement::new(tags::DEVIATION_INDEX, VR::DS, PrimitiveValue::from(deviation_index)));
+    object.put(DataElement::new(tags::SERIES_INSTANCE_UID, VR::UI, PrimitiveValue::from(format!("{study}.1"))));
+    object.write_to_file(&path).unwrap();
+    (path, sop, study)
+}
+
+/// Files the PACS stored.
+fn received(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|entries| entries.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_file()).collect())
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+async fn job_states(db: &PgPool) -> Vec<(String, String, i32)> {
+    sqlx::query("SELECT study_instance_uid, state, attempts FROM job ORDER BY study_instance_uid")
+        .fetch_all(db)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+}
+
+async fn send(addr: SocketAddr, files: &[PathBuf]) {
+    let output = common::storescu(addr, "MODALITY", &[], files).await;
+    assert!(output.status.success(), "storescu failed: {}", common::text(&output));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_under_exposed_image_comes_back_derived_and_a_well_exposed_one_does_not() {
+    let db = common::TestDb::create().await;
+    let work = tempfile::tempdir().unwrap();
+    let pacs_port = free_port();
+    let pacs_dir = work.path().join("pacs");
+    let _pacs = Pacs::start(pacs_port, &pacs_dir);
+    wait_for_port(pacs_port).await;
+    let config = pipeline_config(&db, &work.path().join("spool"), pacs_port);
+    let daemon = common::start(config.clone()).await;
+
+    let (low, low_sop, low_study) = dx_copy(work.path(), "low", "-7.0");
+    let (fine, _fine_sop, fine_study) = dx_copy(work.path(), "fine", "0.2");
+    send(daemon.local_addr, &[low, fine]).await;
+
+    let pool = db.pool().await;
+    common::wait_until(Duration::from_secs(120), "both jobs done and the result sent", || {
+        let pool = pool.clone();
+        async move {
+            common::count(&pool, "SELECT count(*) FROM job WHERE state = 'done'").await == 2
+                && common::count(&pool, "SELECT count(*) FROM outbox WHERE state = 'sent'").await == 1
+        }
+    })
+    .await;
+
+    // Exactly one instance reached the PACS: the derived one, in the source's study.
+    let files = received(&pacs_dir);
+    assert_eq!(files.len(), 1, "{files:?}");
+    let derived = open_file(&files[0]).unwrap();
+    let text = |tag| derived.element(tag).unwrap().to_str().unwrap().trim_end_matches('\0').trim().to_string();
+    assert_eq!(text(tags::STUDY_INSTANCE_UID), low_study);
+    assert_ne!(text(tags::SERIES_INSTANCE_UID), format!("{low_study}.1"));
+    assert!(text(tags::IMAGE_TYPE).starts_with("DERIVED\\SECONDARY"), "{}", text(tags::IMAGE_TYPE));
+    let source = open_file(common::fixture("dx_image.dcm")).unwrap();
+    for tag in [tags::ROWS, tags::COLUMNS] {
+        assert_eq!(
+            derived.element(tag).unwrap().to_int::<u32>().unwrap(),
+            source.element(tag).unwrap().to_int::<u32>().unwrap()
+        );
+    }
+    let derived_uid = text(tags::SOP_INSTANCE_UID);
+    let row = sqlx::query(
+        "SELECT source_sop_instance_uid, held, score, bundle_sha256 FROM enhancement WHERE derived_sop_instance_uid = $1",
+    )
+    .bind(&derived_uid)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(row.get::<String, _>(0), low_sop);
+    assert!(!row.get::<bool, _>(1));
+    let score: f64 = row.get(2);
+    assert!((0.0..=1.0).contains(&score), "score {score}");
+
+    // The decision of each image, with its rule and numbers.
+    let decisions = sqlx::query(
+        "SELECT study_instance_uid, flagged, rule, deviation_index FROM exposure_decision ORDER BY study_instance_uid",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    for decision in &decisions {
+        let study: String = decision.get(0);
+        let flagged: bool = decision.get(1);
+        assert_eq!(decision.get::<String, _>(2), "deviation-index");
+        assert_eq!(flagged, study == low_study, "study {study}");
+        if study == fine_study {
+            assert_eq!(decision.get::<Option<f64>, _>(3), Some(0.2));
+        }
+    }
+    assert_eq!(common::count(&pool, "SELECT count(*) FROM enhancement").await, 1);
+    let events: Vec<String> =
+        sqlx::query_scalar("SELECT event || ':' || outcome FROM audit_event WHERE study_instance_uid = $1 ORDER BY id")
+            .bind(&low_study)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    for expected in [
+        "instance-received:success",
+        "study-enqueued:success",
+        "exposure-decision:flagged",
+        "instance-enhanced:success",
+        "study-processed:success",
+    ] {
+        assert!(events.iter().any(|e| e == expected), "{expected} missing from {events:?}");
+    }
+
+    // dciodvfy, the DICOM IOD validator, finds no error in what the PACS got.
+    let output = Command::new("dciodvfy").arg(&files[0]).output().expect("dciodvfy runs (dicom3tools installed?)");
+    let report = common::text(&output);
+    let errors: Vec<&str> = report.lines().filter(|l| l.starts_with("Error")).collect();
+    assert!(errors.is_empty(), "dciodvfy errors:\n{report}");
+
+    // The recorded enhancement reproduces bit for bit from the spool.
+    let reproduction =
+        reproduce::reproduce(&pool, &config.ingest.spool_dir, &config.pipeline, &derived_uid).await.unwrap();
+    assert!(reproduction.matches, "{reproduction:?}");
+    assert_eq!(reproduction.file_matches_record, Some(true));
+    assert_eq!(reproduction.differing_pixels, 0);
+    assert_eq!(reproduction.score, reproduction.recorded_score);
+
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pacs_down_for_a_while_gets_every_result_exactly_once() {
+    let db = common::TestDb::create().await;
+    let work = tempfile::tempdir().unwrap();
+    let pacs_port = free_port();
+    let pacs_dir = work.path().join("pacs");
+    let daemon = common::start(pipeline_config(&db, &work.path().join("spool"), pacs_port)).await;
+    let files: Vec<PathBuf> = (0..3).map(|i| dx_copy(work.path(), &format!("down{i}"), "-8.0").0).collect();
+    send(daemon.local_addr, &files).await;
+
+    let pool = db.pool().await;
+    // Enhanced, and tried at least twice against the dead PACS.
+    common::wait_until(Duration::from_secs(120), "failed delivery attempts", || {
+        let pool = pool.clone();
+        async move {
+            common::count(&pool, "SELECT count(*) FROM outbox WHERE state = 'pending' AND attempts >= 2").await == 3
+        }
+    })
+    .await;
+    assert!(received(&pacs_dir).is_empty());
+
+    let _pacs = Pacs::start(pacs_port, &pacs_dir);
+    common::wait_until(Duration::from_secs(60), "delivery after the PACS came back", || {
+        let pool = pool.clone();
+        async move { common::count(&pool, "SELECT count(*) FROM outbox WHERE state = 'sent'").await == 3 }
+    })
+    .await;
+    // More delivery passes change nothing.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let files = received(&pacs_dir);
+    assert_eq!(files.len(), 3, "{files:?}");
+    let mut uids: Vec<String> = files
+        .iter()
+        .map(|f| open_file(f).unwrap().element(tags::SOP_INSTANCE_UID).unwrap().to_str().unwrap().to_string())
+        .collect();
+    uids.sort();
+    uids.dedup();
+    assert_eq!(uids.len(), 3, "each derived instance once");
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_daemons_share_one_queue_and_process_each_study_once() {
+    let db = common::TestDb::create().await;
+    let work = tempfile::tempdir().unwrap();
+    let pacs_port = free_port();
+    let pacs_dir = work.path().join("pacs");
+    let _pacs = Pacs::start(pacs_port, &pacs_dir);
+    wait_for_port(pacs_port).await;
+    // Two daemons on one database and one (shared) spool, as two hosts on shared storage would be.
+    let spool = work.path().join("spool");
+    let first = common::start(pipeline_config(&db, &spool, pacs_port)).await;
+    let second = common::start(pipeline_config(&db, &spool, pacs_port)).await;
+    let studies = 6;
+    let files: Vec<PathBuf> = (0..studies).map(|i| dx_copy(work.path(), &format!("share{i}"), "-9.0").0).collect();
+    send(first.local_addr, &files[..studies / 2]).await;
+    send(second.local_addr, &files[studies / 2..]).await;
+
+    let pool = db.pool().await;
+    common::wait_until(Duration::from_secs(180), "every study processed and sent", || {
+        let pool = pool.clone();
+        async move {
+            common::count(&pool, "SELECT count(*) FROM job WHERE state = 'done'").await == studies as i64
+                && common::count(&pool, "SELECT count(*) FROM outbox WHERE state = 'sent'").await == studies as i64
+        }
+    })
+    .await;
+    for (study, state, attempts) in job_states(&pool).await {
+        assert_eq!((state.as_str(), attempts), ("done", 1), "study {study} was claimed once");
+    }
+    assert_eq!(common::count(&pool, "SELECT count(*) FROM enhancement").await, studies as i64);
+    assert_eq!(common::count(&pool, "SELECT count(*) FROM exposure_decision").await, studies as i64);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(received(&pacs_dir).len(), studies);
+    first.stop().await;
+    second.stop().await;
+}
