@@ -5,6 +5,7 @@
 //! recorded enhancement reproduces bit for bit.
 
 mod common;
+mod smtp_sink;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -12,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use cxr_led_daemon::config::{Config, DestinationConfig};
-use cxr_led_daemon::reproduce;
+use cxr_led_daemon::{audit, reproduce};
 use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::open_file;
@@ -206,6 +207,28 @@ async fn an_under_exposed_image_comes_back_derived_and_a_well_exposed_one_does_n
         assert!(events.iter().any(|e| e == expected), "{expected} missing from {events:?}");
     }
 
+    // The auditor's one query: source, decision, bundle, score, delivery.
+    let view = sqlx::query(
+        "SELECT source_sop_instance_uid, exposure_rule, deviation_index, exposure_flagged, bundle_sha256, score, \
+         held, deliveries FROM audit_derived_instance WHERE derived_sop_instance_uid = $1",
+    )
+    .bind(&derived_uid)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(view.get::<String, _>("source_sop_instance_uid"), low_sop);
+    assert_eq!(view.get::<String, _>("exposure_rule"), "deviation-index");
+    assert_eq!(view.get::<Option<f64>, _>("deviation_index"), Some(-7.0));
+    assert!(view.get::<bool, _>("exposure_flagged"));
+    assert_eq!(view.get::<String, _>("bundle_sha256"), row.get::<String, _>(3));
+    let deliveries: serde_json::Value = view.get("deliveries");
+    assert_eq!(deliveries[0]["state"], "sent", "{deliveries}");
+    assert_eq!(deliveries[0]["destination"], "pacs", "{deliveries}");
+    // And the chain over every event of this run verifies.
+    let chain = audit::verify_chain(&pool).await.unwrap();
+    assert!(chain.is_intact(), "{chain:?}");
+    assert!(chain.rows >= 10, "{chain:?}");
+
     // dciodvfy, the DICOM IOD validator, finds no error in what the PACS got.
     let output = Command::new("dciodvfy").arg(&files[0]).output().expect("dciodvfy runs (dicom3tools installed?)");
     let report = common::text(&output);
@@ -299,4 +322,50 @@ async fn two_daemons_share_one_queue_and_process_each_study_once() {
     assert_eq!(received(&pacs_dir).len(), studies);
     first.stop().await;
     second.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_held_result_is_not_sent_and_mails_an_alert() {
+    let db = common::TestDb::create().await;
+    let work = tempfile::tempdir().unwrap();
+    let pacs_port = free_port();
+    let pacs_dir = work.path().join("pacs");
+    let _pacs = Pacs::start(pacs_port, &pacs_dir);
+    wait_for_port(pacs_port).await;
+    let sink = smtp_sink::SmtpSink::start(free_port());
+    let mut config = pipeline_config(&db, &work.path().join("spool"), pacs_port);
+    // Everything scoring above 0 is held.
+    config.pipeline.hold_threshold = 0.0;
+    config.mail = smtp_sink::mail_config(sink.port);
+    config.alerts.poll_interval_ms = 100;
+    let daemon = common::start(config).await;
+    let (file, sop, _) = dx_copy(work.path(), "held", "-7.0");
+    send(daemon.local_addr, &[file]).await;
+
+    let pool = db.pool().await;
+    common::wait_until(Duration::from_secs(120), "the held result and its alert", || {
+        let pool = pool.clone();
+        async move {
+            common::count(&pool, "SELECT count(*) FROM enhancement WHERE held").await == 1
+                && common::count(&pool, "SELECT count(*) FROM alert").await == 1
+        }
+    })
+    .await;
+    let derived: String =
+        sqlx::query_scalar("SELECT derived_sop_instance_uid FROM enhancement WHERE source_sop_instance_uid = $1")
+            .bind(&sop)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let messages = smtp_sink::wait_for_messages(&sink, 1);
+    assert_eq!(messages.len(), 1);
+    assert!(messages[0].contains(&derived), "the mail names the derived instance:\n{}", messages[0]);
+    // Held means never queued, never sent.
+    assert_eq!(common::count(&pool, "SELECT count(*) FROM outbox").await, 0);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(received(&pacs_dir).is_empty());
+    let events: Vec<String> =
+        sqlx::query_scalar("SELECT event FROM audit_event ORDER BY seq").fetch_all(&pool).await.unwrap();
+    assert!(events.contains(&"result-held".to_string()) && events.contains(&"alert-sent".to_string()), "{events:?}");
+    daemon.stop().await;
 }
