@@ -99,6 +99,13 @@ fn decimal(object: &DefaultDicomObject, tag: dicom_core::Tag) -> Option<f64> {
 
 /// Whether the instance is one the model was built for; `Err` says why not.
 pub fn applicability(object: &DefaultDicomObject, config: &ExposureConfig) -> Result<(), String> {
+    // Our own output must never come back in: a PACS that forwards every
+    // new instance would otherwise send the derived image (which keeps the
+    // source's exposure tags) round the loop for ever.
+    let creator = dicom_core::Tag(crate::derive::PRIVATE_GROUP, 0x0010);
+    if optional_str(object, creator).as_deref() == Some(crate::derive::PRIVATE_CREATOR) {
+        return Err("a cxr-led derived instance (private block CXR-LED): never enhanced again".into());
+    }
     let sop_class = object.meta().media_storage_sop_class_uid().trim_end_matches('\0').to_string();
     if ![CR_IMAGE, DX_FOR_PRESENTATION, DX_FOR_PROCESSING].contains(&sop_class.as_str()) {
         return Err(format!("SOP class {sop_class} is not CR or DX"));

@@ -160,3 +160,18 @@ fn colour_and_multiframe_are_refused_with_the_reason() {
     let err = pixels::decode_display(&object).unwrap_err().to_string();
     assert!(err.contains("frames"), "{err}");
 }
+
+#[test]
+fn our_own_derived_instances_are_never_enhanced_again() {
+    // The derived instance keeps the source's DI -7; only the private block
+    // tells it apart, and the gate must see it.
+    let mut object = fixture("dx_image.dcm");
+    object.put(DataElement::new(
+        dicom_core::Tag(cxr_led_daemon::derive::PRIVATE_GROUP, 0x0010),
+        VR::LO,
+        PrimitiveValue::from(cxr_led_daemon::derive::PRIVATE_CREATOR),
+    ));
+    let decision = triage::decide_from_tags(&object, &ExposureConfig::default()).unwrap();
+    assert_eq!(decision.rule, Rule::NotApplicable);
+    assert!(!decision.flagged, "{}", decision.reason);
+}
