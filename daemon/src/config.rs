@@ -181,7 +181,10 @@ pub struct DestinationConfig {
 }
 
 fn check_ae_title(key: &str, ae: &str) -> Result<(), Error> {
-    if ae.trim().is_empty() || ae.len() > 16 || !ae.chars().all(|c| c.is_ascii_graphic() || c == ' ') || ae.contains('\\')
+    if ae.trim().is_empty()
+        || ae.len() > 16
+        || !ae.chars().all(|c| c.is_ascii_graphic() || c == ' ')
+        || ae.contains('\\')
     {
         return Err(Error::Invalid(format!("{key} {ae:?} must be 1 to 16 printable ASCII characters, no backslash")));
     }
@@ -273,7 +276,8 @@ impl Config {
         }
         if d.retry_initial_secs == 0 || d.retry_max_secs < d.retry_initial_secs {
             return Err(Error::Invalid(
-                "[delivery] retry-initial-secs must be at least 1 and retry-max-secs at least retry-initial-secs".into(),
+                "[delivery] retry-initial-secs must be at least 1 and retry-max-secs at least retry-initial-secs"
+                    .into(),
             ));
         }
         if !(4096..=131_072).contains(&d.max_pdu_length) {
@@ -333,8 +337,10 @@ mod tests {
         assert_eq!(config.delivery.destinations[0].ae_title, "PACS");
         assert_eq!(config.delivery.retry_initial_secs, 5);
         assert_eq!(config.delivery.retry_max_secs, 600);
-        let err = Config::from_toml("[delivery]\ndestinations = [{ name = \"p\", ae-title = \"P\", address = \"nohost\" }]\n")
-            .unwrap_err();
+        let err = Config::from_toml(
+            "[delivery]\ndestinations = [{ name = \"p\", ae-title = \"P\", address = \"nohost\" }]\n",
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("host:port"), "{err}");
         let err = Config::from_toml(
             "[delivery]\ndestinations = [{ name = \"p\", ae-title = \"P\", address = \"h:1\" }, \

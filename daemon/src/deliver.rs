@@ -31,8 +31,8 @@ use dicom_core::header::Header;
 use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
 use dicom_transfer_syntax_registry::entries::{EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN};
-use dicom_ul::pdu::{PDataValue, PDataValueType};
 use dicom_ul::association::AsyncClientAssociation;
+use dicom_ul::pdu::{PDataValue, PDataValueType};
 use dicom_ul::{ClientAssociationOptions, Pdu};
 use sqlx::{PgConnection, PgPool, Row};
 use tokio::io::AsyncWriteExt;
@@ -144,7 +144,8 @@ pub async fn deliver_due(db: &PgPool, config: &DeliveryConfig) -> anyhow::Result
     for (name, mut batch) in by_destination {
         batch.sort_by_key(|c| c.id);
         let Some(destination) = config.destinations.iter().find(|d| d.name == name) else {
-            let error = format!("destination {name:?} is not in [delivery] destinations (removed from the configuration?)");
+            let error =
+                format!("destination {name:?} is not in [delivery] destinations (removed from the configuration?)");
             for claimed in &batch {
                 record(db, config, None, claimed, &Outcome::Error(error.clone())).await?;
             }
@@ -306,7 +307,10 @@ async fn store(
 async fn receive_response(association: &mut AsyncClientAssociation<TcpStream>) -> Result<(u16, String), String> {
     let mut command = Vec::new();
     loop {
-        let pdu = association.receive().await.map_err(|e| format!("waiting for the C-STORE response: {}", error_chain(&e)))?;
+        let pdu = association
+            .receive()
+            .await
+            .map_err(|e| format!("waiting for the C-STORE response: {}", error_chain(&e)))?;
         match pdu {
             Pdu::PData { data } => {
                 for value in data {
@@ -328,7 +332,8 @@ async fn receive_response(association: &mut AsyncClientAssociation<TcpStream>) -
 
 fn parse_response(bytes: &[u8]) -> Result<(u16, String), String> {
     let ts = IMPLICIT_VR_LITTLE_ENDIAN.erased();
-    let obj = InMemDicomObject::read_dataset_with_ts(bytes, &ts).map_err(|e| format!("unreadable C-STORE response: {e}"))?;
+    let obj =
+        InMemDicomObject::read_dataset_with_ts(bytes, &ts).map_err(|e| format!("unreadable C-STORE response: {e}"))?;
     let field = obj.get(tags::COMMAND_FIELD).and_then(|e| e.to_int::<u16>().ok());
     if field != Some(dimse::C_STORE_RSP) {
         return Err(format!("expected a C-STORE response, got command field {field:?}"));
@@ -357,7 +362,8 @@ async fn encode_file(path: &Path, sop_instance_uid: &str, implicit: bool) -> Res
     let uid = sop_instance_uid.to_string();
     tokio::task::spawn_blocking(move || {
         let obj = dicom_object::open_file(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-        let in_file = obj.get(tags::SOP_INSTANCE_UID).and_then(|e| e.to_str().ok()).map(|s| dimse::trim(&s).to_string());
+        let in_file =
+            obj.get(tags::SOP_INSTANCE_UID).and_then(|e| e.to_str().ok()).map(|s| dimse::trim(&s).to_string());
         if in_file.as_deref() != Some(uid.as_str()) {
             return Err(format!("{} holds SOP Instance UID {in_file:?}, not {uid}", path.display()));
         }
@@ -378,7 +384,8 @@ async fn encode_file(path: &Path, sop_instance_uid: &str, implicit: bool) -> Res
 pub fn backoff(config: &DeliveryConfig, attempts: u32, row_id: i64) -> Duration {
     let exponent = attempts.saturating_sub(1).min(30);
     let base = config.retry_initial_secs.saturating_mul(1u64 << exponent).min(config.retry_max_secs) as f64;
-    let jitter = ((row_id as u64).wrapping_mul(2_654_435_761).wrapping_add(u64::from(attempts)) % 1000) as f64 / 10_000.0;
+    let jitter =
+        ((row_id as u64).wrapping_mul(2_654_435_761).wrapping_add(u64::from(attempts)) % 1000) as f64 / 10_000.0;
     Duration::from_secs_f64((base * (1.0 + jitter)).min(config.retry_max_secs as f64 * 1.1))
 }
 
@@ -412,7 +419,10 @@ async fn record(
             (
                 audit::INSTANCE_SENT,
                 word,
-                format!("destination {} ({ae} at {address}); status {status:04X}; attempt {attempt}", claimed.destination),
+                format!(
+                    "destination {} ({ae} at {address}); status {status:04X}; attempt {attempt}",
+                    claimed.destination
+                ),
             )
         }
         Outcome::Refused { .. } | Outcome::Error(_) => {

@@ -20,8 +20,8 @@ use std::io::Write;
 use std::path::Path;
 
 use chrono::{DateTime, FixedOffset, Utc};
-use dicom_core::value::{DataSetSequence, C};
 use dicom_core::header::Header;
+use dicom_core::value::{DataSetSequence, C};
 use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::meta::FileMetaTableBuilder;
@@ -78,14 +78,14 @@ pub const MANUFACTURER: &str = "cxr-led";
 /// JPEG-LS near-lossless and JPEG 2000 (not "lossless only") count as lossy
 /// because their files do not say whether a given image lost anything.
 const LOSSY_TRANSFER_SYNTAXES: &[(&str, &str)] = &[
-    ("1.2.840.10008.1.2.4.50", "ISO_10918_1"),  // JPEG Baseline (Process 1)
-    ("1.2.840.10008.1.2.4.51", "ISO_10918_1"),  // JPEG Extended (Process 2 & 4)
-    ("1.2.840.10008.1.2.4.81", "ISO_14495_1"),  // JPEG-LS Near-Lossless
-    ("1.2.840.10008.1.2.4.91", "ISO_15444_1"),  // JPEG 2000
-    ("1.2.840.10008.1.2.4.93", "ISO_15444_2"),  // JPEG 2000 Part 2 Multi-component
+    ("1.2.840.10008.1.2.4.50", "ISO_10918_1"),   // JPEG Baseline (Process 1)
+    ("1.2.840.10008.1.2.4.51", "ISO_10918_1"),   // JPEG Extended (Process 2 & 4)
+    ("1.2.840.10008.1.2.4.81", "ISO_14495_1"),   // JPEG-LS Near-Lossless
+    ("1.2.840.10008.1.2.4.91", "ISO_15444_1"),   // JPEG 2000
+    ("1.2.840.10008.1.2.4.93", "ISO_15444_2"),   // JPEG 2000 Part 2 Multi-component
     ("1.2.840.10008.1.2.4.203", "ISO_15444_15"), // High-Throughput JPEG 2000
-    ("1.2.840.10008.1.2.4.111", "ISO_18181_1"), // JPEG XL JPEG Recompression
-    ("1.2.840.10008.1.2.4.112", "ISO_18181_1"), // JPEG XL
+    ("1.2.840.10008.1.2.4.111", "ISO_18181_1"),  // JPEG XL JPEG Recompression
+    ("1.2.840.10008.1.2.4.112", "ISO_18181_1"),  // JPEG XL
 ];
 
 /// Stored pixel values of the derived image, row-major, rows x columns, in the
@@ -354,10 +354,7 @@ pub fn derive_instance(
             code("LED-ENHANCE", "99CXRLED", "Low-dose enhancement by conditional diffusion (LED)"),
         ],
     ));
-    obj.put(sequence(
-        tags::SOURCE_IMAGE_SEQUENCE,
-        vec![image_reference(&source_class, &source_instance, Some(true))],
-    ));
+    obj.put(sequence(tags::SOURCE_IMAGE_SEQUENCE, vec![image_reference(&source_class, &source_instance, Some(true))]));
     add_contributing_equipment(&mut obj, source, provenance);
     put_private_block(&mut obj, provenance);
 
@@ -398,9 +395,8 @@ pub fn doubt_map_instance(
     let (min, max) = values.iter().fold((u8::MAX, 0u8), |(lo, hi), &v| (lo.min(v), hi.max(v)));
 
     // Patient, study, equipment and series-level attributes as in the derived instance.
-    let mut obj = InMemDicomObject::from_element_iter(
-        source.iter().filter(|e| is_patient_study_or_equipment(e.tag())).cloned(),
-    );
+    let mut obj =
+        InMemDicomObject::from_element_iter(source.iter().filter(|e| is_patient_study_or_equipment(e.tag())).cloned());
     repair(&mut obj);
     put_uid(&mut obj, tags::SOP_CLASS_UID, SECONDARY_CAPTURE);
     put_uid(&mut obj, tags::SOP_INSTANCE_UID, sop_instance_uid);
@@ -442,13 +438,8 @@ pub fn doubt_map_instance(
         VR::LT,
         "Hallucination-check doubt map: 0 = no doubt, 255 = doubt 1.0. Not for diagnosis.",
     );
-    let image = ImageDescription {
-        rows,
-        columns,
-        bits_stored: 8,
-        pixel_representation: 0,
-        photometric: "MONOCHROME2".into(),
-    };
+    let image =
+        ImageDescription { rows, columns, bits_stored: 8, pixel_representation: 0, photometric: "MONOCHROME2".into() };
     image.put_pixels(&mut obj, StoredPixels::U8(values), i64::from(min), i64::from(max));
     put_str(&mut obj, tags::WINDOW_CENTER, VR::DS, "127.5");
     put_str(&mut obj, tags::WINDOW_WIDTH, VR::DS, "256");
@@ -535,7 +526,13 @@ impl ImageDescription {
                 reason: format!("{pixel_representation} is neither 0 nor 1"),
             });
         }
-        Ok(ImageDescription { rows: rows.into(), columns: columns.into(), bits_stored, pixel_representation, photometric })
+        Ok(ImageDescription {
+            rows: rows.into(),
+            columns: columns.into(),
+            bits_stored,
+            pixel_representation,
+            photometric,
+        })
     }
 
     /// Checks that every value fits Bits Stored; returns the smallest and largest (signed where signed).
@@ -785,11 +782,8 @@ fn set_lossy(obj: &mut InMemDicomObject, source: &DefaultDicomObject, image: &Im
     if already {
         return;
     }
-    let compressed: usize = source
-        .get(tags::PIXEL_DATA)
-        .and_then(|e| e.fragments())
-        .map(|f| f.iter().map(|x| x.len()).sum())
-        .unwrap_or(0);
+    let compressed: usize =
+        source.get(tags::PIXEL_DATA).and_then(|e| e.fragments()).map(|f| f.iter().map(|x| x.len()).sum()).unwrap_or(0);
     let bits_allocated = get_u16(source, tags::BITS_ALLOCATED).unwrap_or(16).max(8) as usize;
     let uncompressed = image.rows as usize * image.columns as usize * bits_allocated / 8;
     let mut methods = get_multi_str(obj, tags::LOSSY_IMAGE_COMPRESSION_METHOD);
@@ -828,14 +822,14 @@ fn derivation_description(p: &Provenance) -> String {
 /// Appends our item to the source's Contributing Equipment Sequence (its
 /// items, if any, stay: they are the history of the pixels).
 fn add_contributing_equipment(obj: &mut InMemDicomObject, source: &InMemDicomObject, p: &Provenance) {
-    let mut items: Vec<InMemDicomObject> =
-        source.get(tags::CONTRIBUTING_EQUIPMENT_SEQUENCE).and_then(|e| e.items()).map(|i| i.to_vec()).unwrap_or_default();
+    let mut items: Vec<InMemDicomObject> = source
+        .get(tags::CONTRIBUTING_EQUIPMENT_SEQUENCE)
+        .and_then(|e| e.items())
+        .map(|i| i.to_vec())
+        .unwrap_or_default();
     let when = local_time(source, p.created);
     let mut item = InMemDicomObject::new_empty();
-    item.put(sequence(
-        tags::PURPOSE_OF_REFERENCE_CODE_SEQUENCE,
-        vec![code("109102", "DCM", "Processing Equipment")],
-    ));
+    item.put(sequence(tags::PURPOSE_OF_REFERENCE_CODE_SEQUENCE, vec![code("109102", "DCM", "Processing Equipment")]));
     put_str(&mut item, tags::MANUFACTURER, VR::LO, MANUFACTURER);
     put_str(&mut item, tags::MANUFACTURER_MODEL_NAME, VR::LO, "cxr-ledd");
     put_str(&mut item, tags::SOFTWARE_VERSIONS, VR::LO, &truncate(&ascii(&p.software_version), 64));
@@ -1018,7 +1012,7 @@ mod tests {
     fn decimal_strings_fit_16_characters() {
         assert_eq!(ds(10.0), "10");
         assert_eq!(ds(2.5), "2.5");
-        assert!(ds(123456789.123456789).len() <= 16);
+        assert!(ds(123_456_789.123_457).len() <= 16);
         assert!(ds(-0.000123456789).len() <= 16);
     }
 

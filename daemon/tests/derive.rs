@@ -51,9 +51,18 @@ fn validate(path: &Path, iod: &str) -> String {
         .expect("running dciodvfy (dicom3tools; .ci/env.sh cxr_led_test_services installs it)");
     let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     println!("dciodvfy {}:\n{report}", path.display());
-    assert!(report.lines().any(|l| l.trim() == iod), "dciodvfy did not validate {} as {iod}:\n{report}", path.display());
+    assert!(
+        report.lines().any(|l| l.trim() == iod),
+        "dciodvfy did not validate {} as {iod}:\n{report}",
+        path.display()
+    );
     let errors: Vec<&str> = report.lines().filter(|l| l.starts_with("Error")).collect();
-    assert!(errors.is_empty(), "dciodvfy errors for {}:\n{}\n--- full report:\n{report}", path.display(), errors.join("\n"));
+    assert!(
+        errors.is_empty(),
+        "dciodvfy errors for {}:\n{}\n--- full report:\n{report}",
+        path.display(),
+        errors.join("\n")
+    );
     let unexpected: Vec<&str> = report
         .lines()
         .filter(|l| l.starts_with("Warning") && !ACCEPTED_WARNINGS.iter().any(|w| l.contains(w)))
@@ -131,7 +140,10 @@ fn check_common(source: &DefaultDicomObject, d: &Derived, iod: &str) {
     let obj = &d.object;
     assert_eq!(obj.meta().transfer_syntax().trim_end_matches('\0'), derive::EXPLICIT_VR_LITTLE_ENDIAN);
     assert_eq!(str_of(obj, tags::SOP_INSTANCE_UID), d.provenance.derived_sop_instance_uid);
-    assert_eq!(obj.meta().media_storage_sop_instance_uid().trim_end_matches('\0'), d.provenance.derived_sop_instance_uid);
+    assert_eq!(
+        obj.meta().media_storage_sop_instance_uid().trim_end_matches('\0'),
+        d.provenance.derived_sop_instance_uid
+    );
     assert_ne!(str_of(obj, tags::SOP_INSTANCE_UID), str_of(source, tags::SOP_INSTANCE_UID));
     assert_eq!(str_of(obj, tags::SERIES_INSTANCE_UID), d.provenance.derived_series_instance_uid);
     assert_ne!(str_of(obj, tags::SERIES_INSTANCE_UID), str_of(source, tags::SERIES_INSTANCE_UID));
@@ -179,10 +191,7 @@ fn check_common(source: &DefaultDicomObject, d: &Derived, iod: &str) {
     assert_eq!(obj.element(derive::PRIVATE_HOLD_THRESHOLD).unwrap().to_float64().unwrap(), 0.5);
     assert_eq!(str_of(obj, derive::PRIVATE_BUNDLE_SHA256), d.provenance.bundle_sha256);
     assert_eq!(obj.element(derive::PRIVATE_T0).unwrap().to_int::<u32>().unwrap(), 200);
-    assert_eq!(
-        obj.element(derive::PRIVATE_COMPONENT_VALUES).unwrap().to_multi_float64().unwrap(),
-        vec![0.1, 0.025]
-    );
+    assert_eq!(obj.element(derive::PRIVATE_COMPONENT_VALUES).unwrap().to_multi_float64().unwrap(), vec![0.1, 0.025]);
     assert_eq!(
         obj.element(derive::PRIVATE_COMPONENT_NAMES).unwrap().to_multi_str().unwrap().to_vec(),
         vec!["degradation-consistency".to_string(), "sample-spread".to_string()]
@@ -324,7 +333,10 @@ fn small_cr_and_its_doubt_map_validate() {
     assert_eq!(pixels[(rows * columns - 1) as usize], 255);
     let refs = map.element(tags::SOURCE_IMAGE_SEQUENCE).unwrap().items().unwrap();
     let referenced: Vec<String> = refs.iter().map(|i| str_of_item(i, tags::REFERENCED_SOP_INSTANCE_UID)).collect();
-    assert_eq!(referenced, vec![str_of(&source, tags::SOP_INSTANCE_UID), d.provenance.derived_sop_instance_uid.clone()]);
+    assert_eq!(
+        referenced,
+        vec![str_of(&source, tags::SOP_INSTANCE_UID), d.provenance.derived_sop_instance_uid.clone()]
+    );
     assert_eq!(str_of(&map, Tag(0x0071, 0x0010)), derive::PRIVATE_CREATOR);
 
     // A doubt map of the big CR, at full size, validates too.
