@@ -227,7 +227,11 @@ async fn connect(
     }
     let establish = options.establish_async(destination.address.as_str());
     match tokio::time::timeout(config.connect_timeout() * 2, establish).await {
-        Ok(Ok(association)) => Ok(association),
+        Ok(Ok(mut association)) => {
+            // Small PDUs (the command, the last fragment) go out at once rather than after a delayed ACK.
+            let _ = association.inner_stream().set_nodelay(true);
+            Ok(association)
+        }
         Ok(Err(e)) => Err(format!(
             "association with {} ({} at {}) failed: {}",
             destination.name,
