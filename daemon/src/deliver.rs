@@ -181,6 +181,17 @@ async fn send_batch(
     };
     let mut message_id: u16 = 1;
     for (i, claimed) in batch.iter().enumerate() {
+        // Renew the lease of the rows still to go, so that a long batch never
+        // outlives it and another daemon does not send them meanwhile.
+        let remaining: Vec<i64> = batch[i..].iter().map(|c| c.id).collect();
+        sqlx::query(
+            "UPDATE outbox SET next_attempt_at = now() + make_interval(secs => $2) \
+             WHERE id = ANY($1) AND state = 'pending'",
+        )
+        .bind(&remaining)
+        .bind(config.lease().as_secs_f64())
+        .execute(db)
+        .await?;
         let attempt = store(&mut association, config, claimed, message_id).await;
         message_id = message_id.wrapping_add(1).max(1);
         let (outcome, association_usable) = match attempt {
