@@ -395,3 +395,42 @@ async fn the_service_runs_the_sender() {
     assert_eq!(pacs.files().len(), 1);
     running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_senders_on_one_database_send_each_row_once() {
+    // Two daemons sharing the database: their passes run at the same time,
+    // the claim (FOR UPDATE SKIP LOCKED plus lease) hands each row to one.
+    let db = TestDb::create().await;
+    let pool = migrated(&db).await;
+    let work = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let pacs = StoreScp::start(port, &[]);
+    let mut config = delivery_config(vec![destination("pacs", "PACS", port)]);
+    config.batch_size = 2;
+    let files: Vec<DerivedFile> =
+        (0..6).map(|i| derived_file(work.path(), "CR1_6154.dcm", &format!("two-{i}"))).collect();
+    for file in &files {
+        enqueue(&pool, file, &config.destinations).await;
+    }
+    let (a, b) = tokio::join!(
+        async {
+            let mut n = 0;
+            for _ in 0..6 {
+                n += deliver::deliver_due(&pool, &config).await.unwrap();
+            }
+            n
+        },
+        async {
+            let mut n = 0;
+            for _ in 0..6 {
+                n += deliver::deliver_due(&pool, &config).await.unwrap();
+            }
+            n
+        }
+    );
+    assert_eq!(a + b, 6, "claimed {a} + {b}");
+    assert_eq!(count(&pool, "SELECT count(*) FROM outbox WHERE state = 'sent' AND attempts = 1").await, 6);
+    assert_eq!(count(&pool, "SELECT count(*) FROM audit_event WHERE event = 'instance-sent'").await, 6);
+    assert_eq!(pacs.files().len(), 6);
+    pool.close().await;
+}
