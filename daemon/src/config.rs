@@ -574,6 +574,23 @@ mod tests {
     }
 
     #[test]
+    fn shipped_config_is_valid_and_states_the_delivery_defaults() {
+        let shipped = Config::from_toml(include_str!("../../config/cxr-ledd.toml")).unwrap();
+        let d = &shipped.delivery;
+        let default = DeliveryConfig::default();
+        assert_eq!(
+            (d.retry_initial_secs, d.retry_max_secs, d.max_attempts, d.connect_timeout_secs),
+            (default.retry_initial_secs, default.retry_max_secs, default.max_attempts, default.connect_timeout_secs)
+        );
+        assert_eq!(
+            (d.response_timeout_secs, d.poll_interval_ms, d.max_pdu_length, d.batch_size),
+            (default.response_timeout_secs, default.poll_interval_ms, default.max_pdu_length, default.batch_size)
+        );
+        assert_eq!(d.calling_ae_title, default.calling_ae_title);
+        assert!(d.destinations.is_empty());
+    }
+
+    #[test]
     fn delivery_destinations() {
         let config = Config::from_toml(
             "[delivery]\ncalling-ae-title = \"LED\"\nretry-initial-secs = 5\n\

@@ -27,10 +27,12 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use dicom_core::header::Header;
 use dicom_dictionary_std::tags;
+use dicom_encoding::TransferSyntaxIndex;
+use dicom_object::meta::FileMetaTable;
 use dicom_object::InMemDicomObject;
 use dicom_transfer_syntax_registry::entries::{EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN};
+use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use dicom_ul::association::AsyncClientAssociation;
 use dicom_ul::pdu::{PDataValue, PDataValueType};
 use dicom_ul::{ClientAssociationOptions, Pdu};
@@ -179,6 +181,17 @@ async fn send_batch(
     };
     let mut message_id: u16 = 1;
     for (i, claimed) in batch.iter().enumerate() {
+        // Renew the lease of the rows still to go, so that a long batch never
+        // outlives it and another daemon does not send them meanwhile.
+        let remaining: Vec<i64> = batch[i..].iter().map(|c| c.id).collect();
+        sqlx::query(
+            "UPDATE outbox SET next_attempt_at = now() + make_interval(secs => $2) \
+             WHERE id = ANY($1) AND state = 'pending'",
+        )
+        .bind(&remaining)
+        .bind(config.lease().as_secs_f64())
+        .execute(db)
+        .await?;
         let attempt = store(&mut association, config, claimed, message_id).await;
         message_id = message_id.wrapping_add(1).max(1);
         let (outcome, association_usable) = match attempt {
@@ -227,7 +240,11 @@ async fn connect(
     }
     let establish = options.establish_async(destination.address.as_str());
     match tokio::time::timeout(config.connect_timeout() * 2, establish).await {
-        Ok(Ok(association)) => Ok(association),
+        Ok(Ok(mut association)) => {
+            // Small PDUs (the command, the last fragment) go out at once rather than after a delayed ACK.
+            let _ = association.inner_stream().set_nodelay(true);
+            Ok(association)
+        }
         Ok(Err(e)) => Err(format!(
             "association with {} ({} at {}) failed: {}",
             destination.name,
@@ -356,23 +373,39 @@ fn is_stored(status: u16) -> bool {
 }
 
 /// Reads a file we wrote and returns its data set in the negotiated transfer
-/// syntax, after checking that it is the instance the row names.
+/// syntax, after checking that it is the instance the row names. A file
+/// already in Explicit VR Little Endian going out as such is sent as its
+/// bytes (no parse); otherwise the data set is decoded and re-encoded.
 async fn encode_file(path: &Path, sop_instance_uid: &str, implicit: bool) -> Result<Vec<u8>, String> {
     let path = path.to_path_buf();
     let uid = sop_instance_uid.to_string();
     tokio::task::spawn_blocking(move || {
-        let obj = dicom_object::open_file(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-        let in_file =
-            obj.get(tags::SOP_INSTANCE_UID).and_then(|e| e.to_str().ok()).map(|s| dimse::trim(&s).to_string());
-        if in_file.as_deref() != Some(uid.as_str()) {
-            return Err(format!("{} holds SOP Instance UID {in_file:?}, not {uid}", path.display()));
+        let mut bytes = std::fs::read(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+        if bytes.len() < 132 || &bytes[128..132] != b"DICM" {
+            return Err(format!("{} is not a DICOM Part 10 file", path.display()));
         }
-        let ts = if implicit { IMPLICIT_VR_LITTLE_ENDIAN.erased() } else { EXPLICIT_VR_LITTLE_ENDIAN.erased() };
-        let mut bytes = Vec::new();
-        obj.write_dataset_with_ts(&mut bytes, &ts).map_err(|e| format!("encoding {}: {e}", path.display()))?;
-        // Defensive: a data set never carries group 0002, but make sure no element slipped in.
-        debug_assert!(obj.iter().all(|e| e.tag().group() != 0x0002));
-        Ok(bytes)
+        let mut cursor = std::io::Cursor::new(&bytes[128..]);
+        let meta = FileMetaTable::from_reader(&mut cursor)
+            .map_err(|e| format!("reading the file meta group of {}: {e}", path.display()))?;
+        let start = 128 + cursor.position() as usize;
+        let in_file = dimse::trim(meta.media_storage_sop_instance_uid());
+        if in_file != uid {
+            return Err(format!("{} holds SOP Instance UID {in_file}, not {uid}", path.display()));
+        }
+        let file_ts = dimse::trim(meta.transfer_syntax()).to_string();
+        if !implicit && file_ts == EXPLICIT_VR_LITTLE_ENDIAN.uid() {
+            bytes.drain(..start);
+            return Ok(bytes);
+        }
+        let ts = TransferSyntaxRegistry
+            .get(&file_ts)
+            .ok_or_else(|| format!("{} has an unknown transfer syntax {file_ts}", path.display()))?;
+        let obj = InMemDicomObject::read_dataset_with_ts(&bytes[start..], ts)
+            .map_err(|e| format!("parsing {}: {e}", path.display()))?;
+        let target = if implicit { IMPLICIT_VR_LITTLE_ENDIAN.erased() } else { EXPLICIT_VR_LITTLE_ENDIAN.erased() };
+        let mut out = Vec::with_capacity(bytes.len());
+        obj.write_dataset_with_ts(&mut out, &target).map_err(|e| format!("encoding {}: {e}", path.display()))?;
+        Ok(out)
     })
     .await
     .map_err(|e| format!("encoding task failed: {e}"))?

@@ -772,10 +772,9 @@ fn ensure_presentation(obj: &mut InMemDicomObject, image: &ImageDescription, min
 fn set_lossy(obj: &mut InMemDicomObject, source: &DefaultDicomObject, image: &ImageDescription) {
     let already = get_str(obj, tags::LOSSY_IMAGE_COMPRESSION).as_deref() == Some("01");
     let ts = source.meta().transfer_syntax().trim_end_matches(['\0', ' ']);
+    // A source that does not say, and did not arrive lossy, leaves it unsaid:
+    // "00" would claim a history we do not know.
     let Some(&(_, method)) = LOSSY_TRANSFER_SYNTAXES.iter().find(|(uid, _)| *uid == ts) else {
-        if !already && obj.get(tags::LOSSY_IMAGE_COMPRESSION).is_none() {
-            put_str(obj, tags::LOSSY_IMAGE_COMPRESSION, VR::CS, "00");
-        }
         return;
     };
     put_str(obj, tags::LOSSY_IMAGE_COMPRESSION, VR::CS, "01");
@@ -1012,7 +1011,7 @@ mod tests {
     fn decimal_strings_fit_16_characters() {
         assert_eq!(ds(10.0), "10");
         assert_eq!(ds(2.5), "2.5");
-        assert!(ds(123456789.123456789).len() <= 16);
+        assert!(ds(123_456_789.123_457).len() <= 16);
         assert!(ds(-0.000123456789).len() <= 16);
     }
 

@@ -214,7 +214,8 @@ fn cr_uncompressed_stays_cr_and_validates() {
     check_common(&source, &d, "CRImage");
     assert_eq!(str_of(&d.object, tags::SOP_CLASS_UID), derive::CR_IMAGE_STORAGE);
     assert_eq!((d.object.element(tags::ROWS).unwrap().to_int::<u16>().unwrap()), 1955);
-    assert_eq!(str_of(&d.object, tags::LOSSY_IMAGE_COMPRESSION), "00");
+    // The source does not say whether it was ever lossy, so neither do we.
+    assert!(d.object.element_opt(tags::LOSSY_IMAGE_COMPRESSION).unwrap().is_none());
     // The source carries a Pixel Spacing of 0\0, which is invalid: dropped, not copied.
     assert!(d.object.element_opt(tags::PIXEL_SPACING).unwrap().is_none());
     assert_eq!(str_of(&d.object, tags::SERIES_NUMBER), "1001");
@@ -254,11 +255,18 @@ fn lossy_sources_make_lossy_derived_instances() {
     let ratio: f64 = str_of(&d.object, tags::LOSSY_IMAGE_COMPRESSION_RATIO).parse().unwrap();
     assert!(ratio > 1.0, "{ratio}");
 
-    // JPEG 2000 lossless only: not lossy.
+    // JPEG 2000 lossless only, saying "00": stays "00".
     let j2kr = open_file(fixture("RG1_J2KR.dcm")).unwrap();
     let d = derive_from(&j2kr, dir.path(), "j2kr.dcm");
     check_common(&j2kr, &d, "CRImage");
-    assert_ne!(str_of(&d.object, tags::LOSSY_IMAGE_COMPRESSION), "01");
+    assert_eq!(str_of(&d.object, tags::LOSSY_IMAGE_COMPRESSION), "00");
+
+    // "01" is never reset, even when the source arrived uncompressed.
+    let mut decompressed = open_file(fixture("RG1_UNCR.dcm")).unwrap();
+    decompressed.put(DataElement::new(tags::LOSSY_IMAGE_COMPRESSION, VR::CS, PrimitiveValue::from("01")));
+    let d = derive_from(&decompressed, dir.path(), "decompressed.dcm");
+    check_common(&decompressed, &d, "CRImage");
+    assert_eq!(str_of(&d.object, tags::LOSSY_IMAGE_COMPRESSION), "01");
 }
 
 #[test]
