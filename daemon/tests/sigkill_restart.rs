@@ -64,7 +64,8 @@ async fn sigkill_during_200_instance_send_loses_nothing_acknowledged() {
         &config,
         format!(
             "[ingest]\nlisten = \"127.0.0.1:{port}\"\nspool-dir = \"{}\"\n[tracker]\nquiet-period-secs = 2.0\n\
-             poll-interval-ms = 100\n[database]\nurl = \"{}\"\nmax-connections = 4\n",
+             poll-interval-ms = 100\n[database]\nurl = \"{}\"\nmax-connections = 4\n\
+             [pipeline]\nenabled = false\n",
             spool.path().display(),
             db.url
         ),
