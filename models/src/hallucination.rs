@@ -163,7 +163,7 @@ impl HallucinationConfig {
         if self.working_size < 16 {
             return bad(format!("working-size {} must be at least 16", self.working_size));
         }
-        if !(self.min_noise > 0.0) {
+        if self.min_noise.is_nan() || self.min_noise <= 0.0 {
             return bad(format!("min-noise {} must be positive", self.min_noise));
         }
         if self.noise_block < 4 {
@@ -179,7 +179,7 @@ impl HallucinationConfig {
             if !(0.0..=1.0).contains(&c.weight) {
                 return bad(format!("{name}.weight {} must lie in [0, 1]", c.weight));
             }
-            if !(c.spread > 0.0) || !c.offset.is_finite() {
+            if c.spread.is_nan() || c.spread <= 0.0 || !c.offset.is_finite() {
                 return bad(format!("{name}: offset must be finite and spread positive"));
             }
         }
