@@ -129,6 +129,9 @@ pub struct HallucinationConfig {
     pub sample_steps: usize,
     /// Seed of the samples' noise.
     pub sample_seed: u64,
+    /// Also compute (and report) model-based components of weight 0, for
+    /// benchmarks; off in service, where they would only cost time.
+    pub evaluate_unweighted: bool,
 }
 
 impl Default for HallucinationConfig {
@@ -148,6 +151,7 @@ impl Default for HallucinationConfig {
             sample_t0: 200,
             sample_steps: 10,
             sample_seed: 0,
+            evaluate_unweighted: false,
         }
     }
 }
@@ -159,7 +163,7 @@ impl HallucinationConfig {
         if self.working_size < 16 {
             return bad(format!("working-size {} must be at least 16", self.working_size));
         }
-        if !(self.min_noise > 0.0) {
+        if self.min_noise.is_nan() || self.min_noise <= 0.0 {
             return bad(format!("min-noise {} must be positive", self.min_noise));
         }
         if self.noise_block < 4 {
@@ -175,7 +179,7 @@ impl HallucinationConfig {
             if !(0.0..=1.0).contains(&c.weight) {
                 return bad(format!("{name}.weight {} must lie in [0, 1]", c.weight));
             }
-            if !(c.spread > 0.0) || !c.offset.is_finite() {
+            if c.spread.is_nan() || c.spread <= 0.0 || !c.offset.is_finite() {
                 return bad(format!("{name}: offset must be finite and spread positive"));
             }
         }
@@ -242,8 +246,10 @@ pub fn bundle_config(manifest: &BundleManifest) -> HallucinationConfig {
 pub struct HallucinationReport {
     /// In [0, 1]; higher means more doubt that the output is faithful.
     pub score: f64,
-    /// Each component's value in [0, 1], named as in [`COMPONENTS`]
-    /// (`diffusion-spread` only when samples are drawn).
+    /// Each component's value in [0, 1], named as in [`COMPONENTS`], in that
+    /// order. The four image components are always there; `cycle-consistency`
+    /// and `diffusion-spread` only when their weight is above 0 (or
+    /// `evaluate-unweighted` is set), the latter only with `samples > 0`.
     pub components: Vec<(String, f64)>,
     /// Raw statistic of each component before calibration (for benchmarks).
     pub raw: Vec<(String, f64)>,
@@ -259,21 +265,32 @@ fn gaussian_kernel(sigma: f64) -> Vec<f32> {
     weights.into_iter().map(|w| (w / sum) as f32).collect()
 }
 
-/// Separable Gaussian blur of `[1, C, H, W]` with replicated edges; sigma 0 is the identity.
+/// The `n` x `n` matrix of a 1-D Gaussian blur of width `sigma` with the
+/// edge replicated: row i holds the weight of every source pixel in output i.
+fn blur_matrix(n: i64, sigma: f64) -> Vec<f32> {
+    let kernel = gaussian_kernel(sigma);
+    let radius = (kernel.len() / 2) as i64;
+    let mut matrix = vec![0.0f32; (n * n) as usize];
+    for i in 0..n {
+        for (k, g) in kernel.iter().enumerate() {
+            let j = (i + k as i64 - radius).clamp(0, n - 1);
+            matrix[(i * n + j) as usize] += *g;
+        }
+    }
+    matrix
+}
+
+/// Separable Gaussian blur of `[1, C, H, W]` (CPU, f32) with replicated
+/// edges, as two matrix products (fast and exact at any width); sigma 0 is the identity.
 pub fn gaussian_blur(image: &Tensor, sigma: f64) -> Tensor {
     if sigma < 0.05 {
         return image.shallow_clone();
     }
-    let kernel = gaussian_kernel(sigma);
-    let k = kernel.len() as i64;
-    let radius = k / 2;
-    let channels = image.size()[1];
-    let weight = Tensor::from_slice(&kernel).to_device(image.device());
-    let horizontal = weight.view([1, 1, 1, k]).repeat([channels, 1, 1, 1]);
-    let vertical = weight.view([1, 1, k, 1]).repeat([channels, 1, 1, 1]);
-    let padded = image.replication_pad2d([radius, radius, radius, radius]);
-    let rows = padded.conv2d(&horizontal, None::<Tensor>, [1, 1], [0, 0], [1, 1], channels);
-    rows.conv2d(&vertical, None::<Tensor>, [1, 1], [0, 0], [1, 1], channels)
+    let size = image.size();
+    let (h, w) = (size[size.len() - 2], size[size.len() - 1]);
+    let rows = Tensor::from_slice(&blur_matrix(h, sigma)).view([h, h]).to_device(image.device());
+    let columns = Tensor::from_slice(&blur_matrix(w, sigma)).view([w, w]).to_device(image.device());
+    rows.matmul(&image.to_kind(Kind::Float)).matmul(&columns.transpose(0, 1))
 }
 
 /// How much [`gaussian_blur`] of width `sigma` shrinks the standard
@@ -284,20 +301,11 @@ fn noise_gain(h: i64, w: i64, sigma: f64) -> Tensor {
     if sigma < 0.05 {
         return Tensor::ones([1, 1, h, w], (Kind::Float, Device::Cpu));
     }
-    let kernel = gaussian_kernel(sigma);
-    let radius = (kernel.len() / 2) as i64;
-    // Per axis: the sum of squared effective weights of each output position.
+    // Per axis: the sum of squared weights of each output position; the 2-D
+    // weights are products, so their squared norm is the product of the two.
     let profile = |n: i64| -> Tensor {
-        let values: Vec<f32> = (0..n)
-            .map(|i| {
-                let mut weights = vec![0.0f64; n as usize];
-                for (k, g) in kernel.iter().enumerate() {
-                    let j = (i + k as i64 - radius).clamp(0, n - 1);
-                    weights[j as usize] += f64::from(*g);
-                }
-                weights.iter().map(|v| v * v).sum::<f64>() as f32
-            })
-            .collect();
+        let matrix = blur_matrix(n, sigma);
+        let values: Vec<f32> = matrix.chunks(n as usize).map(|row| row.iter().map(|v| v * v).sum()).collect();
         Tensor::from_slice(&values)
     };
     (profile(h).view([1, 1, h, 1]) * profile(w).view([1, 1, 1, w])).sqrt()
@@ -306,9 +314,9 @@ fn noise_gain(h: i64, w: i64, sigma: f64) -> Tensor {
 fn check_image(name: &str, image: &Tensor) -> Result<(i64, i64)> {
     match image.size().as_slice() {
         &[1, 1, h, w] if h > 0 && w > 0 => Ok((h, w)),
-        other => {
-            Err(Error::InvalidParams(format!("hallucination check: {name} must be one grayscale image [1, 1, H, W], got {other:?}")))
-        }
+        other => Err(Error::InvalidParams(format!(
+            "hallucination check: {name} must be one grayscale image [1, 1, H, W], got {other:?}"
+        ))),
     }
 }
 
@@ -330,13 +338,10 @@ fn to_working(image: &Tensor, working_size: i64) -> Tensor {
 /// a Gaussian standard deviation, smoothly interpolated between blocks.
 fn noise_map(input: &Tensor, config: &HallucinationConfig) -> Tensor {
     let (h, w) = (input.size()[2], input.size()[3]);
-    let laplacian =
-        Tensor::from_slice(&[0.0f32, -0.25, 0.0, -0.25, 1.0, -0.25, 0.0, -0.25, 0.0]).view([1, 1, 3, 3]);
-    let residual = input
-        .replication_pad2d([1, 1, 1, 1])
-        .conv2d(&laplacian, None::<Tensor>, [1, 1], [0, 0], [1, 1], 1)
-        .abs()
-        / 1.25f64.sqrt();
+    let laplacian = Tensor::from_slice(&[0.0f32, -0.25, 0.0, -0.25, 1.0, -0.25, 0.0, -0.25, 0.0]).view([1, 1, 3, 3]);
+    let residual =
+        input.replication_pad2d([1, 1, 1, 1]).conv2d(&laplacian, None::<Tensor>, [1, 1], [0, 0], [1, 1], 1).abs()
+            / 1.25f64.sqrt();
     let block = config.noise_block.min(h).min(w).max(1);
     let (by, bx) = ((h + block - 1) / block, (w + block - 1) / block);
     let padded = residual.replication_pad2d([0, bx * block - w, 0, by * block - h]);
@@ -350,52 +355,90 @@ fn noise_map(input: &Tensor, config: &HallucinationConfig) -> Tensor {
     smooth.upsample_bilinear2d([h, w], false, None, None).clamp_min(floor)
 }
 
-/// Least-squares cubic `tone(e) = a + b e + c e^2 + d e^3` that maps the
-/// output's grey levels onto the input's, fitted between their smoothed versions.
-fn tone_map(output: &Tensor, input: &Tensor) -> Tensor {
-    let x = gaussian_blur(output, 1.0).flatten(0, -1).to_kind(Kind::Double);
-    let y = gaussian_blur(input, 1.0).flatten(0, -1).to_kind(Kind::Double);
-    let powers: Vec<Tensor> = (0..4).map(|p| x.pow_tensor_scalar(p as f64)).collect();
-    let design = Tensor::stack(&powers, 1);
-    let gram = design.transpose(0, 1).matmul(&design);
-    let moment = design.transpose(0, 1).matmul(&y.unsqueeze(1));
-    let count = x.size()[0] as f64;
-    let mut a = [[0.0f64; 5]; 4];
-    for (i, row) in a.iter_mut().enumerate() {
-        for (j, cell) in row.iter_mut().take(4).enumerate() {
-            *cell = gram.double_value(&[i as i64, j as i64]) / count;
+/// Maps the output's grey levels onto the input's with a global look-up
+/// table: the mean input level (both smoothed at 1 px) in each of `TONE_BINS`
+/// quantile bins of the output, linearly interpolated. Any global contrast
+/// change, clipping included, is free; no local structure can be made by it.
+/// A second pass leaves out pixels the first pass could not explain (z > 4),
+/// so that a planted structure does not bend the table towards itself.
+fn tone_map(output: &Tensor, input: &Tensor, sigma: &Tensor) -> Tensor {
+    let (h, w) = (input.size()[2], input.size()[3]);
+    let x = gaussian_blur(output, 1.0);
+    let y = gaussian_blur(input, 1.0);
+    let gain = noise_gain(h, w, 1.0);
+    let mut weights = Tensor::ones_like(&x);
+    let mut mapped = output.shallow_clone();
+    for _ in 0..2 {
+        let (centres, levels) = tone_table(&x, &y, &weights);
+        mapped = interpolate(output, &centres, &levels);
+        let z = (interpolate(&x, &centres, &levels) - &y).abs() / (sigma * &gain);
+        weights = z.le(4.0).to_kind(Kind::Float);
+        if weights.sum(Kind::Float).double_value(&[]) < 0.5 * (h * w) as f64 {
+            break;
         }
-        // A little ridge keeps flat images (one grey level) solvable.
-        row[i] += 1e-6;
-        row[4] = moment.double_value(&[i as i64, 0]) / count;
-    }
-    let coefficients = solve4(a).unwrap_or([0.0, 1.0, 0.0, 0.0]);
-    let mut mapped = output.zeros_like();
-    for (p, c) in coefficients.iter().enumerate() {
-        mapped += output.pow_tensor_scalar(p as f64) * *c;
     }
     mapped
 }
 
-/// Gaussian elimination with partial pivoting on a 4x4 augmented matrix.
-fn solve4(mut a: [[f64; 5]; 4]) -> Option<[f64; 4]> {
-    for col in 0..4 {
-        let pivot = (col..4).max_by(|&i, &j| a[i][col].abs().total_cmp(&a[j][col].abs()))?;
-        if a[pivot][col].abs() < 1e-12 {
-            return None;
-        }
-        a.swap(col, pivot);
-        for row in 0..4 {
-            if row != col {
-                let factor = a[row][col] / a[col][col];
-                for k in col..5 {
-                    a[row][k] -= factor * a[col][k];
-                }
+const TONE_BINS: i64 = 32;
+
+/// The look-up table (strictly increasing output levels, input levels) from
+/// the weighted mean of `y` in quantile bins of `x`.
+fn tone_table(x: &Tensor, y: &Tensor, weights: &Tensor) -> (Vec<f32>, Vec<f32>) {
+    let flat_x = x.flatten(0, -1);
+    let quantiles = Tensor::linspace(0.0, 1.0, TONE_BINS + 1, (Kind::Float, Device::Cpu)).narrow(0, 1, TONE_BINS - 1);
+    let edges = flat_x.quantile(&quantiles, None, false, "linear");
+    let bins = flat_x.bucketize(&edges, false, false);
+    let w = weights.flatten(0, -1);
+    let count = Tensor::zeros([TONE_BINS], (Kind::Float, Device::Cpu)).scatter_add(0, &bins, &w);
+    let sum_x = Tensor::zeros([TONE_BINS], (Kind::Float, Device::Cpu)).scatter_add(0, &bins, &(&flat_x * &w));
+    let sum_y = Tensor::zeros([TONE_BINS], (Kind::Float, Device::Cpu)).scatter_add(0, &bins, &(y.flatten(0, -1) * &w));
+    let to_vec = |t: &Tensor| Vec::<f32>::try_from(t).unwrap_or_default();
+    let (count, sum_x, sum_y) = (to_vec(&count), to_vec(&sum_x), to_vec(&sum_y));
+    let (mut centres, mut levels) = (Vec::new(), Vec::new());
+    for ((n, sx), sy) in count.iter().zip(&sum_x).zip(&sum_y) {
+        if *n >= 1.0 {
+            let centre = sx / n;
+            if centres.last().is_none_or(|last: &f32| centre > *last + 1e-6) {
+                centres.push(centre);
+                levels.push(sy / n);
             }
         }
     }
-    let solution = [a[0][4] / a[0][0], a[1][4] / a[1][1], a[2][4] / a[2][2], a[3][4] / a[3][3]];
-    solution.iter().all(|v| v.is_finite()).then_some(solution)
+    if centres.len() < 2 {
+        // A flat output: map it to the input's mean level.
+        let mean = y.mean(Kind::Float).double_value(&[]) as f32;
+        return (vec![-1.0, 1.0], vec![mean, mean]);
+    }
+    (centres, levels)
+}
+
+/// Piecewise-linear interpolation of `values` through the table.
+fn interpolate(values: &Tensor, centres: &[f32], levels: &[f32]) -> Tensor {
+    let k = centres.len() as i64;
+    let c = Tensor::from_slice(centres);
+    let l = Tensor::from_slice(levels);
+    let upper = values.contiguous().bucketize(&c, false, false).clamp(1, k - 1);
+    let lower = &upper - 1;
+    let (c0, c1) = (c.take(&lower), c.take(&upper));
+    let (l0, l1) = (l.take(&lower), l.take(&upper));
+    // Inside the table t is in [0, 1]; beyond its ends the end segments
+    // extrapolate (a bounded way), since the end bins' centres are not the extremes.
+    let t = ((values - &c0) / (c1 - &c0)).clamp(-2.0, 3.0);
+    &l0 + t * (l1 - &l0)
+}
+
+/// Raises the noise level to the full range where the input is clipped (it
+/// sits exactly at its own minimum or maximum over a visible area): there the
+/// input carries no information, so nothing there can be checked against it.
+fn unclip(sigma: Tensor, input: &Tensor) -> Tensor {
+    let (low, high) = (input.min().double_value(&[]), input.max().double_value(&[]));
+    let clipped = input.eq(low).logical_or(&input.eq(high)).to_kind(Kind::Float);
+    if clipped.mean(Kind::Float).double_value(&[]) < 1e-3 {
+        return sigma;
+    }
+    let near = clipped.max_pool2d([5, 5], [1, 1], [2, 2], [1, 1], false);
+    sigma.maximum(&(near * 2.0))
 }
 
 /// z_s: the smallest noise-normalised difference between `candidate` and
@@ -438,8 +481,8 @@ pub fn score(
     }
     let input = to_working(low_quality, config.working_size);
     let output = to_working(enhanced, config.working_size);
-    let sigma = noise_map(&input, config);
-    let mapped = tone_map(&output, &input);
+    let sigma = unclip(noise_map(&input, config), &input);
+    let mapped = tone_map(&output, &input, &sigma);
 
     let mut maps: Vec<(usize, Tensor)> = Vec::new();
     let structure = [&config.fine_structure, &config.medium_structure, &config.coarse_structure];
@@ -450,36 +493,46 @@ pub fn score(
     let energy = gaussian_blur(&(fine_z * fine_z), config.texture_energy.scale).sqrt();
     maps.push((3, energy));
 
-    let cycle_degraded = model.degrade(&output.to_device(model.device()), tiles)?.to_device(Device::Cpu);
-    let cycle_mapped = tone_map(&cycle_degraded, &input);
-    maps.push((4, structure_z(&cycle_mapped, &input, &sigma, config.cycle_consistency.scale, config)));
-
-    if config.samples > 0 {
+    if config.cycle_consistency.weight > 0.0 || config.evaluate_unweighted {
+        let cycle_degraded = model.degrade(&output.to_device(model.device()), tiles)?.to_device(Device::Cpu);
+        let cycle_mapped = tone_map(&cycle_degraded, &input, &sigma);
+        maps.push((4, structure_z(&cycle_mapped, &input, &sigma, config.cycle_consistency.scale, config)));
+    }
+    if config.samples > 0 && (config.diffusion_spread.weight > 0.0 || config.evaluate_unweighted) {
         maps.push((5, diffusion_spread(model, &input, &sigma, tiles, config)?));
     }
 
     let calibrations = config.components();
-    let mut components = Vec::with_capacity(maps.len());
     let mut raw = Vec::with_capacity(maps.len());
-    let mut keep = 1.0f64;
     let mut doubt = input.zeros_like();
     for (index, map) in &maps {
         let calibration = calibrations[*index];
-        let statistic = map.max().double_value(&[]);
-        let value = calibration.squash(&Tensor::from(statistic)).double_value(&[]);
-        keep *= 1.0 - calibration.weight * value;
         doubt = doubt.maximum(&(calibration.squash(map) * calibration.weight));
-        raw.push((COMPONENTS[*index].to_owned(), statistic));
-        components.push((COMPONENTS[*index].to_owned(), value));
+        raw.push((COMPONENTS[*index].to_owned(), map.max().double_value(&[])));
     }
-    let doubt_map = if doubt.size()[2..] == [h, w] {
-        doubt
-    } else {
-        doubt.upsample_bilinear2d([h, w], false, None, None)
+    let (score, components) = combine(&raw, config);
+    let doubt_map =
+        if doubt.size()[2..] == [h, w] { doubt } else { doubt.upsample_bilinear2d([h, w], false, None, None) }
+            .clamp(0.0, 1.0)
+            .to_kind(Kind::Float);
+    Ok(HallucinationReport { score, components, raw, doubt_map })
+}
+
+/// The score and component values from the components' raw statistics (as
+/// [`HallucinationReport::raw`] holds them): each squashed by its calibration,
+/// then combined as a weighted noisy-or. Benchmarks recalibrate with it.
+pub fn combine(raw: &[(String, f64)], config: &HallucinationConfig) -> (f64, Vec<(String, f64)>) {
+    let mut keep = 1.0f64;
+    let mut components = Vec::with_capacity(raw.len());
+    for (name, statistic) in raw {
+        let Some(index) = COMPONENTS.iter().position(|c| c == name) else { continue };
+        let calibration = config.components()[index];
+        let excess = (statistic - calibration.offset).max(0.0) / calibration.spread.max(1e-6);
+        let value = (1.0 - (-excess).exp()).clamp(0.0, 1.0);
+        keep *= 1.0 - calibration.weight * value;
+        components.push((name.clone(), value));
     }
-    .clamp(0.0, 1.0)
-    .to_kind(Kind::Float);
-    Ok(HallucinationReport { score: (1.0 - keep).clamp(0.0, 1.0), components, raw, doubt_map })
+    ((1.0 - keep).clamp(0.0, 1.0), components)
 }
 
 /// The standard deviation across `samples` seeded LED samples of the input,
@@ -501,7 +554,8 @@ fn diffusion_spread(
     let scale = config.diffusion_spread.scale;
     let mut samples = Vec::with_capacity(config.samples);
     for _ in 0..config.samples {
-        let sample = model.enhance(&input.to_device(model.device()), &params, &mut noise)?.output.to_device(Device::Cpu);
+        let sample =
+            model.enhance(&input.to_device(model.device()), &params, &mut noise)?.output.to_device(Device::Cpu);
         samples.push(gaussian_blur(&sample, scale));
     }
     let stacked = Tensor::cat(&samples, 0);

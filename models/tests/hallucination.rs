@@ -121,12 +121,18 @@ fn the_score_is_bit_for_bit_repeatable() {
     let (_, model) = model();
     let (clean, low) = pair(80, 72, 5);
     let planted = &clean + blob(80, 72, 30.0, 30.0, 3.0, 0.3);
-    let config = HallucinationConfig { samples: 2, sample_steps: 2, ..HallucinationConfig::default() };
+    let config = HallucinationConfig {
+        samples: 2,
+        sample_steps: 2,
+        evaluate_unweighted: true,
+        ..HallucinationConfig::default()
+    };
     let first = score(&model, &low, &planted, &model_tiles(), &config).unwrap();
     let second = score(&model, &low, &planted, &model_tiles(), &config).unwrap();
     assert_eq!(first.score.to_bits(), second.score.to_bits());
     assert_eq!(first.components, second.components);
-    assert!(first.components.iter().any(|(name, _)| name == "diffusion-spread"));
+    let names: Vec<&str> = first.components.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, hallucination::COMPONENTS);
     assert!(first.doubt_map.equal(&second.doubt_map), "doubt maps differ");
     assert_in_unit_range(&first);
 }
@@ -140,7 +146,7 @@ fn any_matrix_size_works_and_large_ones_run_at_the_working_size() {
         assert_eq!(report.doubt_map.size(), vec![1, 1, h, w]);
         assert_in_unit_range(&report);
         let names: Vec<&str> = report.components.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(names, &hallucination::COMPONENTS[..5]);
+        assert_eq!(names, &hallucination::COMPONENTS[..4]);
     }
 }
 
@@ -191,7 +197,9 @@ fn the_calibration_lives_in_the_bundle_manifest() {
 
 #[test]
 fn the_config_is_kebab_case_and_refuses_unknown_keys() {
-    let config: HallucinationConfig = toml::from_str("working-size = 256\n[fine-structure]\nscale = 1.5\nweight = 0.5\noffset = 4.0\nspread = 3.0\n").unwrap();
+    let config: HallucinationConfig =
+        toml::from_str("working-size = 256\n[fine-structure]\nscale = 1.5\nweight = 0.5\noffset = 4.0\nspread = 3.0\n")
+            .unwrap();
     assert_eq!(config.working_size, 256);
     assert_eq!(config.fine_structure.weight, 0.5);
     assert_eq!(config.medium_structure, HallucinationConfig::default().medium_structure);

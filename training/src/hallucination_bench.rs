@@ -69,6 +69,10 @@ pub struct BenchArgs {
     /// Example images (candidate | doubt map) to write.
     #[arg(long, default_value_t = 6)]
     examples: usize,
+    /// Leave out the model-based components of weight 0 (G_BA cycle,
+    /// diffusion spread) instead of measuring them: faster, for untrained bundles.
+    #[arg(long)]
+    skip_unweighted: bool,
     /// auto, cpu, cuda or cuda:N (the check itself always runs on the CPU).
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -91,6 +95,14 @@ pub struct Record {
     pub score: f64,
     /// Raw component statistics.
     pub raw: BTreeMap<String, f64>,
+    /// Whether the image calibrates the check or evaluates it (alternate images).
+    pub half: &'static str,
+}
+
+impl Record {
+    fn raw_list(&self) -> Vec<(String, f64)> {
+        self.raw.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
 }
 
 /// Area under the ROC curve: the probability that a random positive scores
@@ -160,7 +172,10 @@ fn pick(mask: &Tensor, rng: &mut ChaCha8Rng) -> (f64, f64) {
 /// Pixels at least `margin` from every border.
 fn interior(h: i64, w: i64, margin: f64) -> Tensor {
     let (ys, xs) = grid(h, w);
-    ys.ge(margin).logical_and(&ys.le(h as f64 - 1.0 - margin)).logical_and(&xs.ge(margin)).logical_and(&xs.le(w as f64 - 1.0 - margin))
+    ys.ge(margin)
+        .logical_and(&ys.le(h as f64 - 1.0 - margin))
+        .logical_and(&xs.ge(margin))
+        .logical_and(&xs.le(w as f64 - 1.0 - margin))
 }
 
 /// Gradient magnitude of the image smoothed at `sigma`, and its (dy, dx).
@@ -221,9 +236,13 @@ pub fn plant(base: &Tensor, kind: &str, size: usize, rng: &mut ChaCha8Rng) -> an
             let region = interior(h, w, 0.05 * h as f64 + r / 2.0).logical_and(&outer);
             let (cy, cx) = pick(&top_fraction(&magnitude, &region, 0.03), rng);
             let norm = magnitude.double_value(&[0, 0, cy as i64, cx as i64]).max(1e-6);
-            let (ny, nx) = (dy.double_value(&[0, 0, cy as i64, cx as i64]) / norm, dx.double_value(&[0, 0, cy as i64, cx as i64]) / norm);
+            let (ny, nx) = (
+                dy.double_value(&[0, 0, cy as i64, cx as i64]) / norm,
+                dx.double_value(&[0, 0, cy as i64, cx as i64]) / norm,
+            );
             let (ys, xs) = grid(h, w);
-            let bump = (((ys.shallow_clone() - cy).square() + (xs.shallow_clone() - cx).square()) / (-2.0 * r * r)).exp() * m;
+            let bump =
+                (((ys.shallow_clone() - cy).square() + (xs.shallow_clone() - cx).square()) / (-2.0 * r * r)).exp() * m;
             // Sample from p - displacement: the edge moves by up to m pixels along its normal.
             let sy = ys - &bump * ny;
             let sx = xs - &bump * nx;
@@ -276,13 +295,12 @@ pub fn plant(base: &Tensor, kind: &str, size: usize, rng: &mut ChaCha8Rng) -> an
     Ok(planted.clamp(-1.0, 1.0))
 }
 
-/// A plain denoise of the low-quality input: Gaussian blur, then a stretch of
-/// its 0.5 and 99.5 percentiles to the full range.
+/// A plain denoise of the low-quality input: Gaussian blur (1.5 px), then a
+/// stretch of its full range to [-1, 1] (a percentile stretch that clips
+/// would erase the detail beyond the percentiles, which is not faithful).
 pub fn plain_denoise(low_quality: &Tensor) -> Tensor {
     let smooth = gaussian_blur(low_quality, 1.5);
-    let flat = smooth.flatten(0, -1);
-    let low = flat.quantile_scalar(0.005, None, false, "linear").double_value(&[]);
-    let high = flat.quantile_scalar(0.995, None, false, "linear").double_value(&[]);
+    let (low, high) = (smooth.min().double_value(&[]), smooth.max().double_value(&[]));
     ((smooth - low) / (high - low).max(1e-6) * 2.0 - 1.0).clamp(-1.0, 1.0)
 }
 
@@ -314,6 +332,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let bundle = Bundle::load(&args.bundle).with_context(|| format!("loading bundle {}", args.bundle.display()))?;
     let model = LedModel::from_bundle(&bundle, device, bundle.manifest.inference.precision)?;
     let config = hallucination::bundle_config(&bundle.manifest);
+    // Measure every component, weighted or not, so that the report shows which ones work.
+    let measured = HallucinationConfig { evaluate_unweighted: !args.skip_unweighted, ..config.clone() };
     let tiles = bundle.manifest.inference.tiles.clone();
 
     let mut images: Vec<PathBuf> = data::list_images(&args.data)?;
@@ -327,22 +347,24 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
 
     let ranges = DegradationRanges::default();
-    let mut records = Vec::new();
-    let mut examples_written = Vec::new();
+    let mut records: Vec<Record> = Vec::new();
+    let mut examples: Vec<(String, String, String, Tensor, Tensor)> = Vec::new();
     let started = std::time::Instant::now();
     for (index, path) in images.iter().enumerate() {
         let name = file_name(path);
+        let half = if index % 2 == 0 || images.len() == 1 { "calibration" } else { "evaluation" };
         let image_seed = seed_from_parts(&[&args.seed.to_le_bytes(), name.as_bytes()]);
         let mut rng = ChaCha8Rng::seed_from_u64(image_seed);
         let high_quality = image_io::read_png_resized(path, Some(args.size))?;
         let params = ranges.sample(&mut rng);
         let low_quality = degrade_tensor(&high_quality, &params, rng.gen())?.to_kind(Kind::Float);
-        let mut faithful: Vec<(&str, Tensor)> = vec![("ground-truth", high_quality.shallow_clone()), ("denoised", plain_denoise(&low_quality))];
+        let mut faithful: Vec<(&str, Tensor)> =
+            vec![("ground-truth", high_quality.shallow_clone()), ("denoised", plain_denoise(&low_quality))];
         let mut noise = NoiseSource::new(image_seed);
         let led = model.enhance(&low_quality, &bundle.manifest.inference, &mut noise)?.output.to_device(Device::Cpu);
         faithful.push(("led", led));
 
-        let score = |candidate: &Tensor| hallucination::score(&model, &low_quality, candidate, &tiles, &config);
+        let score = |candidate: &Tensor| hallucination::score(&model, &low_quality, candidate, &tiles, &measured);
         for (kind, candidate) in &faithful {
             let report = score(candidate)?;
             records.push(Record {
@@ -353,18 +375,30 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 base: String::new(),
                 score: report.score,
                 raw: report.raw.into_iter().collect(),
+                half,
             });
         }
-        let bases: Vec<&(&str, Tensor)> = faithful.iter().filter(|(k, _)| args.faithful.iter().any(|f| f == k)).collect();
+        let bases: Vec<&(&str, Tensor)> =
+            faithful.iter().filter(|(k, _)| args.faithful.iter().any(|f| f == k)).collect();
         for kind in KINDS {
             for (size_index, size) in SIZES.iter().enumerate() {
                 let (base_name, base) = bases[rng.gen_range(0..bases.len())];
+                let t0 = std::time::Instant::now();
                 let candidate = plant(base, kind, size_index, &mut rng)?;
+                let t1 = t0.elapsed();
                 let report = score(&candidate)?;
-                if size_index == 1 && index == 0 && examples_written.len() < args.examples {
-                    let file = format!("example-{}-{kind}-medium.png", examples_written.len());
-                    write_example(&args.out.join(&file), &candidate, &report.doubt_map)?;
-                    examples_written.push((file, name.clone(), kind.to_owned(), report.score));
+                if std::env::var_os("BENCH_TIMING").is_some() {
+                    eprintln!("{kind} {size}: plant {t1:?} score {:?}", t0.elapsed() - t1);
+                }
+                if size_index == 1 && index == 0 && examples.len() < args.examples {
+                    let file = format!("example-{}-{kind}-medium.png", examples.len());
+                    examples.push((
+                        file,
+                        name.clone(),
+                        kind.to_owned(),
+                        candidate.shallow_clone(),
+                        low_quality.shallow_clone(),
+                    ));
                 }
                 records.push(Record {
                     image: name.clone(),
@@ -374,21 +408,52 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                     base: (*base_name).to_owned(),
                     score: report.score,
                     raw: report.raw.into_iter().collect(),
+                    half,
                 });
             }
         }
-        if index == 0 && examples_written.len() < args.examples {
-            let report = score(&faithful[0].1)?;
-            let file = format!("example-{}-ground-truth.png", examples_written.len());
-            write_example(&args.out.join(&file), &faithful[0].1, &report.doubt_map)?;
-            examples_written.push((file, name.clone(), "ground-truth (faithful)".to_owned(), report.score));
+        if index == 0 && examples.len() < args.examples {
+            let file = format!("example-{}-ground-truth.png", examples.len());
+            examples.push((
+                file,
+                name.clone(),
+                "ground-truth (faithful)".to_owned(),
+                faithful[0].1.shallow_clone(),
+                low_quality.shallow_clone(),
+            ));
         }
-        if (index + 1) % 10 == 0 || index + 1 == images.len() {
-            eprintln!("hallucination-bench: {}/{} images, {:.0} s", index + 1, images.len(), started.elapsed().as_secs_f64());
+        if (index + 1) % 5 == 0 || index + 1 == images.len() {
+            eprintln!(
+                "hallucination-bench: {}/{} images, {:.0} s",
+                index + 1,
+                images.len(),
+                started.elapsed().as_secs_f64()
+            );
         }
     }
 
-    let figures = summarise(&records, args, &bundle, &config, started.elapsed().as_secs_f64());
+    // Calibrate on one half of the images, evaluate on the other.
+    let calibrated = calibrate(&records, &args.faithful, &config);
+    for record in &mut records {
+        record.score = hallucination::combine(&record.raw_list(), &calibrated).0;
+    }
+    let calibration_faithful: Vec<f64> = records
+        .iter()
+        .filter(|r| r.half == "calibration" && r.class == "faithful" && args.faithful.contains(&r.kind))
+        .map(|r| r.score)
+        .collect();
+    let threshold = lowest_threshold(&calibration_faithful, FALSE_HOLD_TARGET);
+    let mut evaluation: Vec<Record> = records.iter().filter(|r| r.half == "evaluation").cloned().collect();
+    if evaluation.is_empty() {
+        evaluation = records.clone();
+    }
+    let figures = summarise(&evaluation, threshold, args, &bundle, &calibrated, started.elapsed().as_secs_f64());
+    let mut examples_written = Vec::new();
+    for (file, image, kind, candidate, low_quality) in &examples {
+        let report = hallucination::score(&model, low_quality, candidate, &tiles, &calibrated)?;
+        write_example(&args.out.join(file), candidate, &report.doubt_map)?;
+        examples_written.push((file.clone(), image.clone(), kind.clone(), report.score));
+    }
     std::fs::write(args.out.join("figures.json"), serde_json::to_string_pretty(&figures)?)?;
     std::fs::write(args.out.join("scores.json"), serde_json::to_string(&records)?)?;
     std::fs::write(args.out.join("report.md"), markdown(&figures, &examples_written))?;
@@ -396,13 +461,16 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
 
     if args.write_bundle {
         let mut manifest = bundle.manifest.clone();
-        let benchmark: toml::Table = toml::Value::try_from(&figures["summary"])?
-            .try_into()
-            .context("benchmark figures as a TOML table")?;
-        let threshold = figures["summary"]["hold_threshold"].as_f64().context("threshold")?;
-        manifest.hallucination = Some(HallucinationCalibration { hold_threshold: threshold, config, benchmark });
+        let benchmark: toml::Table =
+            toml::Value::try_from(&figures["summary"])?.try_into().context("benchmark figures as a TOML table")?;
+        manifest.hallucination =
+            Some(HallucinationCalibration { hold_threshold: threshold, config: calibrated, benchmark });
         let saved = Bundle::save_manifest(&args.bundle, &manifest)?;
-        eprintln!("hallucination-bench: wrote [hallucination] into {} (sha256 now {})", args.bundle.display(), saved.sha256);
+        eprintln!(
+            "hallucination-bench: wrote [hallucination] into {} (sha256 now {})",
+            args.bundle.display(),
+            saved.sha256
+        );
     }
     Ok(())
 }
@@ -415,22 +483,52 @@ fn round4(value: f64) -> serde_json::Value {
     }
 }
 
+fn quantile(values: &[f64], q: f64) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(((sorted.len() as f64 - 1.0).max(0.0) * q).round() as usize).copied().unwrap_or(f64::NAN)
+}
+
+/// The check's calibration from the calibration half: each component's
+/// offset is the median of its raw statistic on faithful candidates, its
+/// spread the distance from there to their 98th percentile, and its weight 1
+/// when its raw AUROC (faithful vs planted) reaches 0.6, else 0.
+fn calibrate(records: &[Record], faithful: &[String], base: &HallucinationConfig) -> HallucinationConfig {
+    let mut config = HallucinationConfig { evaluate_unweighted: false, ..base.clone() };
+    let calibration: Vec<&Record> = records.iter().filter(|r| r.half == "calibration").collect();
+    for name in hallucination::COMPONENTS {
+        let raw = |r: &&Record| r.raw.get(name).copied();
+        let negatives: Vec<f64> = calibration
+            .iter()
+            .filter(|r| r.class == "faithful" && faithful.contains(&r.kind))
+            .filter_map(raw)
+            .collect();
+        let positives: Vec<f64> = calibration.iter().filter(|r| r.class == "planted").filter_map(raw).collect();
+        let Some(component) = config.component_mut(name) else { continue };
+        if negatives.is_empty() || positives.is_empty() {
+            continue;
+        }
+        let median = quantile(&negatives, 0.5);
+        component.offset = median;
+        component.spread = (quantile(&negatives, 0.98) - median).max(0.5);
+        component.weight = if auroc(&negatives, &positives) >= 0.6 { 1.0 } else { 0.0 };
+    }
+    config
+}
+
 /// All figures: the summary that goes into the bundle, and the tables.
 fn summarise(
     records: &[Record],
+    threshold: f64,
     args: &BenchArgs,
     bundle: &Bundle,
     config: &HallucinationConfig,
     seconds: f64,
 ) -> serde_json::Value {
-    let calibration: Vec<f64> = records
-        .iter()
-        .filter(|r| r.class == "faithful" && args.faithful.contains(&r.kind))
-        .map(|r| r.score)
-        .collect();
+    let calibration: Vec<f64> =
+        records.iter().filter(|r| r.class == "faithful" && args.faithful.contains(&r.kind)).map(|r| r.score).collect();
     let planted: Vec<&Record> = records.iter().filter(|r| r.class == "planted").collect();
     let planted_scores: Vec<f64> = planted.iter().map(|r| r.score).collect();
-    let threshold = lowest_threshold(&calibration, FALSE_HOLD_TARGET);
     let select = |kind: &str, size: Option<&str>| -> Vec<f64> {
         planted.iter().filter(|r| r.kind == kind && size.is_none_or(|s| r.size == s)).map(|r| r.score).collect()
     };
@@ -450,7 +548,8 @@ fn summarise(
     }
     let mut faithful = serde_json::Map::new();
     for kind in FAITHFUL {
-        let scores: Vec<f64> = records.iter().filter(|r| r.class == "faithful" && r.kind == kind).map(|r| r.score).collect();
+        let scores: Vec<f64> =
+            records.iter().filter(|r| r.class == "faithful" && r.kind == kind).map(|r| r.score).collect();
         let mut sorted = scores.clone();
         sorted.sort_by(f64::total_cmp);
         faithful.insert(
@@ -468,7 +567,8 @@ fn summarise(
     let names: Vec<String> = records.first().map(|r| r.raw.keys().cloned().collect()).unwrap_or_default();
     for name in names {
         let raw_of = |r: &Record| r.raw.get(&name).copied().unwrap_or(f64::NAN);
-        let negatives: Vec<f64> = records.iter().filter(|r| r.class == "faithful" && args.faithful.contains(&r.kind)).map(raw_of).collect();
+        let negatives: Vec<f64> =
+            records.iter().filter(|r| r.class == "faithful" && args.faithful.contains(&r.kind)).map(raw_of).collect();
         let mut by_kind = serde_json::Map::new();
         for kind in KINDS {
             let positives: Vec<f64> = planted.iter().filter(|r| r.kind == kind).map(|r| raw_of(r)).collect();
@@ -477,7 +577,8 @@ fn summarise(
         let positives: Vec<f64> = planted.iter().map(|r| raw_of(r)).collect();
         let mut sorted = negatives.clone();
         sorted.sort_by(f64::total_cmp);
-        let quantile = |q: f64| sorted.get(((sorted.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(f64::NAN);
+        let quantile =
+            |q: f64| sorted.get(((sorted.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(f64::NAN);
         components.insert(
             name.clone(),
             serde_json::json!({
@@ -489,7 +590,7 @@ fn summarise(
         );
     }
     let command = format!(
-        "cxr-led-train hallucination-bench --data {} --split {} --count {} --size {} --bundle {} --faithful {} --seed {} --out {}",
+        "cxr-led-train hallucination-bench --data {} --split {} --count {} --size {} --bundle {} --faithful {} --seed {}{} --out {}",
         args.data.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" "),
         args.split,
         args.count,
@@ -497,6 +598,7 @@ fn summarise(
         args.bundle.display(),
         args.faithful.join(","),
         args.seed,
+        if args.skip_unweighted { " --skip-unweighted" } else { "" },
         args.out.display()
     );
     let medium_aurocs: Vec<f64> = KINDS.iter().map(|k| auroc(&calibration, &select(k, Some("medium")))).collect();
@@ -506,6 +608,7 @@ fn summarise(
             "bundle": bundle.manifest.name,
             "bundle_version": bundle.manifest.version,
             "images": records.iter().filter(|r| r.class == "faithful" && r.kind == "ground-truth").count(),
+            "calibration": "threshold, offsets, spreads and weights from the other (alternate) images",
             "size": args.size,
             "seed": args.seed,
             "faithful_kinds": args.faithful.join(","),
@@ -563,7 +666,14 @@ fn markdown(figures: &serde_json::Value, examples: &[(String, String, String, f6
     for kind in KINDS {
         let k = &figures["per_kind"][kind];
         let entry = |size: &str| format!("{} ({})", cell(&k[size]["auroc"]), cell(&k[size]["detection"]));
-        let _ = writeln!(out, "| {kind} | {} | {} | {} | {} |", entry("small"), entry("medium"), entry("large"), entry("all"));
+        let _ = writeln!(
+            out,
+            "| {kind} | {} | {} | {} | {} |",
+            entry("small"),
+            entry("medium"),
+            entry("large"),
+            entry("all")
+        );
     }
     let _ = writeln!(out, "\n## Faithful candidates\n");
     let _ = writeln!(out, "| candidate | in calibration | count | held at threshold | median score | AUROC vs planted |\n| --- | --- | --- | --- | --- | --- |");

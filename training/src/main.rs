@@ -15,8 +15,8 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use cxr_led_models::noise::NoiseSource;
 use cxr_led_models::hallucination;
+use cxr_led_models::noise::NoiseSource;
 use cxr_led_models::{device, presets, Bundle, LedModel};
 
 #[derive(Parser)]
