@@ -134,7 +134,9 @@ pub fn noise_sigma(image: &Plane) -> f32 {
     let mut details: Vec<f32> = Vec::with_capacity((w - 1) * (h - 1));
     for y in 0..h - 1 {
         for x in 0..w - 1 {
-            details.push(((image.at(x, y) - image.at(x + 1, y) - image.at(x, y + 1) + image.at(x + 1, y + 1)) / 2.0).abs());
+            details.push(
+                ((image.at(x, y) - image.at(x + 1, y) - image.at(x, y + 1) + image.at(x + 1, y + 1)) / 2.0).abs(),
+            );
         }
     }
     let middle = details.len() / 2;
@@ -207,7 +209,8 @@ pub fn non_local_means(image: &Plane, params: &NlmParams) -> Plane {
                     }
                     let distance = acc / patch_area;
                     let weight = (-(distance - offset).max(0.0) / h2).exp();
-                    let neighbour = padded[(y as isize + margin as isize + dy) as usize * pw + (x as isize + margin as isize + dx) as usize];
+                    let neighbour = padded[(y as isize + margin as isize + dy) as usize * pw
+                        + (x as isize + margin as isize + dx) as usize];
                     weights[y * w + x] += weight;
                     sums[y * w + x] += weight * neighbour;
                 }
@@ -259,8 +262,11 @@ mod tests {
         // A triangular distribution: 12.5%, 37.5%, 37.5%, 12.5% in the quarters.
         let uniform = Uniform::new(0.0f32, 1.0);
         let mut rng = rng();
-        let image =
-            Plane::new(64, 64, (0..64 * 64).map(|_| (uniform.sample(&mut rng) + uniform.sample(&mut rng)) / 2.0).collect());
+        let image = Plane::new(
+            64,
+            64,
+            (0..64 * 64).map(|_| (uniform.sample(&mut rng) + uniform.sample(&mut rng)) / 2.0).collect(),
+        );
         let quarters = |p: &Plane| {
             let mut q = [0usize; 4];
             for &v in &p.data {
@@ -285,13 +291,18 @@ mod tests {
         let faint = Plane::new(
             128,
             128,
-            (0..128 * 128).map(|i| 0.45 + 0.05 * (((i % 128) as f32 / 9.0).sin() + ((i / 128) as f32 / 13.0).cos())).collect(),
+            (0..128 * 128)
+                .map(|i| 0.45 + 0.05 * (((i % 128) as f32 / 9.0).sin() + ((i / 128) as f32 / 13.0).cos()))
+                .collect(),
         );
         let default = clahe(&faint, &ClaheParams::default());
         let strong = clahe(&faint, &ClaheParams { clip_limit: 40.0, ..Default::default() });
         assert!(default.data.iter().chain(&strong.data).all(|v| (0.0..=1.0).contains(v)));
         let (before, gentle, high) = (std_dev(&faint.data), std_dev(&default.data), std_dev(&strong.data));
-        assert!(gentle > 1.2 * before && high > 3.0 * before && high > gentle, "{before} -> {gentle} (clip 2), {high} (clip 40)");
+        assert!(
+            gentle > 1.2 * before && high > 3.0 * before && high > gentle,
+            "{before} -> {gentle} (clip 2), {high} (clip 40)"
+        );
         let flat = Plane::new(20, 30, vec![0.5; 600]);
         assert!(clahe(&flat, &ClaheParams::default()).data.iter().all(|v| (0.0..=1.0).contains(v)));
     }
@@ -307,7 +318,9 @@ mod tests {
         assert!((sigma - 0.05).abs() < 0.01, "estimated sigma {sigma}");
         let out = non_local_means(&noisy, &NlmParams::default());
         // Noise inside the flat left half (away from the edge) shrinks.
-        let left = |p: &Plane| (0..h).flat_map(|y| (4..w / 2 - 6).map(move |x| (x, y))).map(|(x, y)| p.at(x, y)).collect::<Vec<_>>();
+        let left = |p: &Plane| {
+            (0..h).flat_map(|y| (4..w / 2 - 6).map(move |x| (x, y))).map(|(x, y)| p.at(x, y)).collect::<Vec<_>>()
+        };
         let (before, after) = (std_dev(&left(&noisy)), std_dev(&left(&out)));
         assert!(after < 0.5 * before, "noise sigma {before} -> {after}");
         // The edge stays sharp: the columns either side keep their levels.

@@ -64,7 +64,10 @@ struct BasicBlock {
 impl BasicBlock {
     fn new(p: nn::Path, c_in: i64, c_out: i64, stride: i64) -> Self {
         let downsample = (stride != 1 || c_in != c_out).then(|| {
-            (conv(&p / "downsample" / "0", c_in, c_out, 1, 0, stride), nn::batch_norm2d(&p / "downsample" / "1", c_out, Default::default()))
+            (
+                conv(&p / "downsample" / "0", c_in, c_out, 1, 0, stride),
+                nn::batch_norm2d(&p / "downsample" / "1", c_out, Default::default()),
+            )
         });
         Self {
             conv1: conv(&p / "conv1", c_in, c_out, 3, 1, stride),
@@ -104,7 +107,9 @@ impl ResNet18 {
         anyhow::ensure!(config.width >= 1 && config.size >= 32, "classifier width must be >= 1 and size >= 32");
         let w = config.width;
         let mut stages = Vec::new();
-        for (i, (c_in, c_out, stride)) in [(w, w, 1), (w, 2 * w, 2), (2 * w, 4 * w, 2), (4 * w, 8 * w, 2)].into_iter().enumerate() {
+        for (i, (c_in, c_out, stride)) in
+            [(w, w, 1), (w, 2 * w, 2), (2 * w, 4 * w, 2), (4 * w, 8 * w, 2)].into_iter().enumerate()
+        {
             let layer = p / format!("layer{}", i + 1);
             stages.push(BasicBlock::new(&layer / "0", c_in, c_out, stride));
             stages.push(BasicBlock::new(&layer / "1", c_out, c_out, 1));
@@ -128,7 +133,8 @@ impl ModuleT for ResNet18 {
         } else {
             xs.shallow_clone()
         };
-        let mut ys = xs.apply(&self.conv1).apply_t(&self.bn1, train).relu().max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
+        let mut ys =
+            xs.apply(&self.conv1).apply_t(&self.bn1, train).relu().max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
         for block in &self.stages {
             ys = ys.apply_t(block, train);
         }
@@ -156,8 +162,9 @@ impl Classifier {
     /// Loads `dir/classifier.toml` and `dir/classifier.safetensors`.
     pub fn load(dir: &Path, device: Device) -> anyhow::Result<Self> {
         let path = dir.join(CONFIG_FILE);
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {}; train one with `cxr-led-train classifier --out DIR`", path.display()))?;
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!("reading {}; train one with `cxr-led-train classifier --out DIR`", path.display())
+        })?;
         let config: ClassifierConfig = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
         let mut classifier = Self::build(config, device)?;
         let weights = dir.join(WEIGHTS_FILE);
@@ -319,7 +326,9 @@ fn validate(net: &ResNet18, set: &LabelledSet, batch: i64, device: Device) -> (f
 /// The training images of epoch `epoch` in a fixed shuffled order (seed, epoch).
 fn epoch_order(count: usize, seed: u64, epoch: usize) -> Vec<i64> {
     let mut order: Vec<i64> = (0..count as i64).collect();
-    order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+    order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(
+        seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+    ));
     order
 }
 
@@ -340,7 +349,12 @@ pub fn train(args: &ClassifierArgs, command_line: &str) -> anyhow::Result<Classi
     let classes = data::classes(&args.classes, args.data.as_deref())?;
     anyhow::ensure!(args.batch >= 2, "--batch must be at least 2 (batch norm)");
     anyhow::ensure!(args.log_every >= 1 && args.epochs >= 1, "--log-every and --epochs must be at least 1");
-    anyhow::ensure!(args.size <= args.load_size as i64 * 2, "--size {} is much larger than --load-size {}", args.size, args.load_size);
+    anyhow::ensure!(
+        args.size <= args.load_size as i64 * 2,
+        "--size {} is much larger than --load-size {}",
+        args.size,
+        args.load_size
+    );
     let train_set = LabelledSet::load(data::labelled_split(&classes, Split::Train)?, args.load_size, args.limit)?;
     let val_set = LabelledSet::load(data::labelled_split(&classes, Split::Validation)?, args.load_size, 0)
         .context("the validation split is empty: the labelled set needs more images (10% go to validation)")?;
@@ -399,7 +413,8 @@ pub fn train(args: &ClassifierArgs, command_line: &str) -> anyhow::Result<Classi
         let images = augment(&train_set.images.index_select(0, &index), &mut rng).to_device(device);
         let labels = train_set.labels.index_select(0, &index).to_device(device);
         let progress_fraction = state.step as f64 / total.max(1) as f64;
-        let learning_rate = args.learning_rate * (0.05 + 0.95 * 0.5 * (1.0 + (std::f64::consts::PI * progress_fraction).cos()));
+        let learning_rate =
+            args.learning_rate * (0.05 + 0.95 * 0.5 * (1.0 + (std::f64::consts::PI * progress_fraction).cos()));
         optimizer.set_lr(learning_rate);
         let logits = classifier.net.forward_t(&images, true);
         let loss = logits.cross_entropy_for_logits(&labels);
@@ -413,7 +428,11 @@ pub fn train(args: &ClassifierArgs, command_line: &str) -> anyhow::Result<Classi
         if epoch_end || state.step % args.log_every == 0 {
             let (train_loss, train_accuracy) = (loss_sum / seen as f64, correct / seen as f64);
             (loss_sum, correct, seen) = (0.0, 0.0, 0);
-            let mut row = format!("{},{:.4},{learning_rate:.6},{train_loss:.5},{train_accuracy:.4},", state.step, state.step as f64 / steps_per_epoch as f64);
+            let mut row = format!(
+                "{},{:.4},{learning_rate:.6},{train_loss:.5},{train_accuracy:.4},",
+                state.step,
+                state.step as f64 / steps_per_epoch as f64
+            );
             if epoch_end {
                 let (val_loss, val_accuracy) = validate(&classifier.net, &val_set, args.batch.max(64), device);
                 row += &format!("{val_loss:.5},{val_accuracy:.4}");

@@ -25,7 +25,9 @@ pub const IMAGE_EXTENSIONS: &[&str] = &["png"];
 
 /// Whether `path` names a file [`read_image`] can decode.
 pub fn is_image(path: &Path) -> bool {
-    path.extension().and_then(|e| e.to_str()).is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
 /// Reads one image as a `[1, 1, H, W]` float tensor in [-1, 1] (display

@@ -218,14 +218,23 @@ pub fn evaluate(args: &EvaluateArgs, command_line: &str) -> anyhow::Result<Evalu
     let test = LabelledSet::load(data::labelled_split(&classes, Split::Test)?, args.size, args.limit)?;
     let truth = test.label_vec();
     let n = test.paths.len();
-    let test_images: Vec<(String, usize)> = class_names.iter().enumerate().map(|(i, c)| (c.clone(), truth.iter().filter(|&&l| l == i as i64).count())).collect();
+    let test_images: Vec<(String, usize)> = class_names
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.clone(), truth.iter().filter(|&&l| l == i as i64).count()))
+        .collect();
     eprintln!("evaluate: {n} test images at {}px, bundle {} ({})", args.size, bundle.manifest.name, bundle.sha256);
     let (low_quality, params) = data::degrade_stack(&test.images, &test.paths, &ranges)?;
     let dis: Vec<f64> = params.iter().map(|p| p.deviation_index()).collect();
-    let deviation_index =
-        [dis.iter().copied().fold(f64::INFINITY, f64::min), mean_std(&dis).0, dis.iter().copied().fold(f64::NEG_INFINITY, f64::max)];
+    let deviation_index = [
+        dis.iter().copied().fold(f64::INFINITY, f64::min),
+        mean_std(&dis).0,
+        dis.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+    ];
 
-    let planes = |stack: &Tensor| -> anyhow::Result<Vec<Plane>> { (0..n as i64).map(|i| Plane::from_model_tensor(&stack.get(i))).collect() };
+    let planes = |stack: &Tensor| -> anyhow::Result<Vec<Plane>> {
+        (0..n as i64).map(|i| Plane::from_model_tensor(&stack.get(i))).collect()
+    };
     let hq_planes = planes(&test.images)?;
     let lq_planes = planes(&low_quality)?;
 
@@ -255,7 +264,8 @@ pub fn evaluate(args: &EvaluateArgs, command_line: &str) -> anyhow::Result<Evalu
     let mut progress = Progress::new("evaluate led", 0, n, "images");
     for start in (0..n as i64).step_by(args.batch.max(1) as usize) {
         let count = args.batch.max(1).min(n as i64 - start);
-        let result = model.enhance_batch(&low_quality.narrow(0, start, count), &bundle.manifest.inference, &mut noise)?;
+        let result =
+            model.enhance_batch(&low_quality.narrow(0, start, count), &bundle.manifest.inference, &mut noise)?;
         estimate_seconds += result.timings.estimate.as_secs_f64();
         led_seconds += (result.timings.estimate + result.timings.refinement).as_secs_f64();
         for i in 0..count {
@@ -330,5 +340,6 @@ pub fn evaluate(args: &EvaluateArgs, command_line: &str) -> anyhow::Result<Evalu
 /// Reads a `report.json` written by `evaluate`.
 pub fn read_report(path: &Path) -> anyhow::Result<EvaluationReport> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{} is not a report.json from `cxr-led-train evaluate`", path.display()))
+    serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a report.json from `cxr-led-train evaluate`", path.display()))
 }

@@ -34,9 +34,13 @@ impl Plane {
     /// From a model tensor `[1, 1, H, W]` or `[1, H, W]` in [-1, 1].
     pub fn from_model_tensor(tensor: &Tensor) -> anyhow::Result<Self> {
         let size = tensor.size();
-        anyhow::ensure!(size.len() >= 2 && size[..size.len() - 2].iter().all(|&s| s == 1), "expected one image, got {size:?}");
+        anyhow::ensure!(
+            size.len() >= 2 && size[..size.len() - 2].iter().all(|&s| s == 1),
+            "expected one image, got {size:?}"
+        );
         let (height, width) = (size[size.len() - 2] as usize, size[size.len() - 1] as usize);
-        let values = ((tensor.to_device(tch::Device::Cpu).to_kind(Kind::Float) + 1.0) * 0.5).clamp(0.0, 1.0).flatten(0, -1);
+        let values =
+            ((tensor.to_device(tch::Device::Cpu).to_kind(Kind::Float) + 1.0) * 0.5).clamp(0.0, 1.0).flatten(0, -1);
         Ok(Self::new(width, height, Vec::<f32>::try_from(&values)?))
     }
 

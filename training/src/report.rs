@@ -170,14 +170,17 @@ pub fn example_grid(examples: &[Vec<&Plane>], tile: u32) -> GrayImage {
     grid
 }
 
+/// A named series of (x, y) points.
+type Series = (String, Vec<(f64, f64)>);
+
 /// Numeric series of a metrics CSV: the first column against each column whose name contains "loss".
-fn read_curves(path: &Path) -> anyhow::Result<Vec<(String, Vec<(f64, f64)>)>> {
+fn read_curves(path: &Path) -> anyhow::Result<Vec<Series>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().context("empty CSV")?.split(',').collect();
     let columns: Vec<usize> = (1..header.len()).filter(|&i| header[i].contains("loss")).collect();
     anyhow::ensure!(!columns.is_empty(), "{}: no column named *loss* to draw", path.display());
-    let mut series: Vec<(String, Vec<(f64, f64)>)> = columns.iter().map(|&i| (header[i].to_string(), Vec::new())).collect();
+    let mut series: Vec<Series> = columns.iter().map(|&i| (header[i].to_string(), Vec::new())).collect();
     for line in lines {
         let cells: Vec<&str> = line.split(',').collect();
         let Some(Ok(x)) = cells.first().map(|c| c.trim().parse::<f64>()) else { continue };
@@ -201,7 +204,8 @@ pub fn loss_curves(paths: &[PathBuf]) -> anyhow::Result<RgbImage> {
         let y0 = p as u32 * panel;
         let (left, top, plot_w, plot_h) = (60u32, y0 + 30, width - 80, panel - 60);
         let points = series.iter().flat_map(|s| s.1.iter());
-        let (mut x_min, mut x_max, mut y_min, mut y_max) = (f64::INFINITY, f64::NEG_INFINITY, f64::INFINITY, f64::NEG_INFINITY);
+        let (mut x_min, mut x_max, mut y_min, mut y_max) =
+            (f64::INFINITY, f64::NEG_INFINITY, f64::INFINITY, f64::NEG_INFINITY);
         for &(x, y) in points {
             (x_min, x_max, y_min, y_max) = (x_min.min(x), x_max.max(x), y_min.min(y), y_max.max(y));
         }
@@ -210,7 +214,8 @@ pub fn loss_curves(paths: &[PathBuf]) -> anyhow::Result<RgbImage> {
         }
         let (x_span, y_span) = ((x_max - x_min).max(1e-9), (y_max - y_min).max(1e-9));
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let parent = path.parent().and_then(|d| d.file_name()).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let parent =
+            path.parent().and_then(|d| d.file_name()).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         draw_text(&mut image, left, y0 + 8, &format!("{parent}/{name}"), 2, [0, 0, 0]);
         fill(&mut image, left, top + plot_h, left + plot_w, top + plot_h + 1, [0, 0, 0]);
         fill(&mut image, left, top, left + 1, top + plot_h, [0, 0, 0]);
@@ -222,7 +227,10 @@ pub fn loss_curves(paths: &[PathBuf]) -> anyhow::Result<RgbImage> {
         for (s, (label, values)) in series.iter().enumerate() {
             let colour = PALETTE[(s + 2) % PALETTE.len()];
             let to_pixel = |(x, y): (f64, f64)| {
-                (left as f64 + (x - x_min) / x_span * plot_w as f64, top as f64 + (1.0 - (y - y_min) / y_span) * plot_h as f64)
+                (
+                    left as f64 + (x - x_min) / x_span * plot_w as f64,
+                    top as f64 + (1.0 - (y - y_min) / y_span) * plot_h as f64,
+                )
             };
             for pair in values.windows(2) {
                 let (a, b) = (to_pixel(pair[0]), to_pixel(pair[1]));
@@ -314,7 +322,8 @@ fn markdown(report: &EvaluationReport) -> String {
         report.threads
     );
     md += &markdown_table(report);
-    let _ = writeln!(md, "\n![Examples: HQ, LQ, then each method](examples.png)\n\n![Accuracy per method](accuracy.png)\n");
+    let _ =
+        writeln!(md, "\n![Examples: HQ, LQ, then each method](examples.png)\n\n![Accuracy per method](accuracy.png)\n");
     if report.figures.iter().any(|f| f == "curves.png") {
         let _ = writeln!(md, "![Training loss curves](curves.png)\n");
     }
@@ -326,17 +335,26 @@ fn markdown(report: &EvaluationReport) -> String {
         let _ = writeln!(md, "{command}");
     }
     let _ = writeln!(md, "{}\n```\n", report.command);
-    let _ = writeln!(md, "## Bundle\n\n- name `{}`, version {}\n- sha256 of bundle.toml `{}`\n- {}\n- training: {}\n", b.name, b.version, b.sha256, b.description, b.training_method);
+    let _ = writeln!(
+        md,
+        "## Bundle\n\n- name `{}`, version {}\n- sha256 of bundle.toml `{}`\n- {}\n- training: {}\n",
+        b.name, b.version, b.sha256, b.description, b.training_method
+    );
     let _ = writeln!(md, "## Data\n\n| Class | Folders | Train | Validation | Test |\n| --- | --- | --- | --- | --- |");
     for c in &report.data {
-        let _ = writeln!(md, "| {} | {} | {} | {} | {} |", c.class, c.folders.join(", "), c.train, c.validation, c.test);
+        let _ =
+            writeln!(md, "| {} | {} | {} | {} | {} |", c.class, c.folders.join(", "), c.train, c.validation, c.test);
     }
     let _ = writeln!(
         md,
         "\nSplits are fixed by a hash of each file name (10% validation, 10% test); the test subset is the first images by another name hash.\n"
     );
     let c = &report.classifier;
-    let _ = writeln!(md, "## Classifier\n\nResNet-18 (one-channel input), width {}, input {} px, classes {:?}.\n", c.width, c.size, c.classes);
+    let _ = writeln!(
+        md,
+        "## Classifier\n\nResNet-18 (one-channel input), width {}, input {} px, classes {:?}.\n",
+        c.width, c.size, c.classes
+    );
     for (key, value) in &c.training {
         let _ = writeln!(md, "- {key}: {value}");
     }
@@ -367,7 +385,12 @@ fn markdown(report: &EvaluationReport) -> String {
 }
 
 /// Writes report.md, report.json and the figures into `dir`.
-pub fn write(dir: &Path, report: &mut EvaluationReport, examples: &[Vec<&Plane>], curves: &[PathBuf]) -> anyhow::Result<()> {
+pub fn write(
+    dir: &Path,
+    report: &mut EvaluationReport,
+    examples: &[Vec<&Plane>],
+    curves: &[PathBuf],
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let tile = examples.first().and_then(|row| row.first()).map_or(160, |p| p.width.min(160) as u32);
     example_grid(examples, tile).save(dir.join("examples.png")).context("writing examples.png")?;
@@ -394,10 +417,18 @@ pub fn metrics_table(report: &EvaluationReport) -> anyhow::Result<toml::Table> {
     table.insert("device".into(), report.device.clone().into());
     table.insert(
         "classifier".into(),
-        format!("resnet18 width {} at {} px, classes {:?}", report.classifier.width, report.classifier.size, report.classifier.classes).into(),
+        format!(
+            "resnet18 width {} at {} px, classes {:?}",
+            report.classifier.width, report.classifier.size, report.classifier.classes
+        )
+        .into(),
     );
     for method in &report.methods {
-        anyhow::ensure!(METHODS.iter().any(|(key, _)| *key == method.method), "unknown method {:?} in the report", method.method);
+        anyhow::ensure!(
+            METHODS.iter().any(|(key, _)| *key == method.method),
+            "unknown method {:?} in the report",
+            method.method
+        );
         let mut row = toml::Table::new();
         row.insert("accuracy".into(), method.accuracy.into());
         for (key, value) in [

@@ -43,7 +43,8 @@ fn classifier_evaluate_and_export_write_a_complete_report() {
     write_class(&data.join("two"), "two", &[0.3, 0.7], 30);
     let path = |name: &str| work.path().join(name).to_string_lossy().into_owned();
     let (data, classifier) = (data.to_string_lossy().into_owned(), path("classifier"));
-    let tiny = ["--width", "2", "--size", "32", "--load-size", "48", "--batch", "8", "--device", "cpu", "--log-every", "2"];
+    let tiny =
+        ["--width", "2", "--size", "32", "--load-size", "48", "--batch", "8", "--device", "cpu", "--log-every", "2"];
     let args = [&["classifier", "--data", &data, "--out", &classifier][..], &tiny[..]].concat();
     train(&[&args[..], &["--epochs", "1"]].concat());
     let (stdout, stderr) = train(&[&args[..], &["--epochs", "2"]].concat());
@@ -60,8 +61,23 @@ fn classifier_evaluate_and_export_write_a_complete_report() {
     let report = path("report");
     let csv_path = Path::new(&classifier).join("metrics.csv").to_string_lossy().into_owned();
     let evaluate = [
-        "evaluate", "--data", &data, "--classifier", &classifier, "--bundle", bundle, "--out", &report, "--size", "48",
-        "--limit", "0", "--device", "cpu", "--curves", &csv_path,
+        "evaluate",
+        "--data",
+        &data,
+        "--classifier",
+        &classifier,
+        "--bundle",
+        bundle,
+        "--out",
+        &report,
+        "--size",
+        "48",
+        "--limit",
+        "0",
+        "--device",
+        "cpu",
+        "--curves",
+        &csv_path,
     ];
     let (stdout, _) = train(&evaluate);
     assert!(stdout.contains("| NLM denoise + 1-99% stretch |"), "{stdout}");
@@ -84,7 +100,10 @@ fn classifier_evaluate_and_export_write_a_complete_report() {
     assert_eq!(json["bundle"]["random_weights"], true);
     assert_eq!(json["bundle"]["sha256"].as_str().unwrap().len(), 64);
     let markdown = std::fs::read_to_string(Path::new(&report).join("report.md")).unwrap();
-    assert!(markdown.contains("untrained, random weights") && markdown.contains("cxr-led-train evaluate"), "{markdown}");
+    assert!(
+        markdown.contains("untrained, random weights") && markdown.contains("cxr-led-train evaluate"),
+        "{markdown}"
+    );
     assert!(markdown.contains("cxr-led-train classifier"), "the classifier's command is missing:\n{markdown}");
     for figure in ["examples.png", "accuracy.png", "curves.png"] {
         let image = image::open(Path::new(&report).join(figure)).unwrap();
@@ -94,21 +113,49 @@ fn classifier_evaluate_and_export_write_a_complete_report() {
     // export --report: train minimal checkpoints, export, and find the figures in [metrics].
     let common = ["--preset", "tiny", "--size", "32", "--device", "cpu"];
     let cyclegan = path("cyclegan");
-    train(&[&["cyclegan", "--high-quality", &data, "--out", &cyclegan, "--batch", "2", "--steps", "1"][..], &common[..]].concat());
+    train(
+        &[&["cyclegan", "--high-quality", &data, "--out", &cyclegan, "--batch", "2", "--steps", "1"][..], &common[..]]
+            .concat(),
+    );
     let pairs = path("pairs.safetensors");
     train(&[&["pairs", "--high-quality", &data, "--source", "simulator", "--out", &pairs][..], &common[..]].concat());
     let diffusion = path("diffusion");
     train(
-        &[&["diffusion", "--pairs", &pairs, "--out", &diffusion, "--steps", "1", "--batch", "2", "--validate-every", "1"][..], &common[..]]
-            .concat(),
+        &[
+            &[
+                "diffusion",
+                "--pairs",
+                &pairs,
+                "--out",
+                &diffusion,
+                "--steps",
+                "1",
+                "--batch",
+                "2",
+                "--validate-every",
+                "1",
+            ][..],
+            &common[..],
+        ]
+        .concat(),
     );
     let exported = path("bundle");
     let report_json = Path::new(&report).join("report.json").to_string_lossy().into_owned();
     train(&[
-        "export", "--preset", "tiny", "--cyclegan", &cyclegan, "--diffusion", &diffusion, "--out", &exported, "--report",
+        "export",
+        "--preset",
+        "tiny",
+        "--cyclegan",
+        &cyclegan,
+        "--diffusion",
+        &diffusion,
+        "--out",
+        &exported,
+        "--report",
         &report_json,
     ]);
-    let manifest: toml::Table = toml::from_str(&std::fs::read_to_string(Path::new(&exported).join("bundle.toml")).unwrap()).unwrap();
+    let manifest: toml::Table =
+        toml::from_str(&std::fs::read_to_string(Path::new(&exported).join("bundle.toml")).unwrap()).unwrap();
     let metrics = manifest["metrics"].as_table().unwrap();
     assert!(metrics["evaluation-command"].as_str().unwrap().contains("cxr-led-train evaluate"));
     for key in ["low-quality", "clahe", "histeq", "nlm-stretch", "g-ab", "led"] {
