@@ -261,16 +261,26 @@ pub fn evaluate(args: &EvaluateArgs, command_line: &str) -> anyhow::Result<Evalu
     let (mut estimates, mut refined) = (Vec::with_capacity(n), Vec::with_capacity(n));
     let (mut estimate_seconds, mut led_seconds) = (0.0, 0.0);
     let mut noise = NoiseSource::new(args.seed);
+    let params = bundle.manifest.inference.clone();
     let mut progress = Progress::new("evaluate led", 0, n, "images");
     for start in (0..n as i64).step_by(args.batch.max(1) as usize) {
         let count = args.batch.max(1).min(n as i64 - start);
-        let result =
-            model.enhance_batch(&low_quality.narrow(0, start, count), &bundle.manifest.inference, &mut noise)?;
-        estimate_seconds += result.timings.estimate.as_secs_f64();
-        led_seconds += (result.timings.estimate + result.timings.refinement).as_secs_f64();
-        for i in 0..count {
-            estimates.push(Plane::from_model_tensor(&result.estimate.get(i).clamp(-1.0, 1.0))?);
-            refined.push(Plane::from_model_tensor(&result.output.get(i))?);
+        // Images no larger than the training tile go through in batches; larger ones
+        // through the daemon's tiled path (full-image attention would not fit).
+        let results = if i64::from(args.size) <= params.tiles.tile {
+            vec![model.enhance_batch(&low_quality.narrow(0, start, count), &params, &mut noise)?]
+        } else {
+            (start..start + count)
+                .map(|i| model.enhance(&low_quality.narrow(0, i, 1), &params, &mut noise))
+                .collect::<Result<Vec<_>, _>>()?
+        };
+        for result in results {
+            estimate_seconds += result.timings.estimate.as_secs_f64();
+            led_seconds += (result.timings.estimate + result.timings.refinement).as_secs_f64();
+            for i in 0..result.output.size()[0] {
+                estimates.push(Plane::from_model_tensor(&result.estimate.get(i).clamp(-1.0, 1.0))?);
+                refined.push(Plane::from_model_tensor(&result.output.get(i))?);
+            }
         }
         progress.update((start + count) as usize, "");
     }
