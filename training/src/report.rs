@@ -311,15 +311,14 @@ fn markdown(report: &EvaluationReport) -> String {
         "{total} held-out test images ({}) at {}x{} px, each with a simulated low-quality partner (Deviation Index {:.1} to {:.1} dB, mean {:.1}). \
          PSNR and SSIM against the high-quality image (data range 1; SSIM with an 11x11 Gaussian window, sigma 1.5); accuracy of the \
          evaluation classifier; gap closed = (accuracy − LQ accuracy) / (HQ accuracy − LQ accuracy); images/s of the method alone \
-         on {} ({} threads).\n",
+         on {}.\n",
         counts.join(", "),
         report.size,
         report.size,
         report.deviation_index[0],
         report.deviation_index[2],
         report.deviation_index[1],
-        report.device,
-        report.threads
+        report.device
     );
     md += &markdown_table(report);
     let _ =
