@@ -1,5 +1,10 @@
-//! Training data: folders of PNG chest X-rays, deterministic splits, and the
-//! unpaired pools and paired sets the LED stages train on.
+//! Training data: folders of chest X-ray images, deterministic splits, the
+//! unpaired pools and paired sets the LED stages train on, and labelled
+//! class folders for the evaluation classifier.
+//!
+//! Every image file goes through [`read_image`], which dispatches on the file
+//! extension: PNG today; DICOM joins there (through the daemon's pixel
+//! decoding to display intensity) without touching any caller.
 //!
 //! Splits depend only on file names (sha256 of the name with a salt), never on
 //! listing order or on which other files exist, so adding images never moves
@@ -15,7 +20,31 @@ use tch::{Kind, Tensor};
 use crate::degrade::{degrade_tensor, DegradationParams, DegradationRanges};
 use crate::image_io;
 
-/// Every PNG under the given folders (recursively), sorted.
+/// File extensions [`read_image`] can decode (lower case).
+pub const IMAGE_EXTENSIONS: &[&str] = &["png"];
+
+/// Whether `path` names a file [`read_image`] can decode.
+pub fn is_image(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+/// Reads one image as a `[1, 1, H, W]` float tensor in [-1, 1] (display
+/// intensity 0..1), resized to `side` x `side` when given. The one place that
+/// knows file formats.
+pub fn read_image(path: &Path, side: Option<u32>) -> anyhow::Result<Tensor> {
+    let extension = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).unwrap_or_default();
+    match extension.as_str() {
+        "png" => image_io::read_png_resized(path, side),
+        _ => anyhow::bail!(
+            "{}: unsupported image type {extension:?}; convert it to PNG (supported: {IMAGE_EXTENSIONS:?})",
+            path.display()
+        ),
+    }
+}
+
+/// Every image under the given folders (recursively), sorted.
 pub fn list_images(folders: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     let mut images = Vec::new();
     let mut pending: Vec<PathBuf> = folders.to_vec();
@@ -24,13 +53,13 @@ pub fn list_images(folders: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
             let path = entry?.path();
             if path.is_dir() {
                 pending.push(path);
-            } else if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")) {
+            } else if is_image(&path) {
                 images.push(path);
             }
         }
     }
     images.sort();
-    anyhow::ensure!(!images.is_empty(), "no PNG images under {folders:?}");
+    anyhow::ensure!(!images.is_empty(), "no images ({IMAGE_EXTENSIONS:?}) under {folders:?}");
     Ok(images)
 }
 
@@ -66,7 +95,7 @@ pub fn split_of(path: &Path, validation: f64, test: f64) -> Split {
 
 /// Loads images, resized to `size` x `size`, into one `[N, 1, size, size]` tensor.
 pub fn load_stack(paths: &[PathBuf], size: u32) -> anyhow::Result<Tensor> {
-    let images = paths.iter().map(|p| image_io::read_png_resized(p, Some(size))).collect::<anyhow::Result<Vec<_>>>()?;
+    let images = paths.iter().map(|p| read_image(p, Some(size))).collect::<anyhow::Result<Vec<_>>>()?;
     Ok(Tensor::cat(&images, 0))
 }
 
@@ -96,4 +125,82 @@ pub fn batch(pools: &[&Tensor], size: i64, rng: &mut impl Rng) -> Vec<Tensor> {
     let indices: Vec<i64> = (0..size).map(|_| rng.gen_range(0..count)).collect();
     let index = Tensor::from_slice(&indices);
     pools.iter().map(|pool| pool.index_select(0, &index)).collect()
+}
+
+/// A labelled class: its name and the folders of its images.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Class {
+    /// Class name (the label index is the position in the class list).
+    pub name: String,
+    /// Folders searched recursively for its images.
+    pub folders: Vec<PathBuf>,
+}
+
+/// The classes of a labelled set: `NAME=DIR` pairs (a name may repeat to add
+/// folders), or else the subfolders of `root`, sorted by name.
+pub fn classes(pairs: &[String], root: Option<&Path>) -> anyhow::Result<Vec<Class>> {
+    let mut classes: Vec<Class> = Vec::new();
+    for pair in pairs {
+        let (name, dir) = pair
+            .split_once('=')
+            .filter(|(n, d)| !n.is_empty() && !d.is_empty())
+            .with_context(|| format!("--class {pair:?}: expected NAME=DIR, e.g. --class covid=data/covid"))?;
+        match classes.iter_mut().find(|c| c.name == name) {
+            Some(class) => class.folders.push(dir.into()),
+            None => classes.push(Class { name: name.into(), folders: vec![dir.into()] }),
+        }
+    }
+    if let Some(root) = root {
+        anyhow::ensure!(classes.is_empty(), "give either --class NAME=DIR pairs or --data ROOT, not both");
+        let mut dirs = Vec::new();
+        for entry in std::fs::read_dir(root).with_context(|| format!("listing {}", root.display()))? {
+            let path = entry?.path();
+            if path.is_dir() {
+                dirs.push(path);
+            }
+        }
+        dirs.sort();
+        for dir in dirs {
+            let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            classes.push(Class { name, folders: vec![dir] });
+        }
+    }
+    anyhow::ensure!(
+        classes.len() >= 2,
+        "a labelled set needs at least two classes, found {}: give --class NAME=DIR twice or more, or --data ROOT with one subfolder per class",
+        classes.len()
+    );
+    Ok(classes)
+}
+
+/// The images of `split` of every class with their label (class index), sorted by path.
+pub fn labelled_split(classes: &[Class], split: Split) -> anyhow::Result<Vec<(PathBuf, i64)>> {
+    let mut items = Vec::new();
+    for (label, class) in classes.iter().enumerate() {
+        let images = list_images(&class.folders).with_context(|| format!("class {}", class.name))?;
+        items.extend(images.into_iter().filter(|p| split_of(p, 0.1, 0.1) == split).map(|p| (p, label as i64)));
+    }
+    Ok(items)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn class_pairs_group_folders_and_reject_bad_syntax() {
+        let classes = classes(&["a=x".into(), "b=y".into(), "a=z".into()], None).unwrap();
+        assert_eq!(classes.len(), 2);
+        assert_eq!(classes[0].folders, vec![PathBuf::from("x"), PathBuf::from("z")]);
+        let error = super::classes(&["nodir".into(), "b=y".into()], None).unwrap_err().to_string();
+        assert!(error.contains("NAME=DIR"), "{error}");
+        assert!(super::classes(&["a=x".into()], None).unwrap_err().to_string().contains("two classes"));
+    }
+
+    #[test]
+    fn unknown_extensions_are_refused_with_a_hint() {
+        let error = read_image(Path::new("scan.jpg"), None).unwrap_err().to_string();
+        assert!(error.contains("unsupported image type") && error.contains("png"), "{error}");
+        assert!(is_image(Path::new("a/B.PNG")) && !is_image(Path::new("a/b.txt")));
+    }
 }

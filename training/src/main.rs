@@ -10,6 +10,14 @@ mod hallucination_bench;
 mod image_io;
 mod pipeline;
 
+// Evaluation (issue 6): classifier, baselines, metrics, report.
+mod baselines;
+mod classifier;
+mod evaluate;
+mod metrics;
+mod progress;
+mod report;
+
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -89,6 +97,10 @@ enum Command {
     /// Planted-hallucination benchmark: AUROC, detection and false-hold
     /// rates of the hallucination check; calibrates a bundle's hold threshold.
     HallucinationBench(hallucination_bench::BenchArgs),
+    /// Train the evaluation classifier (ResNet-18, one channel) on a labelled set.
+    Classifier(classifier::ClassifierArgs),
+    /// Evaluate a bundle against the classical baselines on the held-out test split and write a report.
+    Evaluate(evaluate::EvaluateArgs),
     /// Enhance a PNG with a bundle, write the result as a 16-bit PNG and print timings.
     Enhance {
         /// The bundle folder.
@@ -129,6 +141,14 @@ fn main() -> anyhow::Result<()> {
         Command::Pairs(args) => pipeline::pairs(&args)?,
         Command::Diffusion(args) => pipeline::diffusion(&args)?,
         Command::Export(args) => pipeline::export(&args)?,
+        Command::Classifier(args) => {
+            let state = classifier::train(&args, &command_line())?;
+            println!("{}", serde_json::to_string(&state)?);
+        }
+        Command::Evaluate(args) => {
+            let report = evaluate::evaluate(&args, &command_line())?;
+            println!("{}", report::markdown_table(&report));
+        }
         Command::Degrade { input, output, seed, dose, ranges } => {
             use rand::SeedableRng;
             let image = image_io::read_png(&input)?;
@@ -211,4 +231,19 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The command line as typed (arguments shell-quoted where needed), for reports and manifests.
+fn command_line() -> String {
+    std::iter::once("cxr-led-train".to_string())
+        .chain(std::env::args().skip(1))
+        .map(|a| {
+            if a.is_empty() || a.contains(|c: char| c.is_whitespace() || "\"'$`\\".contains(c)) {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            } else {
+                a
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }

@@ -254,6 +254,9 @@ pub struct ExportArgs {
     /// Bundle version.
     #[arg(long, default_value = "0.1.0")]
     version: String,
+    /// report.json of `cxr-led-train evaluate` on these weights: its figures go into `[metrics]`.
+    #[arg(long)]
+    report: Option<PathBuf>,
 }
 
 fn load_into(dir: &Path, name: &str, build: impl FnOnce(&nn::Path)) -> anyhow::Result<nn::VarStore> {
@@ -283,6 +286,9 @@ pub fn export(args: &ExportArgs) -> anyhow::Result<()> {
     manifest.training.insert("cyclegan-state".into(), cyclegan_state.into());
     manifest.training.insert("diffusion-state".into(), diffusion_state.into());
     manifest.training.insert("degradation-ranges".into(), toml::Value::try_from(DegradationRanges::default())?);
+    if let Some(path) = &args.report {
+        manifest.metrics = crate::report::metrics_table(&crate::evaluate::read_report(path)?)?;
+    }
     let bundle = Bundle::save_stores(&args.out, &manifest, [("g_ab", &g_ab), ("g_ba", &g_ba), ("unet", &unet)])?;
     println!(
         "wrote bundle {} {} to {} (sha256 {})",

@@ -1,0 +1,165 @@
+//! The evaluation end to end on CPU: a tiny classifier trained on two classes
+//! of synthetic images (checkpoint, resume), `evaluate` with the tiny bundle
+//! writing report.md, report.json and the figures, and `export --report`
+//! putting the figures into a bundle's `[metrics]`.
+
+use std::path::Path;
+use std::process::Command;
+
+use image::{ImageBuffer, Luma};
+
+fn train(args: &[&str]) -> (String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_cxr-led-train")).args(args).output().expect("run cxr-led-train");
+    let (stdout, stderr) =
+        (String::from_utf8_lossy(&output.stdout).into_owned(), String::from_utf8_lossy(&output.stderr).into_owned());
+    assert!(output.status.success(), "cxr-led-train {args:?} failed:\n{stdout}\n{stderr}");
+    (stdout, stderr)
+}
+
+/// Two classes a classifier can tell apart: one or two dark "lung fields".
+fn write_class(dir: &Path, prefix: &str, lungs: &[f32], count: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    for i in 0..count {
+        let shift = (i % 5) as f32 * 0.02;
+        let image = ImageBuffer::from_fn(48, 48, |x, y| {
+            let (u, v) = (x as f32 / 48.0, y as f32 / 48.0);
+            let dark: f32 = lungs.iter().map(|cx| (-((u - cx - shift).powi(2) + (v - 0.5).powi(2)) * 25.0).exp()).sum();
+            let value = 0.8 - 0.5 * dark + 0.05 * (v * 20.0 + i as f32).sin();
+            Luma([(value.clamp(0.0, 1.0) * 255.0) as u8])
+        });
+        image.save(dir.join(format!("{prefix}-{i:03}.png"))).unwrap();
+    }
+}
+
+fn number(value: &serde_json::Value) -> f64 {
+    value.as_f64().unwrap_or_else(|| panic!("expected a number, got {value}"))
+}
+
+#[test]
+fn classifier_evaluate_and_export_write_a_complete_report() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    write_class(&data.join("one"), "one", &[0.5], 30);
+    write_class(&data.join("two"), "two", &[0.3, 0.7], 30);
+    let path = |name: &str| work.path().join(name).to_string_lossy().into_owned();
+    let (data, classifier) = (data.to_string_lossy().into_owned(), path("classifier"));
+    let tiny =
+        ["--width", "2", "--size", "32", "--load-size", "48", "--batch", "8", "--device", "cpu", "--log-every", "2"];
+    let args = [&["classifier", "--data", &data, "--out", &classifier][..], &tiny[..]].concat();
+    train(&[&args[..], &["--epochs", "1"]].concat());
+    let (stdout, stderr) = train(&[&args[..], &["--epochs", "2"]].concat());
+    assert!(stderr.contains("resuming at step"), "{stderr}");
+    assert!(stderr.contains("ETA"), "no progress line: {stderr}");
+    let state: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert!((0.0..=1.0).contains(&number(&state["test_accuracy"])), "{state}");
+    let csv = std::fs::read_to_string(Path::new(&classifier).join("metrics.csv")).unwrap();
+    assert!(csv.starts_with("step,epoch,") && csv.lines().count() >= 3, "{csv}");
+    let config = std::fs::read_to_string(Path::new(&classifier).join("classifier.toml")).unwrap();
+    assert!(config.contains("width = 2") && config.contains("cxr-led-train classifier"), "{config}");
+
+    let bundle = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/bundles/tiny");
+    let report = path("report");
+    let csv_path = Path::new(&classifier).join("metrics.csv").to_string_lossy().into_owned();
+    let evaluate = [
+        "evaluate",
+        "--data",
+        &data,
+        "--classifier",
+        &classifier,
+        "--bundle",
+        bundle,
+        "--out",
+        &report,
+        "--size",
+        "48",
+        "--limit",
+        "0",
+        "--device",
+        "cpu",
+        "--curves",
+        &csv_path,
+    ];
+    let (stdout, _) = train(&evaluate);
+    assert!(stdout.contains("| NLM denoise + 1-99% stretch |"), "{stdout}");
+
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(Path::new(&report).join("report.json")).unwrap()).unwrap();
+    let methods = json["methods"].as_array().unwrap();
+    let keys: Vec<&str> = methods.iter().map(|m| m["method"].as_str().unwrap()).collect();
+    assert_eq!(keys, ["high-quality", "low-quality", "clahe", "histeq", "nlm-stretch", "g-ab", "led"]);
+    for method in methods {
+        assert!((0.0..=1.0).contains(&number(&method["accuracy"])), "{method}");
+        if method["method"] != "high-quality" {
+            let (psnr, ssim) = (number(&method["psnr_mean"]), number(&method["ssim_mean"]));
+            assert!(psnr.is_finite() && psnr > 0.0 && ssim.is_finite() && ssim <= 1.0, "{method}");
+        }
+        if !["high-quality", "low-quality"].contains(&method["method"].as_str().unwrap()) {
+            assert!(number(&method["images_per_second"]) > 0.0, "{method}");
+        }
+    }
+    assert_eq!(json["bundle"]["random_weights"], true);
+    assert_eq!(json["bundle"]["sha256"].as_str().unwrap().len(), 64);
+    let markdown = std::fs::read_to_string(Path::new(&report).join("report.md")).unwrap();
+    assert!(
+        markdown.contains("untrained, random weights") && markdown.contains("cxr-led-train evaluate"),
+        "{markdown}"
+    );
+    assert!(markdown.contains("cxr-led-train classifier"), "the classifier's command is missing:\n{markdown}");
+    for figure in ["examples.png", "accuracy.png", "curves.png"] {
+        let image = image::open(Path::new(&report).join(figure)).unwrap();
+        assert!(image.width() > 100 && image.height() > 50, "{figure}");
+    }
+
+    // export --report: train minimal checkpoints, export, and find the figures in [metrics].
+    let common = ["--preset", "tiny", "--size", "32", "--device", "cpu"];
+    let cyclegan = path("cyclegan");
+    train(
+        &[&["cyclegan", "--high-quality", &data, "--out", &cyclegan, "--batch", "2", "--steps", "1"][..], &common[..]]
+            .concat(),
+    );
+    let pairs = path("pairs.safetensors");
+    train(&[&["pairs", "--high-quality", &data, "--source", "simulator", "--out", &pairs][..], &common[..]].concat());
+    let diffusion = path("diffusion");
+    train(
+        &[
+            &[
+                "diffusion",
+                "--pairs",
+                &pairs,
+                "--out",
+                &diffusion,
+                "--steps",
+                "1",
+                "--batch",
+                "2",
+                "--validate-every",
+                "1",
+            ][..],
+            &common[..],
+        ]
+        .concat(),
+    );
+    let exported = path("bundle");
+    let report_json = Path::new(&report).join("report.json").to_string_lossy().into_owned();
+    train(&[
+        "export",
+        "--preset",
+        "tiny",
+        "--cyclegan",
+        &cyclegan,
+        "--diffusion",
+        &diffusion,
+        "--out",
+        &exported,
+        "--report",
+        &report_json,
+    ]);
+    let manifest: toml::Table =
+        toml::from_str(&std::fs::read_to_string(Path::new(&exported).join("bundle.toml")).unwrap()).unwrap();
+    let metrics = manifest["metrics"].as_table().unwrap();
+    assert!(metrics["evaluation-command"].as_str().unwrap().contains("cxr-led-train evaluate"));
+    for key in ["low-quality", "clahe", "histeq", "nlm-stretch", "g-ab", "led"] {
+        let row = metrics[key].as_table().unwrap_or_else(|| panic!("no [metrics.{key}]"));
+        assert!(row["accuracy"].as_float().is_some() && row["ssim"].as_float().is_some(), "{key}: {row:?}");
+    }
+}
