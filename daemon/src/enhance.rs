@@ -129,13 +129,18 @@ impl Enhancer {
     }
 
     /// Enhances one display image (`rows` x `columns`, intensities in [0, 1])
-    /// and scores the result.
+    /// and scores the result as it will be displayed: `as_delivered` maps the
+    /// enhanced intensities through the derived instance's stored values and
+    /// back, so the score is that of the pixels the radiologist gets (and
+    /// `cxr-led-train score` on the source and the derived file gives the
+    /// same number).
     pub fn enhance(
         &self,
         sop_instance_uid: &str,
         pixels: &[f32],
         rows: u32,
         columns: u32,
+        as_delivered: impl Fn(&[f32]) -> Vec<f32>,
     ) -> Result<EnhancedImage, EnhanceError> {
         let (h, w) = (i64::from(rows), i64::from(columns));
         // Display [0, 1] to the model's [-1, 1].
@@ -147,16 +152,17 @@ impl Enhancer {
         let model = self.model.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let enhancement = model.enhance(&low_quality, &self.params, &mut noise)?;
         let output = enhancement.output.to_device(Device::Cpu).to_kind(Kind::Float);
+        let enhanced: Vec<f32> = Vec::<f32>::try_from(((output + 1.0) / 2.0).clamp(0.0, 1.0).flatten(0, -1))?;
         let started = Instant::now();
+        let delivered = Tensor::from_slice(&as_delivered(&enhanced)).reshape([1, 1, h, w]) * 2.0 - 1.0;
         let report = hallucination::score(
             &model,
             &low_quality.to_device(model.device()),
-            &enhancement.output,
+            &delivered.to_device(model.device()),
             &self.params.tiles,
             &self.score_config,
         )?;
         let score_time = started.elapsed();
-        let enhanced: Vec<f32> = Vec::<f32>::try_from(((output + 1.0) / 2.0).clamp(0.0, 1.0).flatten(0, -1))?;
         let doubt_map: Vec<f32> =
             Vec::<f32>::try_from(report.doubt_map.to_device(Device::Cpu).to_kind(Kind::Float).flatten(0, -1))?;
         Ok(EnhancedImage {

@@ -272,6 +272,31 @@ pub fn to_stored(image: &DisplayImage, enhanced: &[f32]) -> StoredPixels {
     }
 }
 
+/// The display intensities of stored values of this image's kind (what a
+/// viewer shows for a derived instance that keeps the source's rescale and
+/// window).
+pub fn displayed(image: &DisplayImage, stored: &StoredPixels) -> Vec<f32> {
+    let mapping = &image.mapping;
+    let bits = u32::from(mapping.bits_stored);
+    let value = |word: u32| -> i64 {
+        let word = word & ((1u32 << bits) - 1);
+        if mapping.signed && word & (1 << (bits - 1)) != 0 {
+            i64::from(word) - (1i64 << bits)
+        } else {
+            i64::from(word)
+        }
+    };
+    match stored {
+        StoredPixels::U8(values) => values.iter().map(|&v| mapping.to_display(value(u32::from(v)))).collect(),
+        StoredPixels::U16(values) => values.iter().map(|&v| mapping.to_display(value(u32::from(v)))).collect(),
+    }
+}
+
+/// What `enhanced` displays as once stored in the source's bit range.
+pub fn as_delivered(image: &DisplayImage, enhanced: &[f32]) -> Vec<f32> {
+    displayed(image, &to_stored(image, enhanced))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

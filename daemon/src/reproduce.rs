@@ -91,8 +91,11 @@ pub async fn reproduce(
     let source_path = Spool::open(spool_dir)?.path_of(&spool_file);
     let source = worker::open(&source_path)?;
     let image = pixels::decode_display(&source)?;
-    let enhanced =
-        tokio::task::block_in_place(|| enhancer.enhance(&source_uid, &image.pixels, image.rows, image.columns))?;
+    let enhanced = tokio::task::block_in_place(|| {
+        enhancer.enhance(&source_uid, &image.pixels, image.rows, image.columns, |enhanced| {
+            pixels::as_delivered(&image, enhanced)
+        })
+    })?;
     let stored = pixels::to_stored(&image, &enhanced.pixels);
     let reproduced_pixel_sha256 = sha256_hex(&pixels::stored_bytes(&stored));
 

@@ -458,7 +458,9 @@ fn process_blocking(context: &WorkerContext, sop_instance_uid: &str, path: &Path
         Err(e) => return Ok(Processed::Unprocessable(decision, e.to_string())),
     };
     let enhancer = &context.enhancer;
-    let enhanced = enhancer.enhance(sop_instance_uid, &image.pixels, image.rows, image.columns)?;
+    let enhanced = enhancer.enhance(sop_instance_uid, &image.pixels, image.rows, image.columns, |enhanced| {
+        pixels::as_delivered(&image, enhanced)
+    })?;
     let stored = pixels::to_stored(&image, &enhanced.pixels);
     let params = serde_json::to_string(&enhancer.params)?;
     let derived_sop_instance_uid = derive::uid_from_parts(&[

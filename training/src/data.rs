@@ -21,7 +21,7 @@ use crate::degrade::{degrade_tensor, DegradationParams, DegradationRanges};
 use crate::image_io;
 
 /// File extensions [`read_image`] can decode (lower case).
-pub const IMAGE_EXTENSIONS: &[&str] = &["png"];
+pub use crate::image_io::IMAGE_EXTENSIONS;
 
 /// Whether `path` names a file [`read_image`] can decode.
 pub fn is_image(path: &Path) -> bool {
@@ -34,14 +34,7 @@ pub fn is_image(path: &Path) -> bool {
 /// intensity 0..1), resized to `side` x `side` when given. The one place that
 /// knows file formats.
 pub fn read_image(path: &Path, side: Option<u32>) -> anyhow::Result<Tensor> {
-    let extension = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).unwrap_or_default();
-    match extension.as_str() {
-        "png" => image_io::read_png_resized(path, side),
-        _ => anyhow::bail!(
-            "{}: unsupported image type {extension:?}; convert it to PNG (supported: {IMAGE_EXTENSIONS:?})",
-            path.display()
-        ),
-    }
+    image_io::read_image_resized(path, side)
 }
 
 /// Every image under the given folders (recursively), sorted.

@@ -7,14 +7,36 @@ use anyhow::Context;
 use image::{ImageBuffer, Luma};
 use tch::{Kind, Tensor};
 
+/// File extensions [`read_image`] reads.
+pub const IMAGE_EXTENSIONS: &[&str] = &["png", "dcm"];
+
 /// Reads an image file to score or enhance as a `[1, 1, H, W]` float tensor
-/// in [-1, 1]. The one place input formats are told apart: PNG today; DICOM
-/// joins here through the daemon's decode module.
+/// in [-1, 1], at its own size.
 pub fn read_image(path: &Path) -> anyhow::Result<Tensor> {
+    read_image_resized(path, None)
+}
+
+/// Reads an image file as a `[1, 1, H, W]` float tensor in [-1, 1], resized
+/// to `side` x `side` when given. The one place input formats are told apart:
+/// PNG, and DICOM (any transfer syntax the daemon accepts) decoded by the
+/// daemon's own code, so a DICOM file means here what it means to cxr-ledd
+/// (modality rescale, VOI window, MONOCHROME1 inverted).
+pub fn read_image_resized(path: &Path, side: Option<u32>) -> anyhow::Result<Tensor> {
     match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
-        Some("png") => read_png(path),
+        Some("png") => read_png_resized(path, side),
+        Some("dcm") => {
+            let object = dicom_object::open_file(path).with_context(|| format!("reading DICOM {}", path.display()))?;
+            let image = cxr_led_daemon::pixels::decode_display(&object)
+                .with_context(|| format!("decoding the pixels of {}", path.display()))?;
+            let (h, w) = (i64::from(image.rows), i64::from(image.columns));
+            let tensor = Tensor::from_slice(&image.pixels).view([1, 1, h, w]) * 2.0 - 1.0;
+            Ok(match side {
+                Some(side) => tensor.upsample_bilinear2d([i64::from(side), i64::from(side)], false, None, None),
+                None => tensor,
+            })
+        }
         _ => anyhow::bail!(
-            "{}: only PNG images can be read here (DICOM is decoded by the daemon); convert the file to PNG",
+            "{}: unsupported image type; use PNG or DICOM (.dcm) (supported: {IMAGE_EXTENSIONS:?})",
             path.display()
         ),
     }
