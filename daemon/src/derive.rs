@@ -398,6 +398,14 @@ pub fn doubt_map_instance(
     let mut obj =
         InMemDicomObject::from_element_iter(source.iter().filter(|e| is_patient_study_or_equipment(e.tag())).cloned());
     repair(&mut obj);
+    // The series-level Laterality (Type 2C) of an image whose laterality the
+    // source states only at image level (Image Laterality), as DX images do:
+    // the SC IOD has no Image Laterality, so the series must carry it.
+    if obj.get(tags::LATERALITY).is_none() {
+        if let Some(laterality) = get_str(source, tags::IMAGE_LATERALITY).filter(|l| matches!(l.as_str(), "R" | "L")) {
+            put_str(&mut obj, tags::LATERALITY, VR::CS, &laterality);
+        }
+    }
     put_uid(&mut obj, tags::SOP_CLASS_UID, SECONDARY_CAPTURE);
     put_uid(&mut obj, tags::SOP_INSTANCE_UID, sop_instance_uid);
     set_series(&mut obj, source, provenance);

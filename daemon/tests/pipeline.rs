@@ -369,3 +369,45 @@ async fn a_held_result_is_not_sent_and_mails_an_alert() {
     assert!(events.contains(&"result-held".to_string()) && events.contains(&"alert-sent".to_string()), "{events:?}");
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_doubt_map_goes_to_the_pacs_as_a_secondary_capture_when_configured() {
+    let db = common::TestDb::create().await;
+    let work = tempfile::tempdir().unwrap();
+    let pacs_port = free_port();
+    let pacs_dir = work.path().join("pacs");
+    let _pacs = Pacs::start(pacs_port, &pacs_dir);
+    wait_for_port(pacs_port).await;
+    let mut config = pipeline_config(&db, &work.path().join("spool"), pacs_port);
+    config.pipeline.doubt_map_instance = true;
+    let daemon = common::start(config).await;
+    let (file, _, study) = dx_copy(work.path(), "doubt", "-7.0");
+    send(daemon.local_addr, &[file]).await;
+    let pool = db.pool().await;
+    common::wait_until(Duration::from_secs(120), "the derived instance and its doubt map sent", || {
+        let pool = pool.clone();
+        async move { common::count(&pool, "SELECT count(*) FROM outbox WHERE state = 'sent'").await == 2 }
+    })
+    .await;
+    let files = received(&pacs_dir);
+    assert_eq!(files.len(), 2, "{files:?}");
+    let classes: Vec<String> = files
+        .iter()
+        .map(|f| {
+            let object = open_file(f).unwrap();
+            assert_eq!(
+                object.element(tags::STUDY_INSTANCE_UID).unwrap().to_str().unwrap().trim_end_matches('\0'),
+                study
+            );
+            object.meta().media_storage_sop_class_uid().trim_end_matches('\0').to_string()
+        })
+        .collect();
+    assert!(classes.contains(&cxr_led_daemon::derive::SECONDARY_CAPTURE.to_string()), "{classes:?}");
+    assert!(classes.contains(&cxr_led_daemon::derive::DX_FOR_PRESENTATION.to_string()), "{classes:?}");
+    for file in &files {
+        let output = Command::new("dciodvfy").arg(file).output().expect("dciodvfy runs");
+        let report = common::text(&output);
+        assert!(!report.lines().any(|l| l.starts_with("Error")), "dciodvfy errors in {}:\n{report}", file.display());
+    }
+    daemon.stop().await;
+}

@@ -133,7 +133,8 @@ pub fn make_copies(source: &Path, dir: &Path, n: usize, study_uid: &str, tag: &s
     let original = open_file(source).expect("open fixture");
     (0..n)
         .map(|i| {
-            let uid = format!("2.25.{}{}{:06}", tag_digits(tag), std::process::id(), i);
+            // A leading 1: a UID component must not start with 0.
+            let uid = format!("2.25.1{}{}{:06}", tag_digits(tag), std::process::id(), i);
             let mut obj = original.clone();
             obj.put_str(tags::SOP_INSTANCE_UID, dicom_core::VR::UI, uid.clone());
             obj.put_str(tags::STUDY_INSTANCE_UID, dicom_core::VR::UI, study_uid);
