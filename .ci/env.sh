@@ -66,9 +66,10 @@ cxr_led_env() {
 # sink for the alert mail tests (Debian's aiosmtpd, run by the tests as
 # /usr/bin/python3 -m aiosmtpd) and a running PostgreSQL that trusts local
 # connections of user postgres. Exports DATABASE_URL (tests create and drop
-# their own databases on that server).
+# their own databases on that server). systemd provides systemd-analyze for
+# the unit test.
 cxr_led_test_services() {
-    cxr_led_apt dcmtk dicom3tools python3-aiosmtpd
+    cxr_led_apt dcmtk dicom3tools python3-aiosmtpd systemd
     export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
     if pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
         return 0

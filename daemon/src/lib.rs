@@ -12,7 +12,7 @@
 //! - [`alerts`]: alert mails for held results, dead jobs, unreachable PACS ([`mail`] sends them).
 //! - [`db`]: PostgreSQL pool and migrations.
 //! - [`reproduce`]: re-run a recorded enhancement and compare the pixels.
-//! - [`service`]: start-up (recovery), run, shutdown.
+//! - [`service`]: start-up (recovery), run, shutdown; [`notify`] tells systemd.
 
 pub mod alerts;
 pub mod audit;
@@ -23,6 +23,7 @@ pub mod derive;
 pub mod enhance;
 pub mod ingest;
 pub mod mail;
+pub mod notify;
 pub mod pixels;
 pub mod queue;
 pub mod reproduce;

@@ -99,14 +99,19 @@ fn load_config(path: &std::path::Path) -> cxr_led_daemon::config::Config {
 }
 
 async fn run(config: cxr_led_daemon::config::Config) -> anyhow::Result<()> {
+    let notifier = cxr_led_daemon::notify::Notifier::from_env();
     let running = cxr_led_daemon::service::start(config).await?;
+    notifier.ready(&format!("listening on {}", running.local_addr));
+    let watchdog = tokio::spawn(notifier.clone().run_watchdog());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
     tracing::info!("shutting down");
+    notifier.stopping("draining: finishing the current images and deliveries");
     running.stop().await;
+    watchdog.abort();
     Ok(())
 }
 
