@@ -78,7 +78,8 @@ pub struct Decision {
 }
 
 impl Decision {
-    fn not_applicable(reason: String) -> Decision {
+    /// The decision for an image the model was not built for (or cannot examine).
+    pub fn not_applicable(reason: String) -> Decision {
         Decision {
             flagged: false,
             rule: Rule::NotApplicable,

@@ -437,16 +437,9 @@ fn process_blocking(context: &WorkerContext, sop_instance_uid: &str, path: &Path
                 decision
             }
             Err(e) => {
-                return Ok(Processed::Passed(Decision {
-                    flagged: false,
-                    rule: triage::Rule::NotApplicable,
-                    deviation_index: None,
-                    exposure_index: None,
-                    target_exposure_index: None,
-                    threshold: None,
-                    noise_sigma: None,
-                    reason: format!("no exposure tags and the image cannot be examined: {e}"),
-                }))
+                return Ok(Processed::Passed(Decision::not_applicable(format!(
+                    "no exposure tags and the image cannot be examined: {e}"
+                ))))
             }
         },
     };

@@ -6,7 +6,6 @@ mod common;
 mod pipeline_rows;
 mod smtp_sink;
 
-use std::net::TcpListener;
 use std::time::Duration;
 
 use common::TestDb;
@@ -17,10 +16,6 @@ use cxr_led_daemon::{audit, db};
 use pipeline_rows::{insert_decision, insert_enhancement, insert_outbox, insert_source};
 use smtp_sink::{mail_config, wait_for_messages, SmtpSink};
 use sqlx::PgPool;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 async fn migrated() -> (TestDb, PgPool) {
     let test_db = TestDb::create().await;
@@ -39,7 +34,7 @@ async fn alert_rows(db: &PgPool, kind: &str) -> i64 {
 #[tokio::test]
 async fn held_result_is_mailed_once() {
     let (_guard, db) = migrated().await;
-    let sink = SmtpSink::start(free_port());
+    let sink = SmtpSink::start(common::free_port());
     let mailer = Mailer::from_config(&mail_config(sink.port)).unwrap();
     let held = insert_source(&db, 1).await;
     insert_decision(&db, &held).await;
@@ -93,7 +88,7 @@ async fn held_result_is_mailed_once() {
 #[tokio::test]
 async fn dead_job_mails_its_reason() {
     let (_guard, db) = migrated().await;
-    let sink = SmtpSink::start(free_port());
+    let sink = SmtpSink::start(common::free_port());
     let mailer = Mailer::from_config(&mail_config(sink.port)).unwrap();
     let source = insert_source(&db, 3).await;
     sqlx::query(
@@ -132,7 +127,7 @@ async fn dead_job_mails_its_reason() {
 #[tokio::test]
 async fn unreachable_pacs_is_one_alert_per_destination_and_outage() {
     let (_guard, db) = migrated().await;
-    let sink = SmtpSink::start(free_port());
+    let sink = SmtpSink::start(common::free_port());
     let mailer = Mailer::from_config(&mail_config(sink.port)).unwrap();
     let study = insert_source(&db, 4).await.study;
     // PACS_A: three instances pending for an hour; PACS_B: one; PACS_C: one,
@@ -190,7 +185,7 @@ async fn unreachable_pacs_is_one_alert_per_destination_and_outage() {
 #[tokio::test]
 async fn smtp_down_records_nothing_and_the_next_pass_sends() {
     let (_guard, db) = migrated().await;
-    let port = free_port();
+    let port = common::free_port();
     let mailer = Mailer::from_config(&mail_config(port)).unwrap();
     let source = insert_source(&db, 5).await;
     insert_enhancement(&db, &source, "2.25.55", 0.97, true).await;
@@ -216,7 +211,7 @@ async fn smtp_down_records_nothing_and_the_next_pass_sends() {
 async fn the_service_runs_the_alert_loop() {
     let test_db = TestDb::create().await;
     let spool = tempfile::tempdir().unwrap();
-    let sink = SmtpSink::start(free_port());
+    let sink = SmtpSink::start(common::free_port());
     let mut config = common::test_config(&test_db, spool.path());
     config.mail = mail_config(sink.port);
     config.alerts.poll_interval_ms = 200;

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -62,10 +62,6 @@ fn derived_file(dir: &Path, fixture_name: &str, tag: &str) -> DerivedFile {
         sop_class_uid: text(tags::SOP_CLASS_UID),
         study_instance_uid: text(tags::STUDY_INSTANCE_UID),
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A dcmtk storescp child process, killed (by its own handle) when dropped.

@@ -49,14 +49,23 @@ impl Drop for Pacs {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// Waits until something accepts TCP connections on the port.
 async fn wait_for_port(port: u16) {
     common::wait_until(Duration::from_secs(10), "the PACS to listen", || async move {
         tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+    })
+    .await;
+}
+
+/// Waits (at most `limit_secs`) until every query counts its expected rows.
+async fn wait_for_counts(pool: &PgPool, limit_secs: u64, what: &str, counts: &[(&str, i64)]) {
+    common::wait_until(Duration::from_secs(limit_secs), what, || async move {
+        for &(sql, expected) in counts {
+            if common::count(pool, sql).await != expected {
+                return false;
+            }
+        }
+        true
     })
     .await;
 }
@@ -125,7 +134,7 @@ async fn send(addr: SocketAddr, files: &[PathBuf]) {
 async fn an_under_exposed_image_comes_back_derived_and_a_well_exposed_one_does_not() {
     let db = common::TestDb::create().await;
     let work = tempfile::tempdir().unwrap();
-    let pacs_port = free_port();
+    let pacs_port = common::free_port();
     let pacs_dir = work.path().join("pacs");
     let _pacs = Pacs::start(pacs_port, &pacs_dir);
     wait_for_port(pacs_port).await;
@@ -137,13 +146,15 @@ async fn an_under_exposed_image_comes_back_derived_and_a_well_exposed_one_does_n
     send(daemon.local_addr, &[low, fine]).await;
 
     let pool = db.pool().await;
-    common::wait_until(Duration::from_secs(120), "both jobs done and the result sent", || {
-        let pool = pool.clone();
-        async move {
-            common::count(&pool, "SELECT count(*) FROM job WHERE state = 'done'").await == 2
-                && common::count(&pool, "SELECT count(*) FROM outbox WHERE state = 'sent'").await == 1
-        }
-    })
+    wait_for_counts(
+        &pool,
+        120,
+        "both jobs done and the result sent",
+        &[
+            ("SELECT count(*) FROM job WHERE state = 'done'", 2),
+            ("SELECT count(*) FROM outbox WHERE state = 'sent'", 1),
+        ],
+    )
     .await;
 
     // Exactly one instance reached the PACS: the derived one, in the source's study.
@@ -250,7 +261,7 @@ async fn an_under_exposed_image_comes_back_derived_and_a_well_exposed_one_does_n
 async fn a_pacs_down_for_a_while_gets_every_result_exactly_once() {
     let db = common::TestDb::create().await;
     let work = tempfile::tempdir().unwrap();
-    let pacs_port = free_port();
+    let pacs_port = common::free_port();
     let pacs_dir = work.path().join("pacs");
     let daemon = common::start(pipeline_config(&db, &work.path().join("spool"), pacs_port)).await;
     let files: Vec<PathBuf> = (0..3).map(|i| dx_copy(work.path(), &format!("down{i}"), "-8.0").0).collect();
@@ -258,20 +269,22 @@ async fn a_pacs_down_for_a_while_gets_every_result_exactly_once() {
 
     let pool = db.pool().await;
     // Enhanced, and tried at least twice against the dead PACS.
-    common::wait_until(Duration::from_secs(120), "failed delivery attempts", || {
-        let pool = pool.clone();
-        async move {
-            common::count(&pool, "SELECT count(*) FROM outbox WHERE state = 'pending' AND attempts >= 2").await == 3
-        }
-    })
+    wait_for_counts(
+        &pool,
+        120,
+        "failed delivery attempts",
+        &[("SELECT count(*) FROM outbox WHERE state = 'pending' AND attempts >= 2", 3)],
+    )
     .await;
     assert!(received(&pacs_dir).is_empty());
 
     let _pacs = Pacs::start(pacs_port, &pacs_dir);
-    common::wait_until(Duration::from_secs(60), "delivery after the PACS came back", || {
-        let pool = pool.clone();
-        async move { common::count(&pool, "SELECT count(*) FROM outbox WHERE state = 'sent'").await == 3 }
-    })
+    wait_for_counts(
+        &pool,
+        60,
+        "delivery after the PACS came back",
+        &[("SELECT count(*) FROM outbox WHERE state = 'sent'", 3)],
+    )
     .await;
     // More delivery passes change nothing.
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -291,7 +304,7 @@ async fn a_pacs_down_for_a_while_gets_every_result_exactly_once() {
 async fn two_daemons_share_one_queue_and_process_each_study_once() {
     let db = common::TestDb::create().await;
     let work = tempfile::tempdir().unwrap();
-    let pacs_port = free_port();
+    let pacs_port = common::free_port();
     let pacs_dir = work.path().join("pacs");
     let _pacs = Pacs::start(pacs_port, &pacs_dir);
     wait_for_port(pacs_port).await;
@@ -305,13 +318,15 @@ async fn two_daemons_share_one_queue_and_process_each_study_once() {
     send(second.local_addr, &files[studies / 2..]).await;
 
     let pool = db.pool().await;
-    common::wait_until(Duration::from_secs(180), "every study processed and sent", || {
-        let pool = pool.clone();
-        async move {
-            common::count(&pool, "SELECT count(*) FROM job WHERE state = 'done'").await == studies as i64
-                && common::count(&pool, "SELECT count(*) FROM outbox WHERE state = 'sent'").await == studies as i64
-        }
-    })
+    wait_for_counts(
+        &pool,
+        180,
+        "every study processed and sent",
+        &[
+            ("SELECT count(*) FROM job WHERE state = 'done'", studies as i64),
+            ("SELECT count(*) FROM outbox WHERE state = 'sent'", studies as i64),
+        ],
+    )
     .await;
     for (study, state, attempts) in job_states(&pool).await {
         assert_eq!((state.as_str(), attempts), ("done", 1), "study {study} was claimed once");
@@ -328,11 +343,11 @@ async fn two_daemons_share_one_queue_and_process_each_study_once() {
 async fn a_held_result_is_not_sent_and_mails_an_alert() {
     let db = common::TestDb::create().await;
     let work = tempfile::tempdir().unwrap();
-    let pacs_port = free_port();
+    let pacs_port = common::free_port();
     let pacs_dir = work.path().join("pacs");
     let _pacs = Pacs::start(pacs_port, &pacs_dir);
     wait_for_port(pacs_port).await;
-    let sink = smtp_sink::SmtpSink::start(free_port());
+    let sink = smtp_sink::SmtpSink::start(common::free_port());
     let mut config = pipeline_config(&db, &work.path().join("spool"), pacs_port);
     // Everything scoring above 0 is held.
     config.pipeline.hold_threshold = 0.0;
@@ -343,13 +358,12 @@ async fn a_held_result_is_not_sent_and_mails_an_alert() {
     send(daemon.local_addr, &[file]).await;
 
     let pool = db.pool().await;
-    common::wait_until(Duration::from_secs(120), "the held result and its alert", || {
-        let pool = pool.clone();
-        async move {
-            common::count(&pool, "SELECT count(*) FROM enhancement WHERE held").await == 1
-                && common::count(&pool, "SELECT count(*) FROM alert").await == 1
-        }
-    })
+    wait_for_counts(
+        &pool,
+        120,
+        "the held result and its alert",
+        &[("SELECT count(*) FROM enhancement WHERE held", 1), ("SELECT count(*) FROM alert", 1)],
+    )
     .await;
     let derived: String =
         sqlx::query_scalar("SELECT derived_sop_instance_uid FROM enhancement WHERE source_sop_instance_uid = $1")
@@ -374,7 +388,7 @@ async fn a_held_result_is_not_sent_and_mails_an_alert() {
 async fn the_doubt_map_goes_to_the_pacs_as_a_secondary_capture_when_configured() {
     let db = common::TestDb::create().await;
     let work = tempfile::tempdir().unwrap();
-    let pacs_port = free_port();
+    let pacs_port = common::free_port();
     let pacs_dir = work.path().join("pacs");
     let _pacs = Pacs::start(pacs_port, &pacs_dir);
     wait_for_port(pacs_port).await;
@@ -384,10 +398,12 @@ async fn the_doubt_map_goes_to_the_pacs_as_a_secondary_capture_when_configured()
     let (file, _, study) = dx_copy(work.path(), "doubt", "-7.0");
     send(daemon.local_addr, &[file]).await;
     let pool = db.pool().await;
-    common::wait_until(Duration::from_secs(120), "the derived instance and its doubt map sent", || {
-        let pool = pool.clone();
-        async move { common::count(&pool, "SELECT count(*) FROM outbox WHERE state = 'sent'").await == 2 }
-    })
+    wait_for_counts(
+        &pool,
+        120,
+        "the derived instance and its doubt map sent",
+        &[("SELECT count(*) FROM outbox WHERE state = 'sent'", 2)],
+    )
     .await;
     let files = received(&pacs_dir);
     assert_eq!(files.len(), 2, "{files:?}");

@@ -13,10 +13,6 @@ use std::time::Duration;
 use common::*;
 use cxr_led_daemon::spool::Spool;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 fn spawn_daemon(config: &Path, log: &Path) -> Child {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
     Command::new(env!("CARGO_BIN_EXE_cxr-ledd"))

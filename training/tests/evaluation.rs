@@ -3,18 +3,13 @@
 //! writing report.md, report.json and the figures, and `export --report`
 //! putting the figures into a bundle's `[metrics]`.
 
+mod common;
+
 use std::path::Path;
-use std::process::Command;
 
 use image::{ImageBuffer, Luma};
 
-fn train(args: &[&str]) -> (String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_cxr-led-train")).args(args).output().expect("run cxr-led-train");
-    let (stdout, stderr) =
-        (String::from_utf8_lossy(&output.stdout).into_owned(), String::from_utf8_lossy(&output.stderr).into_owned());
-    assert!(output.status.success(), "cxr-led-train {args:?} failed:\n{stdout}\n{stderr}");
-    (stdout, stderr)
-}
+use common::train;
 
 /// Two classes a classifier can tell apart: one or two dark "lung fields".
 fn write_class(dir: &Path, prefix: &str, lungs: &[f32], count: usize) {

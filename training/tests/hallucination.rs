@@ -3,19 +3,17 @@
 //! library's number, the benchmark writes its report and figures, and
 //! `--write-bundle` calibrates a bundle that still loads with verified hashes.
 
+mod common;
+
 use std::path::Path;
-use std::process::Command;
 
 use cxr_led_models::hallucination::{self, hold_threshold};
 use cxr_led_models::{Bundle, LedModel, Precision};
 use image::{ImageBuffer, Luma};
 
+/// `cxr-led-train` with `args`; its standard output.
 fn train(args: &[&str]) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_cxr-led-train")).args(args).output().expect("run cxr-led-train");
-    let (stdout, stderr) =
-        (String::from_utf8_lossy(&output.stdout).into_owned(), String::from_utf8_lossy(&output.stderr).into_owned());
-    assert!(output.status.success(), "cxr-led-train {args:?} failed:\n{stdout}\n{stderr}");
-    stdout
+    common::train(args).0
 }
 
 /// A chest-like phantom: bright body, two dark lung fields, rib-like stripes.

@@ -2,20 +2,15 @@
 //! (checkpoint, resume), pairs from G_BA and from the simulator, diffusion
 //! (validation, checkpoint), export, and the exported bundle enhancing an image.
 
+mod common;
+
 use std::path::Path;
-use std::process::Command;
 
 use cxr_led_models::noise::NoiseSource;
 use cxr_led_models::{Bundle, LedModel, Precision};
 use image::{ImageBuffer, Luma};
 
-fn train(args: &[&str]) -> (String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_cxr-led-train")).args(args).output().expect("run cxr-led-train");
-    let (stdout, stderr) =
-        (String::from_utf8_lossy(&output.stdout).into_owned(), String::from_utf8_lossy(&output.stderr).into_owned());
-    assert!(output.status.success(), "cxr-led-train {args:?} failed:\n{stdout}\n{stderr}");
-    (stdout, stderr)
-}
+use common::train;
 
 /// Smooth synthetic "chest" images: two dark lung fields in a bright body, varied per image.
 fn write_phantoms(dir: &Path, count: usize) {

@@ -3,8 +3,9 @@
 //! instance; the CLI reads the source and that derived file back through the
 //! daemon's decoding and must print the same score.
 
+mod common;
+
 use std::path::Path;
-use std::process::Command;
 
 use cxr_led_daemon::config::PipelineConfig;
 use cxr_led_daemon::derive::{self, Provenance};
@@ -52,17 +53,15 @@ fn the_cli_and_the_daemon_give_the_same_score_for_the_same_pair() {
     derive::write_durably(&derived, &derived_path).unwrap();
 
     // The CLI on the same pair of files.
-    let output = Command::new(env!("CARGO_BIN_EXE_cxr-led-train"))
-        .args(["score", "--input"])
-        .arg(&source_path)
-        .arg("--output")
-        .arg(&derived_path)
-        .arg("--bundle")
-        .arg(&bundle_dir)
-        .output()
-        .expect("run cxr-led-train score");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    let (stdout, _) = common::train(&[
+        "score",
+        "--input",
+        source_path.to_str().unwrap(),
+        "--output",
+        derived_path.to_str().unwrap(),
+        "--bundle",
+        bundle_dir.to_str().unwrap(),
+    ]);
     let printed: serde_json::Value = serde_json::from_str(stdout.trim()).expect("score prints JSON");
     let cli_score = printed["score"].as_f64().unwrap();
     assert!((cli_score - enhanced.score).abs() <= 1e-12, "CLI {cli_score} vs daemon {} ({printed})", enhanced.score);

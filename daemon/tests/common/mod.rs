@@ -90,6 +90,11 @@ pub fn test_config(db: &TestDb, spool: &Path) -> Config {
     config
 }
 
+/// A loopback port nobody listens on right now (bound, read, released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
 /// The tiny bundle checked into the repository (random fixed weights).
 pub fn tiny_bundle() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/bundles/tiny")
