@@ -177,6 +177,10 @@ pub struct PipelineConfig {
     /// instance in the derived series, so a radiologist sees where the
     /// enhancement may be inventing detail.
     pub doubt_map_instance: bool,
+    /// Seconds a shutdown (SIGTERM) waits for the images in progress; after
+    /// that their jobs are handed back to the queue (lease released) and the
+    /// next start redoes them. Keep it below systemd's TimeoutStopSec.
+    pub drain_timeout_secs: u64,
 }
 
 impl Default for PipelineConfig {
@@ -197,6 +201,7 @@ impl Default for PipelineConfig {
             poll_interval_ms: 1000,
             output_dir: PathBuf::from("/var/lib/cxr-led/derived"),
             doubt_map_instance: false,
+            drain_timeout_secs: 60,
         }
     }
 }
@@ -299,6 +304,11 @@ impl PipelineConfig {
     /// The lease as a duration.
     pub fn lease(&self) -> Duration {
         Duration::from_secs(self.lease_secs.max(1))
+    }
+
+    /// [`Self::drain_timeout_secs`] as a duration.
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_secs(self.drain_timeout_secs)
     }
 
     /// The delay before retry number `attempt` (1-based): exponential, capped.

@@ -445,8 +445,8 @@ async fn record(
             .execute(&mut *tx)
             .await?;
             tracing::info!(
-                sop_instance_uid = %claimed.sop_instance_uid, destination = %claimed.destination,
-                status = format!("{status:04X}"), attempt, "instance delivered"
+                study_instance_uid = %claimed.study_instance_uid, sop_instance_uid = %claimed.sop_instance_uid,
+                destination = %claimed.destination, status = format!("{status:04X}"), attempt, "instance delivered"
             );
             let word = if *status == 0 { "success" } else { "warning" };
             (

@@ -115,6 +115,21 @@ async fn run(config: cxr_led_daemon::config::Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Logs to stderr: human-readable on a terminal, JSON lines otherwise (the
+/// journal, a file), one object per event with its span fields (study, job),
+/// so IT can search by UID. `RUST_LOG` filters; default `info`.
+fn init_logging() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if std::io::stderr().is_terminal() {
+        builder.init();
+    } else {
+        builder.json().with_current_span(true).with_span_list(false).init();
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::CheckBundle { bundle, device } => {
@@ -137,12 +152,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Run { config } => {
             let config = load_config(&config);
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-                )
-                .init();
+            init_logging();
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(config))?;
         }
         Command::Reproduce { derived_sop_instance_uid, config } => {

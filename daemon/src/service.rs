@@ -85,6 +85,8 @@ pub struct Running {
     delivery: JoinHandle<()>,
     alerts: Option<JoinHandle<()>>,
     stop_workers: tokio::sync::watch::Sender<bool>,
+    abandon_jobs: tokio::sync::watch::Sender<bool>,
+    drain_timeout: Duration,
     workers: Vec<JoinHandle<()>>,
 }
 
@@ -152,6 +154,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     tracing::info!(address = %local_addr, ae_title = %config.ingest.ae_title, "DICOM ingest listening");
     let alerts = mailer.map(|mailer| tokio::spawn(alerts::run(db.clone(), mailer, config.alerts.clone())));
     let (stop_workers, stop) = tokio::sync::watch::channel(false);
+    let (abandon_jobs, abandon) = tokio::sync::watch::channel(false);
     let workers = match enhancer {
         Some(enhancer) => {
             let context = Arc::new(worker::WorkerContext::new(&config, db.clone(), workers_spool, Arc::new(enhancer)));
@@ -159,7 +162,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             (0..config.pipeline.workers)
                 .map(|index| {
                     let worker_id = format!("{host}:{}:{index}", std::process::id());
-                    tokio::spawn(worker::run(Arc::clone(&context), worker_id, stop.clone()))
+                    tokio::spawn(worker::run(Arc::clone(&context), worker_id, stop.clone(), abandon.clone()))
                 })
                 .collect()
         }
@@ -176,15 +179,20 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         delivery,
         alerts,
         stop_workers,
+        abandon_jobs,
+        drain_timeout: config.pipeline.drain_timeout(),
         workers,
     })
 }
 
 impl Running {
-    /// Stops accepting, lets running associations finish (bounded), stops the
-    /// tracker, lets a delivery pass in progress finish (bounded; a delivery
-    /// cut short is sent again once its lease runs out).
+    /// Drains: stops accepting, lets running associations finish (bounded),
+    /// stops the tracker, lets a delivery pass in progress finish (bounded; a
+    /// delivery cut short is sent again once its lease runs out), and gives
+    /// the images in progress `drain-timeout-secs` from now before handing
+    /// their jobs back to the queue.
     pub async fn stop(self) {
+        let deadline = tokio::time::Instant::now() + self.drain_timeout;
         let _ = self.shutdown.send(());
         let _ = self.delivery_shutdown.send(());
         let _ = self.stop_workers.send(true);
@@ -200,10 +208,13 @@ impl Running {
             alerts.abort();
             let _ = alerts.await;
         }
-        // A worker finishes the image it is on; its job is then done or
-        // retried, never lost (the lease would expire otherwise).
-        for worker in self.workers {
-            let _ = worker.await;
+        // A worker finishes the image it is on, or past the deadline hands
+        // its job back; either way nothing waits for a lease to expire.
+        for mut worker in self.workers {
+            if tokio::time::timeout_at(deadline, &mut worker).await.is_err() {
+                let _ = self.abandon_jobs.send(true);
+                let _ = worker.await;
+            }
         }
         self.db.close().await;
     }

@@ -92,16 +92,22 @@ pub enum InstanceOutcome {
     Raced,
 }
 
-/// Runs `workers` worker loops until `stop` turns true; each finishes or
-/// hands back its current job before returning.
-pub async fn run(context: Arc<WorkerContext>, worker_id: String, mut stop: watch::Receiver<bool>) {
+/// Runs one worker loop until `stop` turns true. The job in progress then
+/// finishes, unless `abandon` turns true first (the drain timeout): then it
+/// is handed back to the queue.
+pub async fn run(
+    context: Arc<WorkerContext>,
+    worker_id: String,
+    mut stop: watch::Receiver<bool>,
+    abandon: watch::Receiver<bool>,
+) {
     let poll = Duration::from_millis(context.pipeline.poll_interval_ms.max(10));
     loop {
         if *stop.borrow() {
             return;
         }
         match queue::claim(&context.db, &worker_id, context.pipeline.lease(), context.pipeline.max_attempts).await {
-            Ok(Some(job)) => run_claimed(&context, &worker_id, job).await,
+            Ok(Some(job)) => run_claimed(&context, &worker_id, job, abandon.clone()).await,
             Ok(None) => {
                 tokio::select! {
                     _ = tokio::time::sleep(poll) => {}
@@ -118,7 +124,12 @@ pub async fn run(context: Arc<WorkerContext>, worker_id: String, mut stop: watch
 
 /// Processes one claimed job with a heartbeat renewing its lease, and
 /// records the outcome.
-async fn run_claimed(context: &Arc<WorkerContext>, worker_id: &str, job: ClaimedJob) {
+async fn run_claimed(
+    context: &Arc<WorkerContext>,
+    worker_id: &str,
+    job: ClaimedJob,
+    mut abandon: watch::Receiver<bool>,
+) {
     let span = tracing::info_span!("job", study = %job.study_instance_uid, job = job.id, attempt = job.attempt);
     let _enter = span.enter();
     let lease = context.pipeline.lease();
@@ -140,8 +151,20 @@ async fn run_claimed(context: &Arc<WorkerContext>, worker_id: &str, job: Claimed
             }
         })
     };
-    let result = process_job(context, &job).await;
+    let result = tokio::select! {
+        result = process_job(context, &job) => Some(result),
+        _ = until_true(&mut abandon) => None,
+    };
     heartbeat.abort();
+    let Some(result) = result else {
+        // Dropping process_job rolled back the instance in progress (one
+        // transaction each); instances already recorded stay decided.
+        match queue::release(&context.db, &job, worker_id).await {
+            Ok(()) => tracing::warn!("drain timeout: job handed back to the queue (lease released)"),
+            Err(e) => tracing::error!(error = %e, "drain timeout: could not release the lease; it expires by itself"),
+        }
+        return;
+    };
     match result {
         Ok(summary) => match queue::complete(&context.db, &job, worker_id, &summary).await {
             Ok(true) => tracing::info!("study processed: {summary}"),
@@ -278,6 +301,7 @@ async fn process_instance(
         tx.rollback().await?;
         return Ok(InstanceOutcome::Raced);
     }
+    tracing::info!(sop = %sop, flagged = decision.flagged, rule = decision.rule.as_str(), "exposure decision");
     let decision_data = serde_json::to_value(decision)?;
     audit::record(
         &mut *tx,
@@ -528,4 +552,11 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// Opens a spooled or derived Part 10 file.
 pub fn open(path: &Path) -> anyhow::Result<DefaultDicomObject> {
     open_file(path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// Resolves once the flag is true; never, if its sender is gone.
+async fn until_true(flag: &mut watch::Receiver<bool>) {
+    if flag.wait_for(|value| *value).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }

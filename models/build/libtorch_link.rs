@@ -1,5 +1,6 @@
 // Link-time fixes for libtorch, shared by every crate that builds a binary or
-// test against it (`daemon/build.rs` and `training/build.rs` include this file).
+// test against it (`daemon/build.rs`, `training/build.rs` and `tests/build.rs`
+// include this file).
 //
 // torch-sys tells us where libtorch lives (`DEP_TCH_LIBTORCH_LIB`, from its
 // `links = "tch"` metadata); a crate sees it only when it depends on torch-sys

@@ -214,8 +214,11 @@ impl Pending {
         }
         let spooled = started.elapsed();
         let registered = self.register(shared, peer, &identity, &file_name, size).await;
-        tracing::debug!(
+        // Identified by UIDs only: patient data never goes to the log.
+        tracing::info!(
+            study_instance_uid = %identity.study_instance_uid,
             sop_instance_uid = %identity.sop_instance_uid,
+            bytes = size,
             ?checked,
             ?known,
             ?spooled,
