@@ -1,0 +1,3 @@
+//! Links libtorch with an rpath and keeps libtorch_cuda; see models/build/libtorch_link.rs.
+
+include!("../models/build/libtorch_link.rs");

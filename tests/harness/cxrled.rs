@@ -1,0 +1,203 @@
+//! cxr-ledd as a separate process, as systemd runs it: a configuration file
+//! written for the run, its log (JSON lines) captured to a file.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+
+use crate::wait::wait_until;
+
+/// cxr-led's AE title in the harness.
+pub const CXRLED_AE: &str = "CXRLED";
+
+/// What a harness run of cxr-ledd is configured with.
+#[derive(Debug, Clone)]
+pub struct CxrLedSettings {
+    /// PostgreSQL URL of its own database.
+    pub database_url: String,
+    /// The model bundle folder.
+    pub bundle: PathBuf,
+    /// The DICOM port to listen on (127.0.0.1).
+    pub dicom_port: u16,
+    /// Where the PACS (Orthanc) takes C-STOREs: AE title and port on 127.0.0.1.
+    pub pacs_ae_title: String,
+    /// The PACS's DICOM port.
+    pub pacs_port: u16,
+    /// Seconds of quiet before a study counts as complete.
+    pub quiet_period_secs: f64,
+    /// Hold threshold; negative means the bundle's calibrated one.
+    pub hold_threshold: f64,
+    /// Enhancement workers.
+    pub workers: usize,
+    /// Inference device (auto, cpu, cuda).
+    pub device: String,
+    /// Seconds a SIGTERM waits for the image in progress.
+    pub drain_timeout_secs: u64,
+    /// Refinement start timestep and DDIM steps; 0 = the bundle's.
+    pub t0: u32,
+    /// DDIM steps; 0 = the bundle's.
+    pub steps: u32,
+}
+
+/// A running cxr-ledd (killed on drop).
+#[derive(Debug)]
+pub struct CxrLed {
+    /// The folder with its configuration, spool, derived files and log.
+    pub dir: PathBuf,
+    /// The DICOM port it listens on.
+    pub dicom_port: u16,
+    child: Option<Child>,
+}
+
+/// The cxr-ledd binary: `$CXR_LEDD`, else next to the running executable
+/// (cargo puts test executables in `target/<profile>/deps/`, binaries in
+/// `target/<profile>/`).
+pub fn binary() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("CXR_LEDD") {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe()?;
+    for dir in exe.ancestors().skip(1).take(2) {
+        let candidate = dir.join("cxr-ledd");
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!(
+        "cxr-ledd not found next to {}: build it first (cargo build -p cxr-led-daemon, same profile) or set CXR_LEDD",
+        exe.display()
+    )
+}
+
+impl CxrLed {
+    /// Writes the configuration and starts `cxr-ledd run`; returns once it accepts associations.
+    pub fn start(dir: &Path, settings: &CxrLedSettings) -> anyhow::Result<CxrLed> {
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(dir.join("cxr-ledd.toml"), config_text(dir, settings))?;
+        let mut cxrled = CxrLed { dir: dir.to_path_buf(), dicom_port: settings.dicom_port, child: None };
+        cxrled.launch()?;
+        Ok(cxrled)
+    }
+
+    /// Starts it again (after [`Self::stop`]) with the same configuration.
+    pub fn launch(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path())?;
+        let child = Command::new(binary()?)
+            .args(["run", "--config"])
+            .arg(self.dir.join("cxr-ledd.toml"))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting cxr-ledd")?;
+        self.child = Some(child);
+        let port = self.dicom_port;
+        let child = self.child.as_mut().expect("just set");
+        // The model loads before the port opens, so this also waits for the bundle.
+        wait_until(Duration::from_secs(120), "cxr-ledd to listen", || {
+            if let Ok(Some(status)) = child.try_wait() {
+                bail!("cxr-ledd exited with {status}");
+            }
+            Ok(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok())
+        })
+        .with_context(|| format!("cxr-ledd did not start; its log:\n{}", self.log()))
+    }
+
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Stops it with SIGTERM (a graceful drain) and waits.
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            crate::terminate(&mut child, Duration::from_secs(90))?;
+        }
+        Ok(())
+    }
+
+    /// The log file.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("cxr-ledd.log")
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+}
+
+impl Drop for CxrLed {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The configuration file: defaults from `config/cxr-ledd.toml` except what
+/// a loopback run needs (ports, folders, short quiet period and retries).
+fn config_text(dir: &Path, s: &CxrLedSettings) -> String {
+    let path = |name: &str| toml_string(&dir.join(name).display().to_string());
+    format!(
+        r#"# Written by the cxr-led end-to-end harness.
+[ingest]
+ae-title = "{ae}"
+listen = "127.0.0.1:{port}"
+spool-dir = {spool}
+
+[tracker]
+quiet-period-secs = {quiet}
+poll-interval-ms = 250
+
+[database]
+url = {url}
+max-connections = 8
+
+[pipeline]
+bundle = {bundle}
+device = "{device}"
+t0 = {t0}
+steps = {steps}
+hold-threshold = {hold}
+workers = {workers}
+poll-interval-ms = 250
+retry-initial-secs = 2
+retry-max-secs = 10
+output-dir = {derived}
+drain-timeout-secs = {drain}
+
+[delivery]
+calling-ae-title = "{ae}"
+destinations = [{{ name = "pacs", ae-title = "{pacs_ae}", address = "127.0.0.1:{pacs_port}" }}]
+retry-initial-secs = 1
+retry-max-secs = 4
+poll-interval-ms = 250
+connect-timeout-secs = 5
+"#,
+        ae = CXRLED_AE,
+        port = s.dicom_port,
+        spool = path("spool"),
+        quiet = s.quiet_period_secs,
+        url = toml_string(&s.database_url),
+        bundle = toml_string(&s.bundle.display().to_string()),
+        device = s.device,
+        t0 = s.t0,
+        steps = s.steps,
+        hold = s.hold_threshold,
+        workers = s.workers,
+        derived = path("derived"),
+        drain = s.drain_timeout_secs,
+        pacs_ae = s.pacs_ae_title,
+        pacs_port = s.pacs_port,
+    )
+}
+
+/// A TOML basic string (JSON's escaping is valid TOML).
+fn toml_string(text: &str) -> String {
+    serde_json::to_string(text).expect("a string serialises")
+}
