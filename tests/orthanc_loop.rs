@@ -128,6 +128,20 @@ fn an_under_exposed_study_sent_to_orthanc_comes_back_as_a_derived_series_in_the_
         .unwrap();
     assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stderr));
 
+    // IT's view of the same run: ready, and the counters add up.
+    let ready = cxr_led_e2e::http::get(pacs.cxrled.http_port, "/readyz").unwrap();
+    assert_eq!(ready.status, 200);
+    let metrics = cxr_led_e2e::http::get(pacs.cxrled.http_port, "/metrics").unwrap().text();
+    for sample_line in [
+        "cxr_led_instances_received_total{outcome=\"stored\"} 3",
+        "cxr_led_instances_processed_total{outcome=\"enhanced\"} 2",
+        "cxr_led_instances_processed_total{outcome=\"passed\"} 1",
+        "cxr_led_delivery_attempts_total{outcome=\"sent\"} 2",
+        "cxr_led_jobs{state=\"done\"} 3",
+    ] {
+        assert!(metrics.lines().any(|line| line == sample_line), "{sample_line} not in /metrics:\n{metrics}");
+    }
+
     // A graceful stop, then the log of the whole run: JSON lines that name
     // the instances by UID and never the patient.
     pacs.cxrled.stop().unwrap();

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use common::{fixture, TestDb};
 use cxr_led_daemon::config::{DeliveryConfig, DestinationConfig};
 use cxr_led_daemon::derive::{self, Provenance, StoredPixels};
+use cxr_led_daemon::metrics::Metrics;
 use cxr_led_daemon::{db, deliver};
 use dicom_dictionary_std::tags;
 use dicom_pixeldata::PixelDecoder;
@@ -114,7 +115,7 @@ async fn main() {
     let t = Instant::now();
     let mut sent = 0;
     while sent < copies {
-        sent += deliver::deliver_due(&pool, &config).await.unwrap();
+        sent += deliver::deliver_due(&pool, &config, &Metrics::default()).await.unwrap();
     }
     let ours = t.elapsed();
     let delivered: i64 =

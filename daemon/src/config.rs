@@ -27,6 +27,8 @@ pub struct Config {
     pub mail: MailConfig,
     /// What raises an alert (`[alerts]`).
     pub alerts: AlertsConfig,
+    /// Health and metrics over HTTP (`[http]`).
+    pub http: HttpConfig,
 }
 
 /// The C-STORE / C-ECHO service class provider.
@@ -379,6 +381,24 @@ impl Default for AlertsConfig {
     }
 }
 
+/// The HTTP endpoints for operators and monitoring: `/healthz`, `/readyz`,
+/// `/metrics` (see `daemon/OPERATIONS.md`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Serve the endpoints at all.
+    pub enabled: bool,
+    /// Address and port to listen on. Loopback by default: the endpoints
+    /// have no authentication, so expose them deliberately or not at all.
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { enabled: true, listen: "127.0.0.1:9412".parse().expect("valid default address") }
+    }
+}
+
 /// A configuration that could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -461,7 +481,21 @@ impl Config {
             cxr_led_models::device::parse_device(&pipeline.device)
                 .map_err(|e| Error::Invalid(format!("pipeline.device: {e}")))?;
         }
+        self.validate_http()?;
         self.validate_mail()
+    }
+
+    /// Two listeners on one port cannot both bind; say which keys clash
+    /// instead of failing at start-up with "address in use".
+    fn validate_http(&self) -> Result<(), Error> {
+        let (http, dicom) = (self.http.listen, self.ingest.listen);
+        let overlapping_ips = http.ip() == dicom.ip() || http.ip().is_unspecified() || dicom.ip().is_unspecified();
+        if self.http.enabled && http.port() != 0 && http.port() == dicom.port() && overlapping_ips {
+            return Err(Error::Invalid(format!(
+                "[http] listen {http} and [ingest] listen {dicom} use the same port; pick another for [http]"
+            )));
+        }
+        Ok(())
     }
 
     fn validate_delivery(&self) -> Result<(), Error> {
@@ -641,6 +675,24 @@ mod tests {
         let err = Config::from_toml("[mail]\ntls = \"ssl\"\n").unwrap_err();
         assert!(err.to_string().contains("unknown variant"), "{err}");
         let err = Config::from_toml("[mail]\npassword = \"x\"\n").unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn http_section() {
+        let config = Config::from_toml("").unwrap();
+        assert!(config.http.enabled);
+        assert_eq!(config.http.listen, "127.0.0.1:9412".parse().unwrap());
+        let shipped = Config::from_toml(include_str!("../../config/cxr-ledd.toml")).unwrap();
+        assert_eq!((shipped.http.enabled, shipped.http.listen), (config.http.enabled, config.http.listen));
+        let config = Config::from_toml("[http]\nenabled = false\nlisten = \"[::1]:9000\"\n").unwrap();
+        assert!(!config.http.enabled);
+        assert_eq!(config.http.listen.port(), 9000);
+        let err = Config::from_toml("[http]\nlisten = \"0.0.0.0:11112\"\n").unwrap_err();
+        assert!(err.to_string().contains("same port"), "{err}");
+        // Off, the clash does not matter.
+        Config::from_toml("[http]\nenabled = false\nlisten = \"0.0.0.0:11112\"\n").unwrap();
+        let err = Config::from_toml("[http]\nport = 1\n").unwrap_err();
         assert!(err.to_string().contains("unknown field"), "{err}");
     }
 

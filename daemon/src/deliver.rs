@@ -25,6 +25,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use dicom_dictionary_std::tags;
@@ -43,6 +44,7 @@ use tokio::net::TcpStream;
 use crate::audit;
 use crate::config::{DeliveryConfig, DestinationConfig};
 use crate::ingest::dimse;
+use crate::metrics::Metrics;
 
 /// Adds one pending outbox row per destination for a derived instance, in
 /// the caller's transaction. A row that already exists (a re-run after a
@@ -71,14 +73,19 @@ pub async fn enqueue(
     Ok(())
 }
 
+/// Outbox rows per state (only states that have rows), for the metrics scrape.
+pub async fn counts_by_state(db: &PgPool) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    sqlx::query_as("SELECT state, count(*) FROM outbox GROUP BY state ORDER BY state").fetch_all(db).await
+}
+
 /// The sender: a pass every `poll-interval-ms` (at once again after a pass
 /// that found work) until `shutdown` resolves. A pass in progress finishes
 /// first.
-pub async fn run(db: PgPool, config: DeliveryConfig, shutdown: impl Future<Output = ()>) {
+pub async fn run(db: PgPool, config: DeliveryConfig, metrics: Arc<Metrics>, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
     let poll = Duration::from_millis(config.poll_interval_ms.max(10));
     loop {
-        let wait = match deliver_due(&db, &config).await {
+        let wait = match deliver_due(&db, &config, &metrics).await {
             Ok(0) => poll,
             Ok(_) => Duration::ZERO,
             Err(e) => {
@@ -116,9 +123,9 @@ enum Outcome {
     Error(String),
 }
 
-/// Claims due rows, sends them and records the outcomes. Returns how many
-/// rows were attempted (0 when nothing was due).
-pub async fn deliver_due(db: &PgPool, config: &DeliveryConfig) -> anyhow::Result<usize> {
+/// Claims due rows, sends them and records (and counts) the outcomes.
+/// Returns how many rows were attempted (0 when nothing was due).
+pub async fn deliver_due(db: &PgPool, config: &DeliveryConfig, metrics: &Metrics) -> anyhow::Result<usize> {
     let rows = sqlx::query(
         "WITH due AS ( \
              SELECT id FROM outbox WHERE state = 'pending' AND next_attempt_at <= now() \
@@ -149,11 +156,11 @@ pub async fn deliver_due(db: &PgPool, config: &DeliveryConfig) -> anyhow::Result
             let error =
                 format!("destination {name:?} is not in [delivery] destinations (removed from the configuration?)");
             for claimed in &batch {
-                record(db, config, None, claimed, &Outcome::Error(error.clone())).await?;
+                record(db, config, metrics, None, claimed, &Outcome::Error(error.clone())).await?;
             }
             continue;
         };
-        send_batch(db, config, destination, &batch).await?;
+        send_batch(db, config, metrics, destination, &batch).await?;
     }
     Ok(rows.len())
 }
@@ -163,6 +170,7 @@ pub async fn deliver_due(db: &PgPool, config: &DeliveryConfig) -> anyhow::Result
 async fn send_batch(
     db: &PgPool,
     config: &DeliveryConfig,
+    metrics: &Metrics,
     destination: &DestinationConfig,
     batch: &[Claimed],
 ) -> anyhow::Result<()> {
@@ -174,7 +182,7 @@ async fn send_batch(
         Err(error) => {
             tracing::warn!(destination = %destination.name, error = %error, "cannot associate with destination");
             for claimed in batch {
-                record(db, config, Some(destination), claimed, &Outcome::Error(error.clone())).await?;
+                record(db, config, metrics, Some(destination), claimed, &Outcome::Error(error.clone())).await?;
             }
             return Ok(());
         }
@@ -192,14 +200,16 @@ async fn send_batch(
         .bind(config.lease().as_secs_f64())
         .execute(db)
         .await?;
+        let store_started = std::time::Instant::now();
         let attempt = store(&mut association, config, claimed, message_id).await;
+        metrics.stage_seconds.delivery.observe_duration(store_started.elapsed());
         message_id = message_id.wrapping_add(1).max(1);
         let (outcome, association_usable) = match attempt {
             Ok(outcome) => (outcome, true),
             Err(StoreError::Local(e)) => (Outcome::Error(e), true),
             Err(StoreError::Association(e)) => (Outcome::Error(e), false),
         };
-        record(db, config, Some(destination), claimed, &outcome).await?;
+        record(db, config, metrics, Some(destination), claimed, &outcome).await?;
         if !association_usable {
             // The rest was not tried: make it due again without counting an attempt.
             let rest: Vec<i64> = batch[i + 1..].iter().map(|c| c.id).collect();
@@ -426,6 +436,7 @@ pub fn backoff(config: &DeliveryConfig, attempts: u32, row_id: i64) -> Duration 
 async fn record(
     db: &PgPool,
     config: &DeliveryConfig,
+    metrics: &Metrics,
     destination: Option<&DestinationConfig>,
     claimed: &Claimed,
     outcome: &Outcome,
@@ -517,6 +528,13 @@ async fn record(
     )
     .await?;
     tx.commit().await?;
+    // Counted once recorded, so the counts match the outbox and the audit trail.
+    let counts = &metrics.delivery_attempts;
+    match outcome_word {
+        "success" | "warning" => counts.sent.inc(),
+        "gave-up" => counts.failed.inc(),
+        _ => counts.retry.inc(),
+    }
     Ok(())
 }
 

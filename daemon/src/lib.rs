@@ -13,6 +13,7 @@
 //! - [`db`]: PostgreSQL pool and migrations.
 //! - [`reproduce`]: re-run a recorded enhancement and compare the pixels.
 //! - [`service`]: start-up (recovery), run, shutdown; [`notify`] tells systemd.
+//! - [`http`]: `/healthz`, `/readyz` ([`health`]) and `/metrics` ([`metrics`]) for operators.
 
 pub mod alerts;
 pub mod audit;
@@ -21,8 +22,11 @@ pub mod db;
 pub mod deliver;
 pub mod derive;
 pub mod enhance;
+pub mod health;
+pub mod http;
 pub mod ingest;
 pub mod mail;
+pub mod metrics;
 pub mod notify;
 pub mod pixels;
 pub mod queue;

@@ -225,3 +225,8 @@ pub async fn release(db: &PgPool, job: &ClaimedJob, worker: &str) -> Result<(), 
 pub async fn depth(db: &PgPool) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("SELECT count(*) FROM job WHERE state IN ('queued', 'running')").fetch_one(db).await
 }
+
+/// Jobs per state (only states that have jobs), for the metrics scrape.
+pub async fn counts_by_state(db: &PgPool) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    sqlx::query_as("SELECT state, count(*) FROM job GROUP BY state ORDER BY state").fetch_all(db).await
+}

@@ -1,6 +1,6 @@
 //! Start-up and shutdown of the ingest service: connect and migrate the
-//! database, recover the spool, listen, and run the study tracker and the
-//! delivery sender.
+//! database, recover the spool, serve health and metrics, listen, and run
+//! the study tracker and the delivery sender.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -15,9 +15,11 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::enhance::Enhancer;
+use crate::health::Readiness;
 use crate::ingest::{self, Shared};
+use crate::metrics::{BundleInfo, Metrics};
 use crate::spool::Spool;
-use crate::{alerts, audit, db, deliver, mail, tracker, worker};
+use crate::{alerts, audit, db, deliver, http, mail, tracker, worker};
 
 /// What start-up recovery found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -78,6 +80,11 @@ pub struct Running {
     pub db: PgPool,
     /// What start-up recovery did.
     pub recovery: Recovery,
+    /// The address of the health and metrics endpoints (`None` when `[http]` is off).
+    pub http_addr: Option<SocketAddr>,
+    /// This service's metrics.
+    pub metrics: Arc<Metrics>,
+    http: Option<http::Server>,
     shutdown: oneshot::Sender<()>,
     server: JoinHandle<()>,
     tracker: JoinHandle<()>,
@@ -103,6 +110,20 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let spool = Spool::open(&config.ingest.spool_dir)
         .with_context(|| format!("opening spool {}", config.ingest.spool_dir.display()))?;
     let recovery = recover(&spool, &db).await?;
+    let metrics = Arc::new(Metrics::new());
+    let readiness = Arc::new(Readiness::new(db.clone(), &config.ingest.spool_dir, config.pipeline.enabled));
+    // Up before the model loads: /healthz answers during a long load and
+    // /readyz says what is missing. A failed start-up drops (aborts) it.
+    let http = if config.http.enabled {
+        let endpoints =
+            Arc::new(http::Endpoints { metrics: metrics.clone(), readiness: readiness.clone(), db: db.clone() });
+        let server = http::Server::start(config.http.listen, endpoints)
+            .await
+            .with_context(|| format!("[http] listening on {}", config.http.listen))?;
+        Some(server)
+    } else {
+        None
+    };
     // The model loads before we listen: a bad bundle stops start-up instead
     // of accepting studies nobody will process.
     let enhancer = if config.pipeline.enabled {
@@ -117,6 +138,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             device = %enhancer.device, t0 = enhancer.params.t0, steps = enhancer.params.steps,
             hold_threshold = enhancer.hold_threshold, "model loaded"
         );
+        let _ = metrics.bundle.set(BundleInfo {
+            name: enhancer.bundle_name.clone(),
+            version: enhancer.bundle_version.clone(),
+            sha256: enhancer.bundle_sha256.clone(),
+            device: enhancer.device.clone(),
+        });
+        readiness.set_bundle_loaded();
         Some(enhancer)
     } else {
         None
@@ -129,7 +157,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         tracing::warn!("allowed-calling-ae-titles is empty: any calling AE title may store");
     }
     let workers_spool = Arc::new(Spool::open(&config.ingest.spool_dir)?);
-    let shared = Arc::new(Shared::new(config.ingest.clone(), spool, db.clone()));
+    let shared = Arc::new(Shared::new(config.ingest.clone(), spool, db.clone(), metrics.clone()));
     let (shutdown, stop) = oneshot::channel::<()>();
     let server = tokio::spawn(ingest::serve(
         listener,
@@ -148,7 +176,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     if config.delivery.destinations.is_empty() {
         tracing::warn!("[delivery] destinations is empty: derived instances are not sent anywhere");
     }
-    let delivery = tokio::spawn(deliver::run(db.clone(), config.delivery.clone(), async {
+    let delivery = tokio::spawn(deliver::run(db.clone(), config.delivery.clone(), metrics.clone(), async {
         let _ = delivery_stop.await;
     }));
     tracing::info!(address = %local_addr, ae_title = %config.ingest.ae_title, "DICOM ingest listening");
@@ -157,7 +185,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let (abandon_jobs, abandon) = tokio::sync::watch::channel(false);
     let workers = match enhancer {
         Some(enhancer) => {
-            let context = Arc::new(worker::WorkerContext::new(&config, db.clone(), workers_spool, Arc::new(enhancer)));
+            let context = Arc::new(worker::WorkerContext::new(
+                &config,
+                db.clone(),
+                workers_spool,
+                Arc::new(enhancer),
+                metrics.clone(),
+            ));
             let host = hostname();
             (0..config.pipeline.workers)
                 .map(|index| {
@@ -172,6 +206,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         local_addr,
         db,
         recovery,
+        http_addr: http.as_ref().map(http::Server::local_addr),
+        metrics,
+        http,
         shutdown,
         server,
         tracker,
@@ -188,9 +225,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 impl Running {
     /// Drains: stops accepting, lets running associations finish (bounded),
     /// stops the tracker, lets a delivery pass in progress finish (bounded; a
-    /// delivery cut short is sent again once its lease runs out), and gives
-    /// the images in progress `drain-timeout-secs` from now before handing
-    /// their jobs back to the queue.
+    /// delivery cut short is sent again once its lease runs out), gives the
+    /// images in progress `drain-timeout-secs` from now before handing their
+    /// jobs back to the queue, then stops the health and metrics endpoints.
     pub async fn stop(self) {
         let deadline = tokio::time::Instant::now() + self.drain_timeout;
         let _ = self.shutdown.send(());
@@ -215,6 +252,10 @@ impl Running {
                 let _ = self.abandon_jobs.send(true);
                 let _ = worker.await;
             }
+        }
+        // Last: health and metrics stay visible while the rest drains.
+        if let Some(http) = self.http {
+            http.stop().await;
         }
         self.db.close().await;
     }

@@ -21,6 +21,7 @@ use tokio::sync::watch;
 use crate::config::{Config, DeliveryConfig, ExposureConfig, PipelineConfig};
 use crate::derive::{self, Provenance};
 use crate::enhance::{EnhancedImage, Enhancer};
+use crate::metrics::Metrics;
 use crate::pixels::{self, DisplayImage};
 use crate::queue::{self, ClaimedJob, FailOutcome};
 use crate::spool::Spool;
@@ -43,11 +44,19 @@ pub struct WorkerContext {
     pub delivery: DeliveryConfig,
     /// Whether to add the doubt map to the derived series.
     pub doubt_map_instance: bool,
+    /// Where stage latencies, scores and outcomes are counted.
+    pub metrics: Arc<Metrics>,
 }
 
 impl WorkerContext {
     /// A context from the configuration and a loaded model.
-    pub fn new(config: &Config, db: PgPool, spool: Arc<Spool>, enhancer: Arc<Enhancer>) -> WorkerContext {
+    pub fn new(
+        config: &Config,
+        db: PgPool,
+        spool: Arc<Spool>,
+        enhancer: Arc<Enhancer>,
+        metrics: Arc<Metrics>,
+    ) -> WorkerContext {
         WorkerContext {
             db,
             enhancer,
@@ -56,6 +65,7 @@ impl WorkerContext {
             exposure: config.exposure.clone(),
             delivery: config.delivery.clone(),
             doubt_map_instance: config.pipeline.doubt_map_instance,
+            metrics,
         }
     }
 }
@@ -156,7 +166,9 @@ async fn run_claimed(
         _ = until_true(&mut abandon) => None,
     };
     heartbeat.abort();
+    let jobs = &context.metrics.job_attempts;
     let Some(result) = result else {
+        jobs.handed_back.inc();
         // Dropping process_job rolled back the instance in progress (one
         // transaction each); instances already recorded stay decided.
         match queue::release(&context.db, &job, worker_id).await {
@@ -167,8 +179,14 @@ async fn run_claimed(
     };
     match result {
         Ok(summary) => match queue::complete(&context.db, &job, worker_id, &summary).await {
-            Ok(true) => tracing::info!("study processed: {summary}"),
-            Ok(false) => tracing::warn!("study processed but the lease was lost; the other worker's result stands"),
+            Ok(true) => {
+                jobs.done.inc();
+                tracing::info!("study processed: {summary}")
+            }
+            Ok(false) => {
+                jobs.lease_lost.inc();
+                tracing::warn!("study processed but the lease was lost; the other worker's result stands")
+            }
             Err(e) => tracing::error!(error = %e, "could not mark the job done; it will be re-run (idempotent)"),
         },
         Err(JobError { error, permanent }) => {
@@ -177,9 +195,18 @@ async fn run_claimed(
             match queue::fail(&context.db, &job, worker_id, &message, permanent, context.pipeline.max_attempts, delay)
                 .await
             {
-                Ok(FailOutcome::Retry(delay)) => tracing::warn!("job failed, retry in {delay:?}: {message}"),
-                Ok(FailOutcome::Dead) => tracing::error!("job failed, dead letter: {message}"),
-                Ok(FailOutcome::LeaseLost) => tracing::warn!("job failed after its lease was lost: {message}"),
+                Ok(FailOutcome::Retry(delay)) => {
+                    jobs.retry.inc();
+                    tracing::warn!("job failed, retry in {delay:?}: {message}")
+                }
+                Ok(FailOutcome::Dead) => {
+                    jobs.dead.inc();
+                    tracing::error!("job failed, dead letter: {message}")
+                }
+                Ok(FailOutcome::LeaseLost) => {
+                    jobs.lease_lost.inc();
+                    tracing::warn!("job failed after its lease was lost: {message}")
+                }
                 Err(e) => tracing::error!(error = %e, "could not record the job failure: {message}"),
             }
         }
@@ -214,12 +241,21 @@ pub async fn process_job(context: &Arc<WorkerContext>, job: &ClaimedJob) -> Resu
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
     let mut counts = std::collections::BTreeMap::<&str, usize>::new();
+    let processed = &context.metrics.instances_processed;
     for source in &sources {
         let outcome = if source.decided {
             InstanceOutcome::AlreadyDecided
         } else {
             process_instance(context, job, source).await?
         };
+        match outcome {
+            InstanceOutcome::Passed => processed.passed.inc(),
+            InstanceOutcome::Enhanced => processed.enhanced.inc(),
+            InstanceOutcome::Held => processed.held.inc(),
+            InstanceOutcome::Failed => processed.failed.inc(),
+            // Counted when (and by whom) it was decided.
+            InstanceOutcome::AlreadyDecided | InstanceOutcome::Raced => {}
+        }
         let name = match outcome {
             InstanceOutcome::AlreadyDecided => "already decided",
             InstanceOutcome::Passed => "passed",
@@ -440,6 +476,7 @@ async fn record_enhancement(
 /// Gate, and for a flagged image: decode, enhance, derive and write.
 fn process_blocking(context: &WorkerContext, sop_instance_uid: &str, path: &Path) -> Result<Processed, JobError> {
     let started = Instant::now();
+    let stages = &context.metrics.stage_seconds;
     let object = match open_file(path) {
         Ok(object) => object,
         Err(e) => {
@@ -452,6 +489,7 @@ fn process_blocking(context: &WorkerContext, sop_instance_uid: &str, path: &Path
         }
     };
     let mut image: Option<DisplayImage> = None;
+    let triage_started = Instant::now();
     let decision = match triage::decide_from_tags(&object, &context.exposure) {
         Some(decision) => decision,
         None => match pixels::decode_display(&object) {
@@ -467,6 +505,7 @@ fn process_blocking(context: &WorkerContext, sop_instance_uid: &str, path: &Path
             }
         },
     };
+    stages.triage.observe_duration(triage_started.elapsed());
     if !decision.flagged {
         return Ok(Processed::Passed(decision));
     }
@@ -475,9 +514,17 @@ fn process_blocking(context: &WorkerContext, sop_instance_uid: &str, path: &Path
         Err(e) => return Ok(Processed::Unprocessable(decision, e.to_string())),
     };
     let enhancer = &context.enhancer;
+    let enhancement_started = Instant::now();
     let enhanced = enhancer.enhance(sop_instance_uid, &image.pixels, image.rows, image.columns, |enhanced| {
         pixels::as_delivered(&image, enhanced)
     })?;
+    stages.enhancement.observe_duration(enhancement_started.elapsed());
+    let model = &context.metrics.enhancement_seconds;
+    model.estimate.observe(enhanced.timings.estimate_s);
+    model.refinement.observe(enhanced.timings.refinement_s);
+    model.score.observe(enhanced.timings.score_s);
+    context.metrics.hallucination_score.observe(enhanced.score);
+    let derive_started = Instant::now();
     let stored = pixels::to_stored(&image, &enhanced.pixels);
     let params = serde_json::to_string(&enhancer.params)?;
     let derived_sop_instance_uid = derive::uid_from_parts(&[
@@ -529,6 +576,7 @@ fn process_blocking(context: &WorkerContext, sop_instance_uid: &str, path: &Path
         None
     };
     let pixel_sha256 = sha256_hex(&pixels::stored_bytes(&stored));
+    stages.derive.observe_duration(derive_started.elapsed());
     Ok(Processed::Enhanced(Box::new(Derived {
         decision,
         sop_class_uid,

@@ -12,6 +12,7 @@ use std::time::Duration;
 use common::*;
 use cxr_led_daemon::config::{DeliveryConfig, DestinationConfig};
 use cxr_led_daemon::derive::{self, Provenance, StoredPixels};
+use cxr_led_daemon::metrics::Metrics;
 use cxr_led_daemon::{db, deliver};
 use dicom_dictionary_std::tags;
 use dicom_object::open_file;
@@ -165,7 +166,7 @@ async fn outbox(pool: &PgPool, destination: &str) -> OutboxRow {
 /// Runs passes until the destination's row is no longer pending (or `limit` passes).
 async fn deliver_until_settled(pool: &PgPool, config: &DeliveryConfig, destination: &str) -> OutboxRow {
     for _ in 0..100 {
-        deliver::deliver_due(pool, config).await.unwrap();
+        deliver::deliver_due(pool, config, &Metrics::default()).await.unwrap();
         let row = outbox(pool, destination).await;
         if row.state != "pending" {
             return row;
@@ -202,7 +203,7 @@ async fn pacs_down_then_up_gets_the_instance_once() {
     assert_eq!(count(&pool, "SELECT count(*) FROM outbox").await, 1);
 
     // The PACS is down: a failure is recorded with a retry time, nothing is lost.
-    assert_eq!(deliver::deliver_due(&pool, &config).await.unwrap(), 1);
+    assert_eq!(deliver::deliver_due(&pool, &config, &Metrics::default()).await.unwrap(), 1);
     let row = outbox(&pool, "pacs").await;
     assert_eq!((row.state.as_str(), row.attempts, row.sent), ("pending", 1, false), "{row:?}");
     let error = row.last_error.unwrap();
@@ -210,7 +211,7 @@ async fn pacs_down_then_up_gets_the_instance_once() {
     assert!(row.due_in_secs > 0.5 && row.due_in_secs < 1.2, "{}", row.due_in_secs);
     assert_eq!(audit_count(&pool, "delivery-failed", "failure").await, 1);
     // Not due yet: the next pass does nothing.
-    assert_eq!(deliver::deliver_due(&pool, &config).await.unwrap(), 0);
+    assert_eq!(deliver::deliver_due(&pool, &config, &Metrics::default()).await.unwrap(), 0);
 
     // The PACS comes up: the next due pass sends it.
     let pacs = StoreScp::start(port, &[]);
@@ -231,7 +232,7 @@ async fn pacs_down_then_up_gets_the_instance_once() {
 
     // More passes send nothing more.
     for _ in 0..3 {
-        assert_eq!(deliver::deliver_due(&pool, &config).await.unwrap(), 0);
+        assert_eq!(deliver::deliver_due(&pool, &config, &Metrics::default()).await.unwrap(), 0);
     }
     let files = pacs.files();
     assert_eq!(files.len(), 1, "{files:?}");
@@ -289,7 +290,7 @@ async fn refusing_destination_is_retried_and_gives_up_only_when_told() {
     config.max_attempts = 3;
     enqueue(&pool, &file, &config.destinations).await;
 
-    assert_eq!(deliver::deliver_due(&pool, &config).await.unwrap(), 1);
+    assert_eq!(deliver::deliver_due(&pool, &config, &Metrics::default()).await.unwrap(), 1);
     let row = outbox(&pool, "refusing").await;
     assert_eq!((row.state.as_str(), row.attempts), ("pending", 1), "{row:?}");
     let error = row.last_error.unwrap();
@@ -305,7 +306,7 @@ async fn refusing_destination_is_retried_and_gives_up_only_when_told() {
     assert!(detail.contains("giving up after 3 attempts"), "{detail}");
     assert!(pacs.files().is_empty());
     // A failed row is never picked up again.
-    assert_eq!(deliver::deliver_due(&pool, &config).await.unwrap(), 0);
+    assert_eq!(deliver::deliver_due(&pool, &config, &Metrics::default()).await.unwrap(), 0);
     pool.close().await;
 }
 
@@ -330,7 +331,7 @@ async fn failure_status_is_recorded_and_a_resend_is_the_same_instance() {
     let config = delivery_config(vec![destination("ledpacs", AE, pacs.local_addr.port())]);
     enqueue(&pool, &file, &config.destinations).await;
 
-    assert_eq!(deliver::deliver_due(&pool, &config).await.unwrap(), 1);
+    assert_eq!(deliver::deliver_due(&pool, &config, &Metrics::default()).await.unwrap(), 1);
     let row = outbox(&pool, "ledpacs").await;
     assert_eq!((row.state.as_str(), row.attempts, row.last_status), ("pending", 1, Some(0xA700)), "{row:?}");
     assert!(row.last_error.as_deref().unwrap().starts_with("refused with status A700"), "{row:?}");
@@ -412,14 +413,14 @@ async fn two_senders_on_one_database_send_each_row_once() {
         async {
             let mut n = 0;
             for _ in 0..6 {
-                n += deliver::deliver_due(&pool, &config).await.unwrap();
+                n += deliver::deliver_due(&pool, &config, &Metrics::default()).await.unwrap();
             }
             n
         },
         async {
             let mut n = 0;
             for _ in 0..6 {
-                n += deliver::deliver_due(&pool, &config).await.unwrap();
+                n += deliver::deliver_due(&pool, &config, &Metrics::default()).await.unwrap();
             }
             n
         }

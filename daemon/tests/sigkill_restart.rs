@@ -61,7 +61,7 @@ async fn sigkill_during_200_instance_send_loses_nothing_acknowledged() {
         format!(
             "[ingest]\nlisten = \"127.0.0.1:{port}\"\nspool-dir = \"{}\"\n[tracker]\nquiet-period-secs = 2.0\n\
              poll-interval-ms = 100\n[database]\nurl = \"{}\"\nmax-connections = 4\n\
-             [pipeline]\nenabled = false\n",
+             [pipeline]\nenabled = false\n[http]\nlisten = \"127.0.0.1:0\"\n",
             spool.path().display(),
             db.url
         ),

@@ -114,6 +114,7 @@ fn main() -> anyhow::Result<()> {
     println!("== where to look");
     println!("Orthanc Explorer: http://127.0.0.1:{}/app/explorer.html", args.orthanc_http_port);
     println!("cxr-led log (JSON lines): {}", pacs.cxrled.log_path().display());
+    println!("cxr-led health and metrics: http://127.0.0.1:{0}/readyz, http://127.0.0.1:{0}/metrics", pacs.cxrled.http_port);
     println!("cxr-led database: {}", pacs.db.url);
     let query = "SELECT source_sop_instance_uid, exposure_rule, deviation_index, bundle_name, round(score::numeric, 3)::float8 AS score, held, deliveries->0->>'state' AS delivery FROM audit_derived_instance ORDER BY source_received_at";
     println!();

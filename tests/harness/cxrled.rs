@@ -21,6 +21,8 @@ pub struct CxrLedSettings {
     pub bundle: PathBuf,
     /// The DICOM port to listen on (127.0.0.1).
     pub dicom_port: u16,
+    /// The health and metrics port (127.0.0.1).
+    pub http_port: u16,
     /// Where the PACS (Orthanc) takes C-STOREs: AE title and port on 127.0.0.1.
     pub pacs_ae_title: String,
     /// The PACS's DICOM port.
@@ -48,6 +50,8 @@ pub struct CxrLed {
     pub dir: PathBuf,
     /// The DICOM port it listens on.
     pub dicom_port: u16,
+    /// Its health and metrics port.
+    pub http_port: u16,
     child: Option<Child>,
 }
 
@@ -76,7 +80,7 @@ impl CxrLed {
     pub fn start(dir: &Path, settings: &CxrLedSettings) -> anyhow::Result<CxrLed> {
         std::fs::create_dir_all(dir)?;
         std::fs::write(dir.join("cxr-ledd.toml"), config_text(dir, settings))?;
-        let mut cxrled = CxrLed { dir: dir.to_path_buf(), dicom_port: settings.dicom_port, child: None };
+        let mut cxrled = CxrLed { dir: dir.to_path_buf(), dicom_port: settings.dicom_port, http_port: settings.http_port, child: None };
         cxrled.launch()?;
         Ok(cxrled)
     }
@@ -171,6 +175,9 @@ retry-max-secs = 10
 output-dir = {derived}
 drain-timeout-secs = {drain}
 
+[http]
+listen = "127.0.0.1:{http_port}"
+
 [delivery]
 calling-ae-title = "{ae}"
 destinations = [{{ name = "pacs", ae-title = "{pacs_ae}", address = "127.0.0.1:{pacs_port}" }}]
@@ -181,6 +188,7 @@ connect-timeout-secs = 5
 "#,
         ae = CXRLED_AE,
         port = s.dicom_port,
+        http_port = s.http_port,
         spool = path("spool"),
         quiet = s.quiet_period_secs,
         url = toml_string(&s.database_url),

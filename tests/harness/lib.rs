@@ -124,6 +124,7 @@ impl PacsLoop {
             database_url: db.url.clone(),
             bundle: options.bundle.clone(),
             dicom_port: cxrled_dicom,
+            http_port: free_port()?,
             pacs_ae_title: ORTHANC_AE.into(),
             pacs_port: orthanc_dicom,
             quiet_period_secs: options.quiet_period_secs,

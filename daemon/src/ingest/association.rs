@@ -15,6 +15,7 @@ use super::dimse::{self, status, Command};
 use super::store::{self, Pending};
 use super::{Shared, STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, VERIFICATION};
 use crate::audit;
+use crate::metrics::Metrics;
 
 /// The access policy of one incoming association: called AE title, calling
 /// AE title allow-list and peer address allow-list. It remembers what it saw
@@ -95,6 +96,7 @@ pub async fn run(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let mut association = match established {
         Ok(Ok(association)) => association,
         Ok(Err(UlError::Rejected { association_rj, .. })) => {
+            shared.metrics.associations.rejected.inc();
             let detail = seen.refusal.unwrap_or_else(|| association_rj.source.to_string());
             tracing::warn!(peer = %peer_text, calling = %seen.calling, reason = %detail, "association rejected");
             audit::record_or_log(
@@ -113,17 +115,21 @@ pub async fn run(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
             return;
         }
         Ok(Err(e)) => {
+            shared.metrics.associations.failed.inc();
             let detail = format!("negotiation failed: {e}");
             tracing::info!(peer = %peer_text, "association {detail}");
             audit_failed(&shared, &peer_text, &seen, &detail).await;
             return;
         }
         Err(_) => {
+            shared.metrics.associations.failed.inc();
             tracing::info!(peer = %peer_text, "association request timed out");
             audit_failed(&shared, &peer_text, &seen, "no A-ASSOCIATE-RQ within read-timeout-secs").await;
             return;
         }
     };
+    shared.metrics.associations.accepted.inc();
+    let _active = ActiveAssociation::count(&shared.metrics);
     let calling = association.peer_ae_title().trim().to_string();
     let called = seen.called;
     let accepted: Vec<String> = association
@@ -207,6 +213,23 @@ pub async fn run(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         let _ = association.abort().await;
     }
     tracing::info!(peer = %peer_text, calling = %calling, "association ended: {end}");
+}
+
+/// Counts an association as active until dropped (also when its task is
+/// aborted at shutdown).
+struct ActiveAssociation<'a>(&'a Metrics);
+
+impl<'a> ActiveAssociation<'a> {
+    fn count(metrics: &'a Metrics) -> ActiveAssociation<'a> {
+        metrics.associations_active.inc();
+        ActiveAssociation(metrics)
+    }
+}
+
+impl Drop for ActiveAssociation<'_> {
+    fn drop(&mut self) {
+        self.0.associations_active.dec();
+    }
 }
 
 async fn audit_failed(shared: &Shared, peer: &str, seen: &Seen, detail: &str) {

@@ -31,6 +31,7 @@ use tokio::task::JoinSet;
 
 use crate::audit;
 use crate::config::IngestConfig;
+use crate::metrics::Metrics;
 use crate::spool::Spool;
 
 /// Verification SOP class.
@@ -73,12 +74,14 @@ pub struct Shared {
     /// SOP Instance UIDs being stored right now: a second copy waits for the
     /// first to finish, then is recognised as a duplicate.
     pub in_flight: Mutex<HashSet<String>>,
+    /// Where associations and received instances are counted.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Shared {
     /// Bundles the parts.
-    pub fn new(config: IngestConfig, spool: Spool, db: PgPool) -> Shared {
-        Shared { config, spool, db, in_flight: Mutex::new(HashSet::new()) }
+    pub fn new(config: IngestConfig, spool: Spool, db: PgPool, metrics: Arc<Metrics>) -> Shared {
+        Shared { config, spool, db, in_flight: Mutex::new(HashSet::new()), metrics }
     }
 }
 
@@ -148,6 +151,7 @@ async fn reject_busy(mut socket: TcpStream, peer: SocketAddr, shared: Arc<Shared
             let _ = socket.shutdown().await;
         }
     }
+    shared.metrics.associations.rejected.inc();
     let peer = peer.to_string();
     tracing::warn!(peer = %peer, "association rejected: too many concurrent associations");
     audit::record_or_log(

@@ -47,6 +47,8 @@ pub struct Pending {
     /// The failure status decided so far; the rest of the data set is still read and dropped.
     failure: Option<(u16, String)>,
     received: u64,
+    /// When the C-STORE request arrived (the receive stage's latency).
+    started: std::time::Instant,
 }
 
 /// The fields of a received data set the ingest records.
@@ -91,6 +93,7 @@ impl Pending {
             temp: None,
             failure: refusal,
             received: 0,
+            started: std::time::Instant::now(),
         };
         if pending.failure.is_some() {
             return pending;
@@ -134,6 +137,7 @@ impl Pending {
         if let Some(temp) = self.temp.take() {
             temp.discard().await;
         }
+        shared.metrics.instances_received.abandoned.inc();
         let detail = format!("association ended mid-transfer ({why}) after {} bytes; nothing stored", self.received);
         tracing::warn!(sop_instance_uid = %self.command.affected_sop_instance_uid, "{detail}");
         record_instance(shared, peer, &self.command.affected_sop_instance_uid, None, "failure", &detail).await;
@@ -153,9 +157,19 @@ impl Pending {
             (None, None) => Err((status::OUT_OF_RESOURCES, "no spool file".to_string())),
             (None, Some(temp)) => self.store(shared, peer, temp).await,
         };
+        let received = &shared.metrics.instances_received;
+        shared.metrics.stage_seconds.receive.observe_duration(self.started.elapsed());
         match outcome {
-            Ok(stored) => (status::SUCCESS, stored),
+            Ok(None) => {
+                received.stored.inc();
+                (status::SUCCESS, None)
+            }
+            Ok(Some(note)) => {
+                received.duplicate.inc();
+                (status::SUCCESS, Some(note))
+            }
             Err((code, comment)) => {
+                received.failed.inc();
                 tracing::warn!(sop_instance_uid = %uid, status = format!("{code:04X}"), "C-STORE failed: {comment}");
                 let detail = format!("status {code:04X}: {comment}");
                 record_instance(shared, peer, &uid, None, "failure", &detail).await;

@@ -25,7 +25,7 @@ pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
 }
 
-fn admin_url() -> String {
+pub fn admin_url() -> String {
     std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
@@ -87,6 +87,8 @@ pub fn test_config(db: &TestDb, spool: &Path) -> Config {
     // Ingest tests run no workers; pipeline tests turn them on with `pipeline_config`.
     config.pipeline.enabled = false;
     config.pipeline.output_dir = spool.join("derived");
+    // Many services run in one test process: each gets its own HTTP port.
+    config.http.listen = "127.0.0.1:0".parse().unwrap();
     config
 }
 
