@@ -62,7 +62,12 @@ fn an_under_exposed_study_sent_to_orthanc_comes_back_as_a_derived_series_in_the_
         assert!(text(&derived, tags::IMAGE_TYPE).starts_with("DERIVED\\SECONDARY"), "{}", sample.label);
         assert_eq!(text(&derived, tags::SERIES_DESCRIPTION), derive::SERIES_DESCRIPTION);
         assert_eq!(derived.element(tags::ROWS).unwrap().to_int::<u32>().unwrap(), sample.rows, "{}", sample.label);
-        assert_eq!(derived.element(tags::COLUMNS).unwrap().to_int::<u32>().unwrap(), sample.columns, "{}", sample.label);
+        assert_eq!(
+            derived.element(tags::COLUMNS).unwrap().to_int::<u32>().unwrap(),
+            sample.columns,
+            "{}",
+            sample.label
+        );
         // The source is named, and the provenance and score travel in our private block.
         let source = derived.element(tags::SOURCE_IMAGE_SEQUENCE).unwrap().items().unwrap()[0]
             .element(tags::REFERENCED_SOP_INSTANCE_UID)
@@ -197,7 +202,9 @@ fn orthanc_restarted_while_results_are_pending_still_gets_every_result_once() {
     assert_eq!(pacs.orthanc.instance_count().unwrap(), 6);
     // And the sources were forwarded once: Orthanc's restart did not send them again.
     assert_eq!(
-        pacs.db.count("SELECT count(*) FROM audit_event WHERE event = 'instance-received' AND outcome = 'success'").unwrap(),
+        pacs.db
+            .count("SELECT count(*) FROM audit_event WHERE event = 'instance-received' AND outcome = 'success'")
+            .unwrap(),
         3
     );
     assert_eq!(pacs.db.count("SELECT count(*) FROM instance").unwrap(), 3);

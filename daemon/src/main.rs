@@ -153,7 +153,12 @@ fn main() -> anyhow::Result<()> {
         Command::Run { config } => {
             let config = load_config(&config);
             init_logging();
-            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(config))?;
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let result = runtime.block_on(run(config));
+            // An image abandoned at the drain timeout may still be computing on
+            // a blocking thread; its job is already handed back, so don't wait.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            result?;
         }
         Command::Reproduce { derived_sop_instance_uid, config } => {
             let config = load_config(&config);

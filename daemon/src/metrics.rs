@@ -353,7 +353,13 @@ impl Metrics {
             "cxr_led_job_attempts_total",
             "Study job attempts of this process's workers, by how they ended.",
             "outcome",
-            &[("done", &j.done), ("retry", &j.retry), ("dead", &j.dead), ("lease_lost", &j.lease_lost), ("handed_back", &j.handed_back)],
+            &[
+                ("done", &j.done),
+                ("retry", &j.retry),
+                ("dead", &j.dead),
+                ("lease_lost", &j.lease_lost),
+                ("handed_back", &j.handed_back),
+            ],
         );
         let d = &self.delivery_attempts;
         out.counter(

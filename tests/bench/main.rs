@@ -58,7 +58,9 @@ fn main() -> anyhow::Result<()> {
             pacs.orthanc.upload(&sample.path)?;
             let seconds = pacs.wait_for_derived(&[&sample], start, Duration::from_secs(1800))?[0];
             println!("latency  {:<24} {}x{}: {seconds:.2} s", sample.label, sample.columns, sample.rows);
-            latency.push(json!({ "study": sample.label, "columns": sample.columns, "rows": sample.rows, "seconds": seconds }));
+            latency.push(
+                json!({ "study": sample.label, "columns": sample.columns, "rows": sample.rows, "seconds": seconds }),
+            );
         }
     }
 

@@ -14,7 +14,10 @@ use cxr_led_e2e::{tail, LoopOptions, PacsLoop};
 use sqlx::Row;
 
 #[derive(Parser)]
-#[command(name = "cxr-led-demo", about = "Orthanc forwards under-exposed chest X-rays to cxr-led and gets the derived series back")]
+#[command(
+    name = "cxr-led-demo",
+    about = "Orthanc forwards under-exposed chest X-rays to cxr-led and gets the derived series back"
+)]
 struct Args {
     /// The model bundle (default: models/bundles/default when present, else models/bundles/tiny).
     #[arg(long)]
@@ -52,8 +55,11 @@ fn main() -> anyhow::Result<()> {
     });
     let tiny = bundle.canonicalize().ok() == cxr_led_e2e::tiny_bundle().canonicalize().ok();
     for port in [args.orthanc_http_port, args.orthanc_dicom_port, args.cxrled_port] {
-        std::net::TcpListener::bind(("127.0.0.1", port))
-            .with_context(|| format!("port {port} is in use: pick free ones with --orthanc-http-port, --orthanc-dicom-port, --cxrled-port"))?;
+        std::net::TcpListener::bind(("127.0.0.1", port)).with_context(|| {
+            format!(
+                "port {port} is in use: pick free ones with --orthanc-http-port, --orthanc-dicom-port, --cxrled-port"
+            )
+        })?;
     }
     if args.dir.exists() {
         std::fs::remove_dir_all(&args.dir).with_context(|| format!("emptying {}", args.dir.display()))?;
@@ -83,9 +89,15 @@ fn main() -> anyhow::Result<()> {
     let start = Instant::now();
     for sample in &samples {
         pacs.orthanc.upload(&sample.path)?;
-        println!("demo: uploaded {} (DI {:+.1}, {}x{}) to Orthanc", sample.label, sample.deviation_index, sample.columns, sample.rows);
+        println!(
+            "demo: uploaded {} (DI {:+.1}, {}x{}) to Orthanc",
+            sample.label, sample.deviation_index, sample.columns, sample.rows
+        );
     }
-    println!("demo: Orthanc forwards each study once it is stable ({} s); cxr-led enhances the under-exposed ones...", options.stable_age_secs);
+    println!(
+        "demo: Orthanc forwards each study once it is stable ({} s); cxr-led enhances the under-exposed ones...",
+        options.stable_age_secs
+    );
     let under: Vec<&Sample> = samples.iter().filter(|s| s.deviation_index < -3.0).collect();
     let seconds = pacs.wait_for_derived(&under, start, Duration::from_secs(1800))?;
     cxr_led_e2e::wait::wait_until(Duration::from_secs(120), "every job done", || {
@@ -101,10 +113,19 @@ fn main() -> anyhow::Result<()> {
                 let wait = under.iter().position(|s| s.label == sample.label).map(|i| seconds[i]).unwrap_or_default();
                 println!(
                     "{:<26} DI {:+.1}: derived series {} back in its study after {:.1} s ({} series in the study now)",
-                    sample.label, sample.deviation_index, derived["ID"].as_str().unwrap_or("?"), wait, series.len()
+                    sample.label,
+                    sample.deviation_index,
+                    derived["ID"].as_str().unwrap_or("?"),
+                    wait,
+                    series.len()
                 );
             }
-            None => println!("{:<26} DI {:+.1}: well exposed, nothing sent back ({} series)", sample.label, sample.deviation_index, series.len()),
+            None => println!(
+                "{:<26} DI {:+.1}: well exposed, nothing sent back ({} series)",
+                sample.label,
+                sample.deviation_index,
+                series.len()
+            ),
         }
     }
     if tiny {
@@ -114,7 +135,10 @@ fn main() -> anyhow::Result<()> {
     println!("== where to look");
     println!("Orthanc Explorer: http://127.0.0.1:{}/app/explorer.html", args.orthanc_http_port);
     println!("cxr-led log (JSON lines): {}", pacs.cxrled.log_path().display());
-    println!("cxr-led health and metrics: http://127.0.0.1:{0}/readyz, http://127.0.0.1:{0}/metrics", pacs.cxrled.http_port);
+    println!(
+        "cxr-led health and metrics: http://127.0.0.1:{0}/readyz, http://127.0.0.1:{0}/metrics",
+        pacs.cxrled.http_port
+    );
     println!("cxr-led database: {}", pacs.db.url);
     let query = "SELECT source_sop_instance_uid, exposure_rule, deviation_index, bundle_name, round(score::numeric, 3)::float8 AS score, held, deliveries->0->>'state' AS delivery FROM audit_derived_instance ORDER BY source_received_at";
     println!();

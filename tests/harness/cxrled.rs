@@ -80,7 +80,12 @@ impl CxrLed {
     pub fn start(dir: &Path, settings: &CxrLedSettings) -> anyhow::Result<CxrLed> {
         std::fs::create_dir_all(dir)?;
         std::fs::write(dir.join("cxr-ledd.toml"), config_text(dir, settings))?;
-        let mut cxrled = CxrLed { dir: dir.to_path_buf(), dicom_port: settings.dicom_port, http_port: settings.http_port, child: None };
+        let mut cxrled = CxrLed {
+            dir: dir.to_path_buf(),
+            dicom_port: settings.dicom_port,
+            http_port: settings.http_port,
+            child: None,
+        };
         cxrled.launch()?;
         Ok(cxrled)
     }

@@ -32,9 +32,9 @@ impl Database {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let admin = admin_url();
         runtime.block_on(async {
-            let mut conn = PgConnection::connect(&admin)
-                .await
-                .with_context(|| format!("connecting to {admin} (set DATABASE_URL to a server where we may create databases)"))?;
+            let mut conn = PgConnection::connect(&admin).await.with_context(|| {
+                format!("connecting to {admin} (set DATABASE_URL to a server where we may create databases)")
+            })?;
             sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn).await?;
             sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await?;
             conn.close().await.ok();

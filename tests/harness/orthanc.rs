@@ -67,7 +67,13 @@ pub struct Orthanc {
 
 impl Orthanc {
     /// Writes the configuration and starts Orthanc; returns once its REST API answers.
-    pub fn start(dir: &Path, http_port: u16, dicom_port: u16, cxrled: &CxrLedPeer, stable_age_secs: u32) -> anyhow::Result<Orthanc> {
+    pub fn start(
+        dir: &Path,
+        http_port: u16,
+        dicom_port: u16,
+        cxrled: &CxrLedPeer,
+        stable_age_secs: u32,
+    ) -> anyhow::Result<Orthanc> {
         std::fs::create_dir_all(dir.join("storage"))?;
         let lua = FORWARD_LUA.replace("@CXRLED_AE@", &cxrled.ae_title).replace("@CXRLED_MODALITY@", CXRLED_MODALITY);
         std::fs::write(dir.join("forward.lua"), lua)?;

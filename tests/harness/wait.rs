@@ -5,7 +5,11 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 
 /// Polls `condition` every 100 ms until it is true, fails, or `limit` passes.
-pub fn wait_until(limit: Duration, what: &str, mut condition: impl FnMut() -> anyhow::Result<bool>) -> anyhow::Result<()> {
+pub fn wait_until(
+    limit: Duration,
+    what: &str,
+    mut condition: impl FnMut() -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
     let start = Instant::now();
     loop {
         if condition()? {
