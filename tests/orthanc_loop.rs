@@ -155,6 +155,13 @@ fn an_under_exposed_study_sent_to_orthanc_comes_back_as_a_derived_series_in_the_
         let parsed: serde_json::Value =
             serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
         assert!(parsed["timestamp"].is_string() && parsed["level"].is_string(), "{line}");
+        // A line about a job, an instance or a delivery names it by UID.
+        let about_an_item = parsed["span"]["name"] == "job"
+            || ["instance stored (cumulative timings)", "instance delivered"]
+                .contains(&parsed["fields"]["message"].as_str().unwrap_or(""));
+        if about_an_item {
+            assert!(line.contains("\"2.25."), "a line about an item without its UID: {line}");
+        }
     }
     for sample in &samples {
         assert!(log.contains(&sample.sop_uid), "the log never names {} ({})", sample.sop_uid, sample.label);

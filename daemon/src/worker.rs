@@ -17,6 +17,7 @@ use dicom_object::{open_file, DefaultDicomObject};
 use serde_json::json;
 use sqlx::{PgPool, Row};
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use crate::config::{Config, DeliveryConfig, ExposureConfig, PipelineConfig};
 use crate::derive::{self, Provenance};
@@ -117,7 +118,13 @@ pub async fn run(
             return;
         }
         match queue::claim(&context.db, &worker_id, context.pipeline.lease(), context.pipeline.max_attempts).await {
-            Ok(Some(job)) => run_claimed(&context, &worker_id, job, abandon.clone()).await,
+            Ok(Some(job)) => {
+                // Every line about the job carries its study UID, job id and
+                // attempt (a span entered with `enter()` would be lost across awaits).
+                let span =
+                    tracing::info_span!("job", study = %job.study_instance_uid, job = job.id, attempt = job.attempt);
+                run_claimed(&context, &worker_id, job, abandon.clone()).instrument(span).await
+            }
             Ok(None) => {
                 tokio::select! {
                     _ = tokio::time::sleep(poll) => {}
@@ -140,26 +147,27 @@ async fn run_claimed(
     job: ClaimedJob,
     mut abandon: watch::Receiver<bool>,
 ) {
-    let span = tracing::info_span!("job", study = %job.study_instance_uid, job = job.id, attempt = job.attempt);
-    let _enter = span.enter();
     let lease = context.pipeline.lease();
     let heartbeat = {
         let (db, job, worker) = (context.db.clone(), job.clone(), worker_id.to_string());
-        tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(lease / 3);
-            ticker.tick().await;
-            loop {
+        tokio::spawn(
+            async move {
+                let mut ticker = tokio::time::interval(lease / 3);
                 ticker.tick().await;
-                match queue::heartbeat(&db, &job, &worker, lease).await {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        tracing::warn!("lease lost: another worker took this job over");
-                        return;
+                loop {
+                    ticker.tick().await;
+                    match queue::heartbeat(&db, &job, &worker, lease).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            tracing::warn!("lease lost: another worker took this job over");
+                            return;
+                        }
+                        Err(e) => tracing::warn!(error = %e, "lease heartbeat failed"),
                     }
-                    Err(e) => tracing::warn!(error = %e, "lease heartbeat failed"),
                 }
             }
-        })
+            .in_current_span(),
+        )
     };
     let result = tokio::select! {
         result = process_job(context, &job) => Some(result),

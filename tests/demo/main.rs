@@ -145,10 +145,10 @@ fn main() -> anyhow::Result<()> {
     println!("== the audit query: psql '{}' -c \"{query}\"", pacs.db.url);
     for row in pacs.db.rows(query)? {
         println!(
-            "{} | {} | DI {:?} | {} | score {} | held {} | delivery {}",
+            "{} | {} | DI {} | {} | score {} | held {} | delivery {}",
             row.get::<String, _>(0),
             row.get::<String, _>(1),
-            row.get::<Option<f64>, _>(2),
+            row.get::<Option<f64>, _>(2).map(|di| format!("{di:+.1}")).unwrap_or_else(|| "-".into()),
             row.get::<String, _>(3),
             row.get::<f64, _>(4),
             row.get::<bool, _>(5),

@@ -78,6 +78,7 @@ pub fn binary() -> anyhow::Result<PathBuf> {
 impl CxrLed {
     /// Writes the configuration and starts `cxr-ledd run`; returns once it accepts associations.
     pub fn start(dir: &Path, settings: &CxrLedSettings) -> anyhow::Result<CxrLed> {
+        let dir = &std::path::absolute(dir)?;
         std::fs::create_dir_all(dir)?;
         std::fs::write(dir.join("cxr-ledd.toml"), config_text(dir, settings))?;
         let mut cxrled = CxrLed {

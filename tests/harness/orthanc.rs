@@ -74,6 +74,8 @@ impl Orthanc {
         cxrled: &CxrLedPeer,
         stable_age_secs: u32,
     ) -> anyhow::Result<Orthanc> {
+        // Orthanc reads relative paths from its config file's folder: give it absolute ones.
+        let dir = &std::path::absolute(dir)?;
         std::fs::create_dir_all(dir.join("storage"))?;
         let lua = FORWARD_LUA.replace("@CXRLED_AE@", &cxrled.ae_title).replace("@CXRLED_MODALITY@", CXRLED_MODALITY);
         std::fs::write(dir.join("forward.lua"), lua)?;
