@@ -87,6 +87,8 @@ fn main() -> anyhow::Result<()> {
         "orthanc_stable_age_secs": options.stable_age_secs,
         "cxrled_quiet_period_secs": options.quiet_period_secs,
         "workers": options.workers,
+        "t0": options.t0,
+        "steps": options.steps,
         "latency": latency,
         "throughput": { "studies": args.queued, "upload_seconds": upload_seconds, "seconds": total, "studies_per_minute": per_minute, "each_seconds": done },
     });
