@@ -47,9 +47,16 @@ fn an_under_exposed_study_sent_to_orthanc_comes_back_as_a_derived_series_in_the_
 
     // Every job is done (the well-exposed one too), so "nothing for the
     // well-exposed study" is final, not "not yet".
-    cxr_led_e2e::wait::wait_until(Duration::from_secs(60), "all three jobs done", || {
-        Ok(pacs.db.count("SELECT count(*) FROM job WHERE state = 'done'")? == 3)
-    })
+    // Orthanc stores an instance before cxr-led records the C-STORE
+    // response, so the outbox settles a moment after the series appears.
+    cxr_led_e2e::wait::wait_until(
+        Duration::from_secs(60),
+        "all three jobs done and both results recorded sent",
+        || {
+            Ok(pacs.db.count("SELECT count(*) FROM job WHERE state = 'done'")? == 3
+                && pacs.db.count("SELECT count(*) FROM outbox WHERE state = 'sent'")? == 2)
+        },
+    )
     .unwrap();
     for sample in &well {
         let series = pacs.orthanc.series_of_study(&sample.study_uid).unwrap();
