@@ -43,7 +43,8 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Parse and validate a configuration file, then print it.
+    /// Parse and validate a configuration file: exit 0 with a one-line
+    /// summary, or exit 78 (EX_CONFIG) listing every problem with its key.
     CheckConfig {
         /// The TOML configuration file.
         config: PathBuf,
@@ -92,6 +93,7 @@ fn load_config(path: &std::path::Path) -> cxr_led_daemon::config::Config {
     match cxr_led_daemon::config::Config::load(path) {
         Ok(config) => config,
         Err(e) => {
+            // Every validation problem on its own line, each naming its key.
             eprintln!("cxr-ledd: {e}");
             std::process::exit(EXIT_CONFIG);
         }
@@ -174,9 +176,9 @@ fn main() -> anyhow::Result<()> {
                 std::process::exit(1);
             }
         }
-        Command::CheckConfig { config } => {
-            let config = load_config(&config);
-            println!("{config:#?}");
+        Command::CheckConfig { config: path } => {
+            let config = load_config(&path);
+            println!("{}: ok: {}", path.display(), config.summary());
         }
         Command::Audit { command: AuditCommand::Verify { config, database_url } } => {
             let config = load_config(&config);
