@@ -5,10 +5,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct Config {
     /// The DICOM SCP (`[ingest]`).
@@ -32,7 +32,7 @@ pub struct Config {
 }
 
 /// The C-STORE / C-ECHO service class provider.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct IngestConfig {
     /// Our AE title; associations calling another title are rejected.
@@ -84,7 +84,7 @@ impl IngestConfig {
 }
 
 /// Study assembly: when a study counts as complete.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct TrackerConfig {
     /// A study is complete this many seconds after its last instance arrived.
@@ -100,7 +100,7 @@ impl Default for TrackerConfig {
 }
 
 /// PostgreSQL connection.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct DatabaseConfig {
     /// Connection URL; the `DATABASE_URL` environment variable overrides it when this is empty.
@@ -116,7 +116,7 @@ impl Default for DatabaseConfig {
 }
 
 /// The exposure gate's thresholds (see `triage`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct ExposureConfig {
     /// Flag an image whose Deviation Index is below this. AAPM TG-116's
@@ -142,7 +142,7 @@ impl Default for ExposureConfig {
 }
 
 /// The enhancement workers: the model bundle, inference settings and the job queue.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct PipelineConfig {
     /// Whether this process runs workers (ingest-only hosts set false).
@@ -209,7 +209,7 @@ impl Default for PipelineConfig {
 }
 
 /// How the SMTP connection is secured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum MailTls {
     /// Plain SMTP (a relay on localhost or a trusted network only).
@@ -223,7 +223,7 @@ pub enum MailTls {
 /// The SMTP server alert mails go through. The password is never in this
 /// file: it comes from `$CREDENTIALS_DIRECTORY/smtp-password` (systemd
 /// `LoadCredential=smtp-password:...`) or `$CXR_LED_SMTP_PASSWORD`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct MailConfig {
     /// Send alert mails at all.
@@ -260,7 +260,7 @@ impl Default for MailConfig {
 }
 
 /// Delivery of derived instances: the C-STORE SCU and its retry policy.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct DeliveryConfig {
     /// The calling AE title of our associations.
@@ -342,7 +342,7 @@ impl DeliveryConfig {
 }
 
 /// One PACS (or other storage SCP) that receives derived instances.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct DestinationConfig {
     /// Our name for it: the outbox and the audit trail refer to it by this name.
@@ -363,7 +363,7 @@ fn ae_title_problem(ae: &str) -> Option<String> {
 }
 
 /// When alerts are raised.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct AlertsConfig {
     /// A destination counts as unreachable once a derived instance has waited
@@ -381,7 +381,7 @@ impl Default for AlertsConfig {
 
 /// The HTTP endpoints for operators and monitoring: `/healthz`, `/readyz`,
 /// `/metrics` (see `daemon/OPERATIONS.md`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct HttpConfig {
     /// Serve the endpoints at all.
