@@ -340,14 +340,26 @@ pub async fn run_once(db: &PgPool, mailer: &Mailer, config: &AlertsConfig) -> Re
     Ok(sent)
 }
 
-/// Runs [`run_once`] every `poll-interval-ms` until the task is dropped.
-pub async fn run(db: PgPool, mailer: Mailer, config: AlertsConfig) {
-    let mut ticker = tokio::time::interval(Duration::from_millis(config.poll_interval_ms.max(100)));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+/// What the alert loop works with; swapped whole on reload.
+#[derive(Debug, Clone)]
+pub struct Alerting {
+    /// The mail transport; `None` when `[mail]` is off (no pass runs).
+    pub mailer: Option<Mailer>,
+    /// `[alerts]`.
+    pub config: AlertsConfig,
+}
+
+/// Runs [`run_once`] every `poll-interval-ms` until the task is dropped,
+/// reading the mailer and settings afresh for every pass (hot reload); passes
+/// are skipped while mail is off.
+pub async fn run(db: PgPool, alerting: std::sync::Arc<crate::reload::Live<Alerting>>) {
     loop {
-        ticker.tick().await;
-        if let Err(e) = run_once(&db, &mailer, &config).await {
-            tracing::error!(error = %e, "alert pass failed");
+        let current = alerting.get();
+        if let Some(mailer) = &current.mailer {
+            if let Err(e) = run_once(&db, mailer, &current.config).await {
+                tracing::error!(error = %e, "alert pass failed");
+            }
         }
+        tokio::time::sleep(Duration::from_millis(current.config.poll_interval_ms.max(100))).await;
     }
 }

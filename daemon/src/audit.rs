@@ -51,6 +51,9 @@ pub const DELIVERY_FAILED: &str = "delivery-failed";
 /// Event: an alert mail was accepted by the SMTP server (PS3.15 Security
 /// Alert 110113 / Application Activity 110100); `data` says which alert.
 pub const ALERT_SENT: &str = "alert-sent";
+/// A configuration or model bundle reload (`success` or `failure`; the detail
+/// names the trigger, the changed keys, or why it was refused).
+pub const CONFIG_RELOAD: &str = "config-reload";
 
 /// One audit row.
 #[derive(Debug, Default, Clone)]

@@ -5,10 +5,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct Config {
     /// The DICOM SCP (`[ingest]`).
@@ -32,7 +32,7 @@ pub struct Config {
 }
 
 /// The C-STORE / C-ECHO service class provider.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct IngestConfig {
     /// Our AE title; associations calling another title are rejected.
@@ -84,7 +84,7 @@ impl IngestConfig {
 }
 
 /// Study assembly: when a study counts as complete.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct TrackerConfig {
     /// A study is complete this many seconds after its last instance arrived.
@@ -100,7 +100,7 @@ impl Default for TrackerConfig {
 }
 
 /// PostgreSQL connection.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct DatabaseConfig {
     /// Connection URL; the `DATABASE_URL` environment variable overrides it when this is empty.
@@ -116,7 +116,7 @@ impl Default for DatabaseConfig {
 }
 
 /// The exposure gate's thresholds (see `triage`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct ExposureConfig {
     /// Flag an image whose Deviation Index is below this. AAPM TG-116's
@@ -142,7 +142,7 @@ impl Default for ExposureConfig {
 }
 
 /// The enhancement workers: the model bundle, inference settings and the job queue.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct PipelineConfig {
     /// Whether this process runs workers (ingest-only hosts set false).
@@ -209,7 +209,7 @@ impl Default for PipelineConfig {
 }
 
 /// How the SMTP connection is secured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum MailTls {
     /// Plain SMTP (a relay on localhost or a trusted network only).
@@ -223,7 +223,7 @@ pub enum MailTls {
 /// The SMTP server alert mails go through. The password is never in this
 /// file: it comes from `$CREDENTIALS_DIRECTORY/smtp-password` (systemd
 /// `LoadCredential=smtp-password:...`) or `$CXR_LED_SMTP_PASSWORD`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct MailConfig {
     /// Send alert mails at all.
@@ -260,7 +260,7 @@ impl Default for MailConfig {
 }
 
 /// Delivery of derived instances: the C-STORE SCU and its retry policy.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct DeliveryConfig {
     /// The calling AE title of our associations.
@@ -342,7 +342,7 @@ impl DeliveryConfig {
 }
 
 /// One PACS (or other storage SCP) that receives derived instances.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct DestinationConfig {
     /// Our name for it: the outbox and the audit trail refer to it by this name.
@@ -353,19 +353,17 @@ pub struct DestinationConfig {
     pub address: String,
 }
 
-fn check_ae_title(key: &str, ae: &str) -> Result<(), Error> {
-    if ae.trim().is_empty()
+/// An AE title problem, or None: 1 to 16 printable ASCII characters, no backslash.
+fn ae_title_problem(ae: &str) -> Option<String> {
+    let bad = ae.trim().is_empty()
         || ae.len() > 16
         || !ae.chars().all(|c| c.is_ascii_graphic() || c == ' ')
-        || ae.contains('\\')
-    {
-        return Err(Error::Invalid(format!("{key} {ae:?} must be 1 to 16 printable ASCII characters, no backslash")));
-    }
-    Ok(())
+        || ae.contains('\\');
+    bad.then(|| format!("{ae:?} must be 1 to 16 printable ASCII characters, no backslash"))
 }
 
 /// When alerts are raised.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct AlertsConfig {
     /// A destination counts as unreachable once a derived instance has waited
@@ -383,7 +381,7 @@ impl Default for AlertsConfig {
 
 /// The HTTP endpoints for operators and monitoring: `/healthz`, `/readyz`,
 /// `/metrics` (see `daemon/OPERATIONS.md`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct HttpConfig {
     /// Serve the endpoints at all.
@@ -399,6 +397,69 @@ impl Default for HttpConfig {
     }
 }
 
+/// One problem in a configuration: the key it concerns (a dotted path such as
+/// `delivery.destinations[1].address`) and what is wrong and how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The key path.
+    pub key: String,
+    /// What is wrong, and what to write instead.
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Every problem found in a configuration (never empty when returned as an error).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Problems(pub Vec<Problem>);
+
+impl Problems {
+    /// Records a problem.
+    pub fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem { key: key.into(), message: message.into() });
+    }
+
+    /// Records a problem unless `ok`.
+    fn check(&mut self, ok: bool, key: impl Into<String>, message: impl Into<String>) {
+        if !ok {
+            self.push(key, message);
+        }
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Ok when empty, else these problems.
+    fn into_result(self) -> Result<(), Problems> {
+        if self.is_empty() {
+            Ok(())
+        } else {
+            Err(self)
+        }
+    }
+}
+
+/// One problem per line.
+impl std::fmt::Display for Problems {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, problem) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Problems {}
+
 /// A configuration that could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -410,173 +471,314 @@ pub enum Error {
         /// Why.
         source: std::io::Error,
     },
-    /// The file is not valid TOML for this schema.
-    #[error("parsing {path}: {source}")]
+    /// The file is not valid TOML for this schema (syntax, unknown key, wrong
+    /// type): serde stops at the first such error.
+    #[error("parsing {path}: {}{source}", if key.is_empty() { String::new() } else { format!("at key {key}: ") })]
     Parse {
         /// The file.
         path: PathBuf,
-        /// Why.
-        source: toml::de::Error,
+        /// The key path where deserialization stopped (empty at the top level).
+        key: String,
+        /// Why, with the line and column.
+        source: Box<toml::de::Error>,
     },
-    /// A value is out of range.
-    #[error("invalid configuration: {0}")]
-    Invalid(String),
+    /// Values that parse but are out of range, inconsistent, or secrets that
+    /// do not belong in the file: every one found, one per line.
+    #[error("invalid configuration {path}:\n{problems}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Every problem.
+        problems: Problems,
+    },
+}
+
+impl Error {
+    /// The validation problems (empty for read and parse errors).
+    pub fn problems(&self) -> &[Problem] {
+        match self {
+            Error::Invalid { problems, .. } => &problems.0,
+            _ => &[],
+        }
+    }
+}
+
+/// Key names that mean someone is about to put a secret in the file.
+const SECRET_KEY_WORDS: &[&str] = &["password", "passwd", "secret", "token", "api-key", "apikey"];
+
+/// Keys that look like secrets, anywhere in the file (before the schema is
+/// applied, so the message says where the secret belongs instead of
+/// "unknown field").
+fn secret_keys(table: &toml::Table, prefix: &str, problems: &mut Problems) {
+    for (key, value) in table {
+        let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+        let lower = key.to_ascii_lowercase();
+        if SECRET_KEY_WORDS.iter().any(|word| lower.contains(word)) {
+            let message = if prefix == "mail" || lower.contains("smtp") {
+                format!(
+                    "secrets never go in this file: remove it and hand the SMTP password over as the systemd credential \
+                     {} (LoadCredential={}:/etc/cxr-led/smtp-password, read from $CREDENTIALS_DIRECTORY) or in ${}",
+                    crate::mail::PASSWORD_CREDENTIAL,
+                    crate::mail::PASSWORD_CREDENTIAL,
+                    crate::mail::PASSWORD_ENV
+                )
+            } else if prefix == "database" {
+                "secrets never go in this file: remove it and put DATABASE_URL=postgres://user:PASSWORD@host/db in the \
+                 root-only /etc/cxr-led/environment (EnvironmentFile=; used when [database] url is empty), or set \
+                 PGPASSWORD there"
+                    .to_string()
+            } else {
+                "secrets never go in this file: remove it (passwords come from systemd credentials or the root-only \
+                 /etc/cxr-led/environment, see systemd/README.md)"
+                    .to_string()
+            };
+            problems.push(path.clone(), message);
+        }
+        match value {
+            toml::Value::Table(inner) => secret_keys(inner, &path, problems),
+            toml::Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    if let toml::Value::Table(inner) = item {
+                        secret_keys(inner, &format!("{path}[{i}]"), problems);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Whether a URL carries a password (`scheme://user:password@host`).
+fn url_has_password(url: &str) -> bool {
+    let Some((_, rest)) = url.split_once("://") else { return false };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    authority.rsplit_once('@').is_some_and(|(userinfo, _)| userinfo.split_once(':').is_some_and(|(_, p)| !p.is_empty()))
+        || url.split(['?', '&']).any(|part| part.to_ascii_lowercase().starts_with("password="))
 }
 
 impl Config {
     /// Parses a configuration from TOML text and validates it.
     pub fn from_toml(text: &str) -> Result<Config, Error> {
-        let config: Config =
-            toml::from_str(text).map_err(|source| Error::Parse { path: PathBuf::from("<text>"), source })?;
-        config.validate()?;
-        Ok(config)
+        Self::parse(text, Path::new("<text>"))
     }
 
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, Error> {
         let text = std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.into(), source })?;
-        let config: Config = toml::from_str(&text).map_err(|source| Error::Parse { path: path.into(), source })?;
-        config.validate()?;
+        Self::parse(&text, path)
+    }
+
+    /// Secret-looking keys first (they would otherwise be "unknown field"),
+    /// then the schema (first error, with its key path and line), then every
+    /// range and consistency problem.
+    fn parse(text: &str, path: &Path) -> Result<Config, Error> {
+        let mut problems = Problems::default();
+        if let Ok(table) = text.parse::<toml::Table>() {
+            secret_keys(&table, "", &mut problems);
+        }
+        if !problems.is_empty() {
+            return Err(Error::Invalid { path: path.into(), problems });
+        }
+        let config: Config = serde_path_to_error::deserialize(toml::Deserializer::new(text)).map_err(|e| {
+            let key = e.path().to_string();
+            Error::Parse {
+                path: path.into(),
+                key: if key == "." { String::new() } else { key },
+                source: Box::new(e.into_inner()),
+            }
+        })?;
+        config.validate().map_err(|problems| Error::Invalid { path: path.into(), problems })?;
         Ok(config)
     }
 
-    /// Checks ranges that serde cannot.
-    pub fn validate(&self) -> Result<(), Error> {
-        let ae = &self.ingest.ae_title;
-        if ae.is_empty() || ae.len() > 16 || !ae.chars().all(|c| c.is_ascii_graphic() || c == ' ') {
-            return Err(Error::Invalid(format!("ae-title {ae:?} must be 1 to 16 printable ASCII characters")));
+    /// Checks what serde cannot (ranges, consistency, secrets in values) and
+    /// returns every problem found.
+    pub fn validate(&self) -> Result<(), Problems> {
+        let mut p = Problems::default();
+        let ingest = &self.ingest;
+        if let Some(problem) = ae_title_problem(&ingest.ae_title) {
+            p.push("ingest.ae-title", problem);
         }
-        self.validate_delivery()?;
-        if !(4096..=131_072).contains(&self.ingest.max_pdu_length) {
-            return Err(Error::Invalid("max-pdu-length must be between 4096 and 131072".into()));
+        for (i, ae) in ingest.allowed_calling_ae_titles.iter().enumerate() {
+            if let Some(problem) = ae_title_problem(ae) {
+                p.push(format!("ingest.allowed-calling-ae-titles[{i}]"), problem);
+            }
         }
-        if self.ingest.max_associations == 0 {
-            return Err(Error::Invalid("max-associations must be at least 1".into()));
-        }
-        if self.tracker.quiet_period_secs.is_nan() || self.tracker.quiet_period_secs < 0.0 {
-            return Err(Error::Invalid("quiet-period-secs must be zero or more".into()));
-        }
-        if !self.exposure.flag_below_deviation_index.is_finite() {
-            return Err(Error::Invalid("exposure.flag-below-deviation-index must be a number such as -3.0".into()));
-        }
-        if !(self.exposure.flag_above_noise_sigma > 0.0 && self.exposure.flag_above_noise_sigma < 1.0) {
-            return Err(Error::Invalid("exposure.flag-above-noise-sigma must be between 0 and 1".into()));
-        }
+        p.check(
+            (4096..=131_072).contains(&ingest.max_pdu_length),
+            "ingest.max-pdu-length",
+            format!("{} is out of range: write a value between 4096 and 131072 (default 65536)", ingest.max_pdu_length),
+        );
+        p.check(ingest.max_associations > 0, "ingest.max-associations", "must be at least 1 (default 32)");
+        p.check(
+            !self.tracker.quiet_period_secs.is_nan() && self.tracker.quiet_period_secs >= 0.0,
+            "tracker.quiet-period-secs",
+            "must be zero or more seconds (default 60.0)",
+        );
+        p.check(self.database.max_connections > 0, "database.max-connections", "must be at least 1 (default 16)");
+        p.check(
+            !url_has_password(&self.database.url),
+            "database.url",
+            "contains a password; secrets never go in this file: leave url empty and put \
+             DATABASE_URL=postgres://user:PASSWORD@host/db in the root-only /etc/cxr-led/environment \
+             (EnvironmentFile=), or keep the URL without its password and set PGPASSWORD there",
+        );
+        p.check(
+            self.exposure.flag_below_deviation_index.is_finite(),
+            "exposure.flag-below-deviation-index",
+            "must be a number such as -3.0",
+        );
+        let sigma = self.exposure.flag_above_noise_sigma;
+        p.check(
+            sigma > 0.0 && sigma < 1.0,
+            "exposure.flag-above-noise-sigma",
+            format!("{sigma} must be between 0 and 1 (exclusive; default 0.03)"),
+        );
+        self.validate_pipeline(&mut p);
+        self.validate_delivery(&mut p);
+        self.validate_http(&mut p);
+        self.validate_mail(&mut p);
+        p.into_result()
+    }
+
+    fn validate_pipeline(&self, p: &mut Problems) {
         let pipeline = &self.pipeline;
-        if pipeline.workers == 0 {
-            return Err(Error::Invalid("pipeline.workers must be at least 1 (set enabled = false for none)".into()));
-        }
-        if pipeline.max_attempts < 1 {
-            return Err(Error::Invalid("pipeline.max-attempts must be at least 1".into()));
-        }
-        if pipeline.lease_secs < 10 {
-            return Err(Error::Invalid("pipeline.lease-secs must be at least 10".into()));
-        }
-        if pipeline.hold_threshold.is_nan() || pipeline.hold_threshold > 1.0 {
-            return Err(Error::Invalid(
-                "pipeline.hold-threshold must be in [0, 1], or negative for the bundle's calibrated value".into(),
-            ));
-        }
+        p.check(pipeline.workers > 0, "pipeline.workers", "must be at least 1 (set pipeline.enabled = false for none)");
+        p.check(pipeline.max_attempts >= 1, "pipeline.max-attempts", "must be at least 1 (default 5)");
+        p.check(pipeline.lease_secs >= 10, "pipeline.lease-secs", "must be at least 10 (default 300)");
+        p.check(pipeline.retry_initial_secs >= 1, "pipeline.retry-initial-secs", "must be at least 1 (default 30)");
+        p.check(
+            pipeline.retry_max_secs >= pipeline.retry_initial_secs,
+            "pipeline.retry-max-secs",
+            format!("must be at least retry-initial-secs ({})", pipeline.retry_initial_secs),
+        );
+        p.check(
+            !pipeline.hold_threshold.is_nan() && pipeline.hold_threshold <= 1.0,
+            "pipeline.hold-threshold",
+            "must be in [0, 1], or negative (-1.0) for the bundle's calibrated value",
+        );
         if pipeline.enabled {
-            cxr_led_models::device::parse_device(&pipeline.device)
-                .map_err(|e| Error::Invalid(format!("pipeline.device: {e}")))?;
+            if let Err(e) = cxr_led_models::device::parse_device(&pipeline.device) {
+                p.push("pipeline.device", format!("{e}: write auto, cpu, cuda or cuda:N"));
+            }
+            p.check(
+                !pipeline.bundle.as_os_str().is_empty(),
+                "pipeline.bundle",
+                "is empty: name the model bundle folder (the one holding bundle.toml)",
+            );
         }
-        self.validate_http()?;
-        self.validate_mail()
     }
 
     /// Two listeners on one port cannot both bind; say which keys clash
     /// instead of failing at start-up with "address in use".
-    fn validate_http(&self) -> Result<(), Error> {
+    fn validate_http(&self, p: &mut Problems) {
         let (http, dicom) = (self.http.listen, self.ingest.listen);
         let overlapping_ips = http.ip() == dicom.ip() || http.ip().is_unspecified() || dicom.ip().is_unspecified();
-        if self.http.enabled && http.port() != 0 && http.port() == dicom.port() && overlapping_ips {
-            return Err(Error::Invalid(format!(
-                "[http] listen {http} and [ingest] listen {dicom} use the same port; pick another for [http]"
-            )));
-        }
-        Ok(())
+        p.check(
+            !(self.http.enabled && http.port() != 0 && http.port() == dicom.port() && overlapping_ips),
+            "http.listen",
+            format!("{http} uses the same port as ingest.listen {dicom}; pick another port for [http] (default 9412)"),
+        );
     }
 
-    fn validate_delivery(&self) -> Result<(), Error> {
+    fn validate_delivery(&self, p: &mut Problems) {
         let d = &self.delivery;
-        check_ae_title("[delivery] calling-ae-title", &d.calling_ae_title)?;
+        if let Some(problem) = ae_title_problem(&d.calling_ae_title) {
+            p.push("delivery.calling-ae-title", problem);
+        }
         let mut names = std::collections::HashSet::new();
-        for dest in &d.destinations {
-            if dest.name.trim().is_empty() || !names.insert(dest.name.as_str()) {
-                return Err(Error::Invalid(format!(
-                    "[delivery] destination name {:?} must be non-empty and unique",
-                    dest.name
-                )));
+        for (i, dest) in d.destinations.iter().enumerate() {
+            let key = format!("delivery.destinations[{i}]");
+            if dest.name.trim().is_empty() {
+                p.push(format!("{key}.name"), "is empty: give the destination a name (used in the outbox and audit)");
+            } else if !names.insert(dest.name.as_str()) {
+                p.push(
+                    format!("{key}.name"),
+                    format!("{:?} is used twice: destination names must be unique", dest.name),
+                );
             }
-            check_ae_title(&format!("[delivery] destination {:?} ae-title", dest.name), &dest.ae_title)?;
+            if let Some(problem) = ae_title_problem(&dest.ae_title) {
+                p.push(format!("{key}.ae-title"), problem);
+            }
             let port_ok = dest
                 .address
                 .rsplit_once(':')
                 .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
-            if !port_ok {
-                return Err(Error::Invalid(format!(
-                    "[delivery] destination {:?} address {:?} must be host:port",
-                    dest.name, dest.address
-                )));
-            }
+            p.check(
+                port_ok,
+                format!("{key}.address"),
+                format!("{:?} must be host:port, e.g. pacs.example.org:104", dest.address),
+            );
         }
-        if d.retry_initial_secs == 0 || d.retry_max_secs < d.retry_initial_secs {
-            return Err(Error::Invalid(
-                "[delivery] retry-initial-secs must be at least 1 and retry-max-secs at least retry-initial-secs"
-                    .into(),
-            ));
-        }
-        if !(4096..=131_072).contains(&d.max_pdu_length) {
-            return Err(Error::Invalid("[delivery] max-pdu-length must be between 4096 and 131072".into()));
-        }
-        if d.batch_size == 0 {
-            return Err(Error::Invalid("[delivery] batch-size must be at least 1".into()));
-        }
-        Ok(())
+        p.check(d.retry_initial_secs >= 1, "delivery.retry-initial-secs", "must be at least 1 (default 10)");
+        p.check(
+            d.retry_max_secs >= d.retry_initial_secs,
+            "delivery.retry-max-secs",
+            format!("must be at least retry-initial-secs ({})", d.retry_initial_secs),
+        );
+        p.check(
+            (4096..=131_072).contains(&d.max_pdu_length),
+            "delivery.max-pdu-length",
+            format!("{} is out of range: write a value between 4096 and 131072 (default 65536)", d.max_pdu_length),
+        );
+        p.check(d.batch_size > 0, "delivery.batch-size", "must be at least 1 (default 16)");
     }
 
-    fn validate_mail(&self) -> Result<(), Error> {
+    fn validate_mail(&self, p: &mut Problems) {
         let mail = &self.mail;
-        if self.alerts.poll_interval_ms < 100 {
-            return Err(Error::Invalid("[alerts] poll-interval-ms must be at least 100".into()));
-        }
-        if self.alerts.pacs_unreachable_after_secs == 0 {
-            return Err(Error::Invalid("[alerts] pacs-unreachable-after-secs must be at least 1".into()));
-        }
+        p.check(self.alerts.poll_interval_ms >= 100, "alerts.poll-interval-ms", "must be at least 100 (default 10000)");
+        p.check(
+            self.alerts.pacs_unreachable_after_secs > 0,
+            "alerts.pacs-unreachable-after-secs",
+            "must be at least 1 (default 900)",
+        );
         if !mail.enabled {
-            return Ok(());
+            return;
         }
-        if mail.smtp_host.trim().is_empty() {
-            return Err(Error::Invalid(
-                "[mail] smtp-host is empty: name the SMTP server (or set enabled = false)".into(),
-            ));
+        p.check(
+            !mail.smtp_host.trim().is_empty(),
+            "mail.smtp-host",
+            "is empty: name the SMTP server (or set mail.enabled = false)",
+        );
+        p.check(mail.smtp_port != 0, "mail.smtp-port", "must be 1 to 65535 (587 starttls, 465 tls, 25 none)");
+        p.check(mail.timeout_secs > 0, "mail.timeout-secs", "must be at least 1 (default 30)");
+        if let Err(e) = mail.from.parse::<lettre::message::Mailbox>() {
+            p.push(
+                "mail.from",
+                format!("{:?} is not a mail address ({e}); write name@host or \"Name <name@host>\"", mail.from),
+            );
         }
-        if mail.smtp_port == 0 {
-            return Err(Error::Invalid("[mail] smtp-port must be 1 to 65535 (587 starttls, 465 tls, 25 none)".into()));
+        p.check(!mail.to.is_empty(), "mail.to", "is empty: list at least one recipient (or set mail.enabled = false)");
+        for (i, to) in mail.to.iter().enumerate() {
+            if let Err(e) = to.parse::<lettre::message::Mailbox>() {
+                p.push(
+                    format!("mail.to[{i}]"),
+                    format!("{to:?} is not a mail address ({e}); write name@host or \"Name <name@host>\""),
+                );
+            }
         }
-        if mail.timeout_secs == 0 {
-            return Err(Error::Invalid("[mail] timeout-secs must be at least 1".into()));
-        }
-        mail.from.parse::<lettre::message::Mailbox>().map_err(|e| {
-            Error::Invalid(format!(
-                "[mail] from {:?} is not a mail address ({e}); write name@host or \"Name <name@host>\"",
-                mail.from
-            ))
-        })?;
-        if mail.to.is_empty() {
-            return Err(Error::Invalid(
-                "[mail] to is empty: list at least one recipient (or set enabled = false)".into(),
-            ));
-        }
-        for to in &mail.to {
-            to.parse::<lettre::message::Mailbox>().map_err(|e| {
-                Error::Invalid(format!(
-                    "[mail] to {to:?} is not a mail address ({e}); write name@host or \"Name <name@host>\""
-                ))
-            })?;
-        }
-        Ok(())
+    }
+
+    /// A one-line summary for `check-config` (no secrets: none are in the file).
+    pub fn summary(&self) -> String {
+        let pipeline = if self.pipeline.enabled {
+            format!(
+                "{} worker(s), bundle {}, device {}",
+                self.pipeline.workers,
+                self.pipeline.bundle.display(),
+                self.pipeline.device
+            )
+        } else {
+            "off".into()
+        };
+        format!(
+            "ingest {} on {}; pipeline {pipeline}; {} delivery destination(s); mail {}; http {}",
+            self.ingest.ae_title,
+            self.ingest.listen,
+            self.delivery.destinations.len(),
+            if self.mail.enabled { "on" } else { "off" },
+            if self.http.enabled { self.http.listen.to_string() } else { "off".into() },
+        )
     }
 
     /// The database URL: the configured one, else `$DATABASE_URL`.
@@ -669,13 +871,14 @@ mod tests {
         assert_eq!(config.mail.tls, MailTls::Tls);
         assert_eq!(config.alerts.pacs_unreachable_after_secs, 60);
         let err = Config::from_toml("[mail]\nenabled = true\n").unwrap_err();
-        assert!(err.to_string().contains("to is empty"), "{err}");
+        assert!(err.to_string().contains("mail.to: is empty"), "{err}");
         let err = Config::from_toml("[mail]\nenabled = true\nto = [\"not an address\"]\n").unwrap_err();
         assert!(err.to_string().contains("not a mail address"), "{err}");
         let err = Config::from_toml("[mail]\ntls = \"ssl\"\n").unwrap_err();
         assert!(err.to_string().contains("unknown variant"), "{err}");
         let err = Config::from_toml("[mail]\npassword = \"x\"\n").unwrap_err();
-        assert!(err.to_string().contains("unknown field"), "{err}");
+        assert!(err.to_string().contains("mail.password: secrets never go in this file"), "{err}");
+        assert!(err.to_string().contains("LoadCredential=smtp-password"), "{err}");
     }
 
     #[test]
@@ -699,5 +902,64 @@ mod tests {
     #[test]
     fn bad_ae_title_is_rejected() {
         assert!(Config::from_toml("[ingest]\nae-title = \"WAY-TOO-LONG-AE-TITLE\"\n").is_err());
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let err = Config::from_toml(
+            "[pipeline]\nworkers = 0\nmax-attempts = 0\n[delivery]\nbatch-size = 0\n\
+             destinations = [{ name = \"a\", ae-title = \"A\", address = \"h:1\" }, \
+             { name = \"a\", ae-title = \"\", address = \"nohost\" }]\n",
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = err.problems().iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "pipeline.workers",
+                "pipeline.max-attempts",
+                "delivery.destinations[1].name",
+                "delivery.destinations[1].ae-title",
+                "delivery.destinations[1].address",
+                "delivery.batch-size",
+            ],
+            "{err}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("pipeline.workers: must be at least 1 (set pipeline.enabled = false for none)"),
+            "{text}"
+        );
+        assert_eq!(text.lines().count(), 7, "{text}");
+    }
+
+    #[test]
+    fn parse_errors_name_the_key_path_and_line() {
+        let err = Config::from_toml("[ingest]\nae-title = \"X\"\nae-titel = \"X\"\n").unwrap_err().to_string();
+        assert!(err.contains("at key ingest"), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+        assert!(err.contains("unknown field `ae-titel`"), "{err}");
+        let err = Config::from_toml(
+            "[delivery]\ndestinations = [{ name = \"a\", ae-title = \"A\", address = \"h:1\", port = 1 }]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("delivery.destinations[0]"), "{err}");
+        assert!(err.contains("unknown field `port`"), "{err}");
+        let err = Config::from_toml("[pipeline]\nworkers = -1\n").unwrap_err().to_string();
+        assert!(err.contains("pipeline.workers"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_refused() {
+        let err = Config::from_toml("[database]\nurl = \"postgres://led:s3cret@db/led\"\n").unwrap_err();
+        assert_eq!(err.problems()[0].key, "database.url");
+        assert!(err.to_string().contains("DATABASE_URL"), "{err}");
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+        Config::from_toml("[database]\nurl = \"postgres://led@db/led\"\n").unwrap();
+        let err = Config::from_toml("[database]\npassword = \"x\"\n[mail]\nsmtp-password = \"y\"\n").unwrap_err();
+        let keys: Vec<&str> = err.problems().iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["database.password", "mail.smtp-password"], "{err}");
     }
 }

@@ -81,10 +81,18 @@ pub async fn counts_by_state(db: &PgPool) -> Result<Vec<(String, i64)>, sqlx::Er
 /// The sender: a pass every `poll-interval-ms` (at once again after a pass
 /// that found work) until `shutdown` resolves. A pass in progress finishes
 /// first.
-pub async fn run(db: PgPool, config: DeliveryConfig, metrics: Arc<Metrics>, shutdown: impl Future<Output = ()>) {
+/// The configuration is read afresh for every pass (hot reload: destinations
+/// and retry settings).
+pub async fn run(
+    db: PgPool,
+    live: Arc<crate::reload::Live<DeliveryConfig>>,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()>,
+) {
     tokio::pin!(shutdown);
-    let poll = Duration::from_millis(config.poll_interval_ms.max(10));
     loop {
+        let config = live.get();
+        let poll = Duration::from_millis(config.poll_interval_ms.max(10));
         let wait = match deliver_due(&db, &config, &metrics).await {
             Ok(0) => poll,
             Ok(_) => Duration::ZERO,

@@ -12,7 +12,8 @@
 //! - [`alerts`]: alert mails for held results, dead jobs, unreachable PACS ([`mail`] sends them).
 //! - [`db`]: PostgreSQL pool and migrations.
 //! - [`reproduce`]: re-run a recorded enhancement and compare the pixels.
-//! - [`service`]: start-up (recovery), run, shutdown; [`notify`] tells systemd.
+//! - [`service`]: start-up (recovery), run, shutdown; [`notify`] tells systemd;
+//!   [`reload`] swaps a changed configuration or model bundle in.
 //! - [`http`]: `/healthz`, `/readyz` ([`health`]) and `/metrics` ([`metrics`]) for operators.
 
 pub mod alerts;
@@ -30,6 +31,7 @@ pub mod metrics;
 pub mod notify;
 pub mod pixels;
 pub mod queue;
+pub mod reload;
 pub mod reproduce;
 pub mod service;
 pub mod spool;

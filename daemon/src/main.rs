@@ -28,7 +28,8 @@ enum Command {
     },
     /// Report what libtorch sees: CUDA availability and device count.
     Device,
-    /// Run the service: DICOM ingest and study tracker, until SIGINT or SIGTERM.
+    /// Run the service until SIGINT or SIGTERM. SIGHUP, or a change to the
+    /// configuration file or the model bundle, reloads what can be reloaded.
     Run {
         /// The TOML configuration file.
         #[arg(long)]
@@ -43,7 +44,8 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Parse and validate a configuration file, then print it.
+    /// Parse and validate a configuration file: exit 0 with a one-line
+    /// summary, or exit 78 (EX_CONFIG) listing every problem with its key.
     CheckConfig {
         /// The TOML configuration file.
         config: PathBuf,
@@ -92,21 +94,36 @@ fn load_config(path: &std::path::Path) -> cxr_led_daemon::config::Config {
     match cxr_led_daemon::config::Config::load(path) {
         Ok(config) => config,
         Err(e) => {
+            // Every validation problem on its own line, each naming its key.
             eprintln!("cxr-ledd: {e}");
             std::process::exit(EXIT_CONFIG);
         }
     }
 }
 
-async fn run(config: cxr_led_daemon::config::Config) -> anyhow::Result<()> {
+async fn run(config: cxr_led_daemon::config::Config, path: PathBuf) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
     let notifier = cxr_led_daemon::notify::Notifier::from_env();
-    let running = cxr_led_daemon::service::start(config).await?;
-    notifier.ready(&format!("listening on {}", running.local_addr));
+    let mut running = cxr_led_daemon::service::start(config).await?;
+    let reloader = running.watch_config(&path);
+    let status = format!("listening on {}", running.local_addr);
+    notifier.ready(&status);
     let watchdog = tokio::spawn(notifier.clone().run_watchdog());
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = hangup.recv() => {
+                notifier.reloading("reloading the configuration and the model bundle");
+                let outcome = match reloader.reload(cxr_led_daemon::reload::Trigger::Signal).await {
+                    Ok(_) => "reloaded".to_string(),
+                    Err(e) => format!("reload refused ({}); running on the previous configuration", e.lines().next().unwrap_or("")),
+                };
+                notifier.ready(&format!("{status}; {outcome}"));
+            }
+        }
     }
     tracing::info!("shutting down");
     notifier.stopping("draining: finishing the current images and deliveries");
@@ -150,11 +167,11 @@ fn main() -> anyhow::Result<()> {
             println!("cudnn available: {}", tch::Cuda::cudnn_is_available());
             println!("default device: {}", device::describe(tch::Device::cuda_if_available()));
         }
-        Command::Run { config } => {
-            let config = load_config(&config);
+        Command::Run { config: path } => {
+            let config = load_config(&path);
             init_logging();
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            let result = runtime.block_on(run(config));
+            let result = runtime.block_on(run(config, path));
             // An image abandoned at the drain timeout may still be computing on
             // a blocking thread; its job is already handed back, so don't wait.
             runtime.shutdown_timeout(std::time::Duration::from_secs(1));
@@ -179,9 +196,9 @@ fn main() -> anyhow::Result<()> {
                 std::process::exit(1);
             }
         }
-        Command::CheckConfig { config } => {
-            let config = load_config(&config);
-            println!("{config:#?}");
+        Command::CheckConfig { config: path } => {
+            let config = load_config(&path);
+            println!("{}: ok: {}", path.display(), config.summary());
         }
         Command::Audit { command: AuditCommand::Verify { config, database_url } } => {
             let config = load_config(&config);

@@ -8,7 +8,7 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::RwLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A monotonically increasing count.
@@ -250,8 +250,9 @@ pub struct Metrics {
     pub job_attempts: JobCounts,
     /// `cxr_led_delivery_attempts_total{outcome}`.
     pub delivery_attempts: DeliveryCounts,
-    /// `cxr_led_bundle_info{...}`, set once the bundle is loaded.
-    pub bundle: OnceLock<BundleInfo>,
+    /// `cxr_led_bundle_info{...}`, set once the bundle is loaded and again
+    /// when a reload swaps it (see [`Metrics::set_bundle`]).
+    bundle: RwLock<Option<BundleInfo>>,
     /// Unix time the registry was made (the service started).
     start_time_seconds: f64,
 }
@@ -263,6 +264,16 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Sets (or, after a reload, replaces) the loaded bundle's info.
+    pub fn set_bundle(&self, info: BundleInfo) {
+        *self.bundle.write().unwrap_or_else(|p| p.into_inner()) = Some(info);
+    }
+
+    /// The loaded bundle's info, once one is loaded.
+    pub fn bundle(&self) -> Option<BundleInfo> {
+        self.bundle.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// A registry with everything at zero.
     pub fn new() -> Metrics {
         Metrics {
@@ -285,7 +296,7 @@ impl Metrics {
             instances_processed: ProcessedCounts::default(),
             job_attempts: JobCounts::default(),
             delivery_attempts: DeliveryCounts::default(),
-            bundle: OnceLock::new(),
+            bundle: RwLock::new(None),
             start_time_seconds: SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64(),
         }
     }
@@ -368,7 +379,7 @@ impl Metrics {
             "outcome",
             &[("sent", &d.sent), ("retry", &d.retry), ("failed", &d.failed)],
         );
-        if let Some(bundle) = self.bundle.get() {
+        if let Some(bundle) = self.bundle() {
             let labels: &[(&str, &str)] = &[
                 ("bundle", &bundle.name),
                 ("version", &bundle.version),
@@ -553,15 +564,12 @@ mod tests {
     #[test]
     fn bundle_info_labels_are_escaped() {
         let metrics = Metrics::new();
-        metrics
-            .bundle
-            .set(BundleInfo {
-                name: "tiny".into(),
-                version: "1\\2".into(),
-                sha256: "ab".into(),
-                device: "cpu\n".into(),
-            })
-            .unwrap();
+        metrics.set_bundle(BundleInfo {
+            name: "tiny".into(),
+            version: "1\\2".into(),
+            sha256: "ab".into(),
+            device: "cpu\n".into(),
+        });
         let text = metrics.render(None);
         assert!(
             text.contains(

@@ -69,6 +69,12 @@ impl Notifier {
         self.notify(&format!("READY=1\nSTATUS={status}\nMAINPID={}", std::process::id()));
     }
 
+    /// RELOADING=1 with a status line: systemd shows the unit as reloading
+    /// until the next [`Self::ready`].
+    pub fn reloading(&self, status: &str) {
+        self.notify(&format!("RELOADING=1\nSTATUS={status}"));
+    }
+
     /// STOPPING=1 with a status line.
     pub fn stopping(&self, status: &str) {
         self.notify(&format!("STOPPING=1\nSTATUS={status}"));

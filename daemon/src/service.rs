@@ -18,6 +18,7 @@ use crate::enhance::Enhancer;
 use crate::health::Readiness;
 use crate::ingest::{self, Shared};
 use crate::metrics::{BundleInfo, Metrics};
+use crate::reload::{self, Live, Reloader};
 use crate::spool::Spool;
 use crate::{alerts, audit, db, deliver, http, mail, tracker, worker};
 
@@ -84,13 +85,18 @@ pub struct Running {
     pub http_addr: Option<SocketAddr>,
     /// This service's metrics.
     pub metrics: Arc<Metrics>,
+    /// What a reload swaps (see [`Running::watch_config`]).
+    pub handles: reload::Handles,
+    /// The configuration the service started with.
+    config: Config,
+    watch: Option<reload::Watch>,
     http: Option<http::Server>,
     shutdown: oneshot::Sender<()>,
     server: JoinHandle<()>,
     tracker: JoinHandle<()>,
     delivery_shutdown: oneshot::Sender<()>,
     delivery: JoinHandle<()>,
-    alerts: Option<JoinHandle<()>>,
+    alerts: JoinHandle<()>,
     stop_workers: tokio::sync::watch::Sender<bool>,
     abandon_jobs: tokio::sync::watch::Sender<bool>,
     drain_timeout: Duration,
@@ -138,7 +144,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             device = %enhancer.device, t0 = enhancer.params.t0, steps = enhancer.params.steps,
             hold_threshold = enhancer.hold_threshold, "model loaded"
         );
-        let _ = metrics.bundle.set(BundleInfo {
+        metrics.set_bundle(BundleInfo {
             name: enhancer.bundle_name.clone(),
             version: enhancer.bundle_version.clone(),
             sha256: enhancer.bundle_sha256.clone(),
@@ -158,6 +164,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     }
     let workers_spool = Arc::new(Spool::open(&config.ingest.spool_dir)?);
     let shared = Arc::new(Shared::new(config.ingest.clone(), spool, db.clone(), metrics.clone()));
+    let live_ingest = shared.live.clone();
     let (shutdown, stop) = oneshot::channel::<()>();
     let server = tokio::spawn(ingest::serve(
         listener,
@@ -176,31 +183,43 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     if config.delivery.destinations.is_empty() {
         tracing::warn!("[delivery] destinations is empty: derived instances are not sent anywhere");
     }
-    let delivery = tokio::spawn(deliver::run(db.clone(), config.delivery.clone(), metrics.clone(), async {
+    let live_delivery = Arc::new(Live::new(config.delivery.clone()));
+    let delivery = tokio::spawn(deliver::run(db.clone(), live_delivery.clone(), metrics.clone(), async {
         let _ = delivery_stop.await;
     }));
     tracing::info!(address = %local_addr, ae_title = %config.ingest.ae_title, "DICOM ingest listening");
-    let alerts = mailer.map(|mailer| tokio::spawn(alerts::run(db.clone(), mailer, config.alerts.clone())));
+    let alerting = Arc::new(Live::new(alerts::Alerting { mailer, config: config.alerts.clone() }));
+    let alerts = tokio::spawn(alerts::run(db.clone(), alerting.clone()));
     let (stop_workers, stop) = tokio::sync::watch::channel(false);
     let (abandon_jobs, abandon) = tokio::sync::watch::channel(false);
-    let workers = match enhancer {
-        Some(enhancer) => {
-            let context = Arc::new(worker::WorkerContext::new(
-                &config,
-                db.clone(),
-                workers_spool,
-                Arc::new(enhancer),
-                metrics.clone(),
-            ));
+    let live_workers = enhancer.map(|enhancer| {
+        Arc::new(Live::new(worker::WorkerContext::new(
+            &config,
+            db.clone(),
+            workers_spool,
+            Arc::new(enhancer),
+            metrics.clone(),
+        )))
+    });
+    let workers = match &live_workers {
+        Some(context) => {
             let host = hostname();
             (0..config.pipeline.workers)
                 .map(|index| {
                     let worker_id = format!("{host}:{}:{index}", std::process::id());
-                    tokio::spawn(worker::run(Arc::clone(&context), worker_id, stop.clone(), abandon.clone()))
+                    tokio::spawn(worker::run(Arc::clone(context), worker_id, stop.clone(), abandon.clone()))
                 })
                 .collect()
         }
         None => Vec::new(),
+    };
+    let handles = reload::Handles {
+        ingest: live_ingest,
+        delivery: live_delivery,
+        alerting,
+        workers: live_workers,
+        metrics: metrics.clone(),
+        db: db.clone(),
     };
     Ok(Running {
         local_addr,
@@ -208,6 +227,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         recovery,
         http_addr: http.as_ref().map(http::Server::local_addr),
         metrics,
+        handles,
+        drain_timeout: config.pipeline.drain_timeout(),
+        config,
+        watch: None,
         http,
         shutdown,
         server,
@@ -217,12 +240,28 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         alerts,
         stop_workers,
         abandon_jobs,
-        drain_timeout: config.pipeline.drain_timeout(),
         workers,
     })
 }
 
 impl Running {
+    /// Reloads from `path` from now on: returns the [`Reloader`] (call
+    /// [`Reloader::reload`] on `SIGHUP`) and watches the file and the bundle
+    /// folder for changes. When the watch cannot be set up (e.g. inotify
+    /// limits) that is logged and only explicit reloads work.
+    pub fn watch_config(&mut self, path: &std::path::Path) -> Arc<Reloader> {
+        let reloader = Arc::new(Reloader::new(path, self.config.clone(), self.handles.clone()));
+        match reload::watch(reloader.clone()) {
+            Ok(watch) => self.watch = Some(watch),
+            Err(e) => tracing::warn!(
+                error = %format!("{e:#}"),
+                file = %path.display(),
+                "cannot watch the configuration for changes; reload with SIGHUP (systemctl reload cxr-led)"
+            ),
+        }
+        reloader
+    }
+
     /// Drains: stops accepting, lets running associations finish (bounded),
     /// stops the tracker, lets a delivery pass in progress finish (bounded; a
     /// delivery cut short is sent again once its lease runs out), gives the
@@ -230,6 +269,9 @@ impl Running {
     /// jobs back to the queue, then stops the health and metrics endpoints.
     pub async fn stop(self) {
         let deadline = tokio::time::Instant::now() + self.drain_timeout;
+        if let Some(watch) = self.watch {
+            watch.stop();
+        }
         let _ = self.shutdown.send(());
         let _ = self.delivery_shutdown.send(());
         let _ = self.stop_workers.send(true);
@@ -241,10 +283,8 @@ impl Running {
             delivery.abort();
             let _ = delivery.await;
         }
-        if let Some(alerts) = self.alerts {
-            alerts.abort();
-            let _ = alerts.await;
-        }
+        self.alerts.abort();
+        let _ = self.alerts.await;
         // A worker finishes the image it is on, or past the deadline hands
         // its job back; either way nothing waits for a lease to expire.
         for mut worker in self.workers {

@@ -25,15 +25,17 @@ use crate::enhance::{EnhancedImage, Enhancer};
 use crate::metrics::Metrics;
 use crate::pixels::{self, DisplayImage};
 use crate::queue::{self, ClaimedJob, FailOutcome};
+use crate::reload::Live;
 use crate::spool::Spool;
 use crate::triage::{self, Decision};
 use crate::{audit, deliver};
 
 /// Everything a worker needs, shared by the workers of one process.
+#[derive(Clone)]
 pub struct WorkerContext {
     /// The database.
     pub db: PgPool,
-    /// The loaded model (swapped on reload by replacing the Arc).
+    /// The loaded model (a reload swaps the whole context, see [`run`]).
     pub enhancer: Arc<Enhancer>,
     /// The spool the sources live in.
     pub spool: Arc<Spool>,
@@ -106,17 +108,22 @@ pub enum InstanceOutcome {
 /// Runs one worker loop until `stop` turns true. The job in progress then
 /// finishes, unless `abandon` turns true first (the drain timeout): then it
 /// is handed back to the queue.
+///
+/// The context is taken afresh from `live` for every job (hot reload: a new
+/// model or settings apply from the next job; the job in progress finishes
+/// with the ones it started with).
 pub async fn run(
-    context: Arc<WorkerContext>,
+    live: Arc<Live<WorkerContext>>,
     worker_id: String,
     mut stop: watch::Receiver<bool>,
     abandon: watch::Receiver<bool>,
 ) {
-    let poll = Duration::from_millis(context.pipeline.poll_interval_ms.max(10));
     loop {
         if *stop.borrow() {
             return;
         }
+        let context = live.get();
+        let poll = Duration::from_millis(context.pipeline.poll_interval_ms.max(10));
         match queue::claim(&context.db, &worker_id, context.pipeline.lease(), context.pipeline.max_attempts).await {
             Ok(Some(job)) => {
                 // Every line about the job carries its study UID, job id and

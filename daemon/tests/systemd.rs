@@ -55,6 +55,13 @@ async fn the_daemon_notifies_ready_watchdog_and_stopping() {
     let ready = receive_until(&socket, "READY=1", Duration::from_secs(60));
     assert!(ready.last().unwrap().contains("STATUS=listening on 127.0.0.1:"), "{ready:?}");
     receive_until(&socket, "WATCHDOG=1", Duration::from_secs(5));
+    // systemctl reload (ExecReload=kill -HUP): RELOADING=1, then READY=1 again.
+    let hup = Command::new("kill").args(["-HUP", &daemon.id().to_string()]).status().unwrap();
+    assert!(hup.success());
+    receive_until(&socket, "RELOADING=1", Duration::from_secs(10));
+    let ready = receive_until(&socket, "READY=1", Duration::from_secs(30));
+    assert!(ready.last().unwrap().contains("; reloaded"), "{ready:?}");
+    assert!(daemon.try_wait().unwrap().is_none(), "SIGHUP does not stop the daemon");
     let kill = Command::new("kill").args(["-TERM", &daemon.id().to_string()]).status().unwrap();
     assert!(kill.success());
     receive_until(&socket, "STOPPING=1", Duration::from_secs(10));

@@ -43,7 +43,8 @@ impl AccessControl for AllowList {
     ) -> Result<(), AssociationRJServiceUserReason> {
         let calling = dimse::trim(calling_ae_title).to_string();
         let called = dimse::trim(called_ae_title).to_string();
-        let config = &self.shared.config;
+        // The allow-lists as last reloaded.
+        let config = self.shared.live.get();
         let verdict = if called != this_ae_title {
             Err((
                 AssociationRJServiceUserReason::CalledAETitleNotRecognized,

@@ -32,6 +32,7 @@ use tokio::task::JoinSet;
 use crate::audit;
 use crate::config::IngestConfig;
 use crate::metrics::Metrics;
+use crate::reload::Live;
 use crate::spool::Spool;
 
 /// Verification SOP class.
@@ -65,8 +66,11 @@ pub const TRANSFER_SYNTAXES: &[&str] = &[
 /// What every association task shares.
 #[derive(Debug)]
 pub struct Shared {
-    /// The `[ingest]` configuration.
+    /// The `[ingest]` configuration at start-up (listener, limits, timeouts).
     pub config: IngestConfig,
+    /// `[ingest]` as last reloaded: every association reads the allow-lists
+    /// from it (hot reload).
+    pub live: Arc<Live<IngestConfig>>,
     /// The spool folder.
     pub spool: Spool,
     /// The database.
@@ -81,7 +85,8 @@ pub struct Shared {
 impl Shared {
     /// Bundles the parts.
     pub fn new(config: IngestConfig, spool: Spool, db: PgPool, metrics: Arc<Metrics>) -> Shared {
-        Shared { config, spool, db, in_flight: Mutex::new(HashSet::new()), metrics }
+        let live = Arc::new(Live::new(config.clone()));
+        Shared { config, live, spool, db, in_flight: Mutex::new(HashSet::new()), metrics }
     }
 }
 
