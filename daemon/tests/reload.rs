@@ -8,7 +8,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -106,18 +106,6 @@ async fn an_allow_list_change_applies_without_a_restart_and_a_bad_file_is_refuse
     assert_eq!(count(&pool, "SELECT count(*) FROM instance").await, 3);
     running.stop().await;
     pool.close().await;
-}
-
-fn spawn_daemon(config: &Path, log: &Path) -> Child {
-    let log = std::fs::File::create(log).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_cxr-ledd"))
-        .args(["run", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::from(log.try_clone().unwrap()))
-        .stderr(Stdio::from(log))
-        .spawn()
-        .expect("start cxr-ledd")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

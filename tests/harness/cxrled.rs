@@ -2,12 +2,10 @@
 //! written for the run, its log (JSON lines) captured to a file.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-
-use crate::wait::wait_until;
 
 /// cxr-led's AE title in the harness.
 pub const CXRLED_AE: &str = "CXRLED";
@@ -93,27 +91,21 @@ impl CxrLed {
 
     /// Starts it again (after [`Self::stop`]) with the same configuration.
     pub fn launch(&mut self) -> anyhow::Result<()> {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path())?;
-        let child = Command::new(binary()?)
-            .args(["run", "--config"])
-            .arg(self.dir.join("cxr-ledd.toml"))
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting cxr-ledd")?;
-        self.child = Some(child);
         let port = self.dicom_port;
-        let child = self.child.as_mut().expect("just set");
-        // The model loads before the port opens, so this also waits for the bundle.
-        wait_until(Duration::from_secs(120), "cxr-ledd to listen", || {
-            if let Ok(Some(status)) = child.try_wait() {
-                bail!("cxr-ledd exited with {status}");
-            }
-            Ok(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok())
-        })
-        .with_context(|| format!("cxr-ledd did not start; its log:\n{}", self.log()))
+        let child = crate::spawn_until_ready(
+            Command::new(binary()?)
+                .args(["run", "--config"])
+                .arg(self.dir.join("cxr-ledd.toml"))
+                .env("RUST_LOG", "info"),
+            &self.log_path(),
+            // The model loads before the port opens, so this also waits for the bundle.
+            Duration::from_secs(120),
+            "cxr-ledd",
+            || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        )
+        .with_context(|| format!("its log:\n{}", self.log()))?;
+        self.child = Some(child);
+        Ok(())
     }
 
     /// The process id, while running.

@@ -39,6 +39,37 @@ pub fn terminate(child: &mut Child, limit: Duration) -> anyhow::Result<()> {
     anyhow::bail!("process {pid} did not exit within {:.0} s of SIGTERM and was killed", limit.as_secs_f64())
 }
 
+/// Spawns `command` with its output appended to `log` and waits (at most
+/// `limit`) until `ready` says it serves; fails, killing it, if it exits
+/// first or never gets ready.
+pub fn spawn_until_ready(
+    command: &mut std::process::Command,
+    log: &Path,
+    limit: Duration,
+    what: &str,
+    mut ready: impl FnMut() -> bool,
+) -> anyhow::Result<Child> {
+    let log_file = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+    let mut child = command
+        .stdin(std::process::Stdio::null())
+        .stdout(log_file.try_clone()?)
+        .stderr(log_file)
+        .spawn()
+        .with_context(|| format!("starting {what}"))?;
+    let waited = wait::wait_until(limit, &format!("{what} to get ready"), || {
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!("{what} exited with {status}");
+        }
+        Ok(ready())
+    });
+    if let Err(error) = waited {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(error.context(format!("{what} did not start; see {}", log.display())));
+    }
+    Ok(child)
+}
+
 /// A loopback port free right now.
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())

@@ -3,14 +3,13 @@
 //! Lua rule that forwards every new stable study to cxr-led.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
 use crate::http;
-use crate::wait::wait_until;
 
 /// Orthanc's AE title in the harness.
 pub const ORTHANC_AE: &str = "ORTHANC";
@@ -106,24 +105,16 @@ impl Orthanc {
     }
 
     fn launch(&mut self) -> anyhow::Result<()> {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("orthanc.log"))?;
-        let child = Command::new("Orthanc")
-            .arg(self.dir.join("orthanc.json"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting Orthanc (Debian package orthanc; .ci/env.sh installs it)")?;
-        self.child = Some(child);
         let port = self.http_port;
-        let child = self.child.as_mut().expect("just set");
-        wait_until(Duration::from_secs(30), "Orthanc's REST API to answer", || {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Err(anyhow::anyhow!("Orthanc exited with {status}"));
-            }
-            Ok(http::get(port, "/system").is_ok())
-        })
-        .with_context(|| format!("Orthanc did not start; see {}", self.dir.join("orthanc.log").display()))
+        let child = crate::spawn_until_ready(
+            Command::new("Orthanc").arg(self.dir.join("orthanc.json")),
+            &self.dir.join("orthanc.log"),
+            Duration::from_secs(30),
+            "Orthanc (Debian package orthanc; .ci/env.sh installs it)",
+            || http::get(port, "/system").is_ok(),
+        )?;
+        self.child = Some(child);
+        Ok(())
     }
 
     /// Stops Orthanc (SIGTERM, as a service manager would) and waits for it.

@@ -264,3 +264,18 @@ pub fn data_set_bytes(obj: &InMemDicomObject) -> Vec<u8> {
     obj.write_dataset_with_ts(&mut bytes, &ts).unwrap();
     bytes
 }
+
+/// Starts the real `cxr-ledd run --config <config>`, its output appended to
+/// `log` (tests only: examples that include this module have no binary path).
+#[cfg(test)]
+pub fn spawn_daemon(config: &Path, log: &Path) -> std::process::Child {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_cxr-ledd"))
+        .args(["run", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::from(log.try_clone().unwrap()))
+        .stderr(std::process::Stdio::from(log))
+        .spawn()
+        .expect("start cxr-ledd")
+}
