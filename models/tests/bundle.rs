@@ -16,11 +16,19 @@ fn saved_tiny(dir: &std::path::Path) -> Bundle {
     Bundle::save(dir, &presets::tiny(), &model).unwrap()
 }
 
+/// `LedModel::from_bundle` behind the global RNG lock: it initialises every
+/// network from libtorch's global generator before loading the weights, which
+/// would change what a seeded build in a parallel test draws.
+fn model_from(bundle: &Bundle, precision: Precision) -> cxr_led_models::Result<LedModel> {
+    let _rng = common::global_rng();
+    LedModel::from_bundle(bundle, Device::Cpu, precision)
+}
+
 #[test]
 fn save_then_load_then_save_is_bit_exact() {
     let first = tempfile::tempdir().unwrap();
     let bundle = saved_tiny(first.path());
-    let model = LedModel::from_bundle(&bundle, Device::Cpu, Precision::F32).unwrap();
+    let model = model_from(&bundle, Precision::F32).unwrap();
     let second = tempfile::tempdir().unwrap();
     let again = Bundle::save(second.path(), &bundle.manifest, &model).unwrap();
     assert_eq!(bundle.sha256, again.sha256);
@@ -28,7 +36,7 @@ fn save_then_load_then_save_is_bit_exact() {
         assert_eq!(fs::read(first.path().join(&name)).unwrap(), fs::read(second.path().join(&name)).unwrap(), "{name}");
     }
     // And the tensors themselves, not just the files.
-    let reloaded = LedModel::from_bundle(&again, Device::Cpu, Precision::F32).unwrap();
+    let reloaded = model_from(&again, Precision::F32).unwrap();
     for ((_, a), (_, b)) in model.var_stores().zip(reloaded.var_stores()) {
         for (name, tensor) in a.variables() {
             assert!(tensor.equal(&b.variables()[&name]), "{name}");
@@ -59,7 +67,7 @@ fn a_manifest_whose_architecture_does_not_match_the_weights_is_refused() {
     let text = fs::read_to_string(&manifest_path).unwrap().replace("residual-blocks = 1", "residual-blocks = 2");
     fs::write(&manifest_path, text).unwrap();
     let bundle = Bundle::load(dir.path()).unwrap();
-    let error = LedModel::from_bundle(&bundle, Device::Cpu, Precision::F32).unwrap_err().to_string();
+    let error = model_from(&bundle, Precision::F32).unwrap_err().to_string();
     assert!(error.contains("missing") && error.contains("blocks.1.conv1.weight"), "{error}");
 }
 
@@ -105,6 +113,6 @@ fn the_checked_in_tiny_bundle_verifies_and_is_what_init_bundle_writes() {
 #[test]
 fn half_precision_is_refused_on_cpu() {
     let bundle = Bundle::load(common::tiny_bundle_dir()).unwrap();
-    let error = LedModel::from_bundle(&bundle, Device::Cpu, Precision::F16).unwrap_err().to_string();
+    let error = model_from(&bundle, Precision::F16).unwrap_err().to_string();
     assert!(error.contains("needs a CUDA device"), "{error}");
 }
