@@ -21,14 +21,13 @@ async fn peer_address_outside_the_allow_list_is_rejected() {
     assert!(!out.status.success());
     assert!(text(&out).contains("Association Rejected"), "{}", text(&out));
     let pool = db.pool().await;
-    assert_eq!(
-        count(
-            &pool,
-            "SELECT count(*) FROM audit_event WHERE outcome = 'rejected' AND detail LIKE '%allowed-peer-addresses%'"
-        )
-        .await,
-        1
-    );
+    // The rejection is audited after the peer has its answer: wait for the row.
+    wait_for_count(
+        &pool,
+        "SELECT count(*) FROM audit_event WHERE outcome = 'rejected' AND detail LIKE '%allowed-peer-addresses%'",
+        1,
+    )
+    .await;
     running.stop().await;
     pool.close().await;
 }

@@ -29,17 +29,20 @@ async fn unknown_calling_and_called_ae_titles_are_rejected() {
     assert!(ok.status.success(), "{}", text(&ok));
 
     let pool = db.pool().await;
-    let rejected = count(
+    // Rejections are audited after the peer has its answer: wait for the rows.
+    wait_for_count(
         &pool,
         "SELECT count(*) FROM audit_event WHERE event = 'association' AND outcome = 'rejected' \
          AND calling_ae_title = 'INTRUDER' AND detail LIKE '%allowed-calling-ae-titles%'",
+        1,
     )
     .await;
-    assert_eq!(rejected, 1);
-    let rejected_called =
-        count(&pool, "SELECT count(*) FROM audit_event WHERE outcome = 'rejected' AND called_ae_title = 'SOMEONE'")
-            .await;
-    assert_eq!(rejected_called, 1);
+    wait_for_count(
+        &pool,
+        "SELECT count(*) FROM audit_event WHERE outcome = 'rejected' AND called_ae_title = 'SOMEONE'",
+        1,
+    )
+    .await;
     assert_eq!(count(&pool, "SELECT count(*) FROM instance").await, 1);
     running.stop().await;
     pool.close().await;

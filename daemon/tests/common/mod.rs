@@ -161,6 +161,22 @@ pub async fn count(db: &PgPool, sql: &str) -> i64 {
     sqlx::query(sql).fetch_one(db).await.expect(sql).try_get::<i64, _>(0).unwrap()
 }
 
+/// Waits (up to 10 s) until `sql`, a `SELECT count(*)`, returns `expected`,
+/// and panics with the last count otherwise. For rows the daemon writes after
+/// it has answered the peer (an audited rejection), which a test can look for
+/// before they land.
+pub async fn wait_for_count(db: &PgPool, sql: &str, expected: i64) {
+    let start = Instant::now();
+    loop {
+        let found = count(db, sql).await;
+        if found == expected {
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{sql}: expected {expected}, found {found}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Polls `condition` until it holds, panicking after `limit`.
 pub async fn wait_until<F, Fut>(limit: Duration, what: &str, mut condition: F)
 where
