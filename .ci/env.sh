@@ -67,11 +67,12 @@ cxr_led_env() {
 # /usr/bin/python3 -m aiosmtpd) and a running PostgreSQL that trusts local
 # connections of user postgres. Exports DATABASE_URL (tests create and drop
 # their own databases on that server). systemd provides systemd-analyze for
-# the unit test. Orthanc is the real PACS of the end-to-end tests (tests/),
+# the unit test; openssl makes the throw-away CA and certificates of the
+# DICOM TLS tests. Orthanc is the real PACS of the end-to-end tests (tests/),
 # which start private instances of it; Debian's package also enables a system
 # service, which stays off where systemd does not run (containers, CI).
 cxr_led_test_services() {
-    cxr_led_apt dcmtk dicom3tools python3-aiosmtpd systemd orthanc
+    cxr_led_apt dcmtk dicom3tools python3-aiosmtpd systemd orthanc openssl
     export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
     if pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
         return 0

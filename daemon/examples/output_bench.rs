@@ -102,6 +102,7 @@ async fn main() {
             name: "pacs".into(),
             ae_title: "PACS".into(),
             address: format!("127.0.0.1:{port}"),
+            tls: None,
         }],
         batch_size: copies as u32,
         ..Default::default()

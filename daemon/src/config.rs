@@ -53,6 +53,34 @@ pub struct IngestConfig {
     pub idle_timeout_secs: u64,
     /// Spool folder: received instances live here (`tmp/` holds files being received).
     pub spool_dir: PathBuf,
+    /// A second listener speaking DICOM TLS (`[ingest.tls]`); absent = none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<IngestTlsConfig>,
+}
+
+/// The DICOM TLS listener (PS3.15 Annex B.1, Basic TLS Secure Transport):
+/// TLS 1.2 or 1.3, our certificate, and optionally a client-certificate check.
+/// It serves the same AE title, allow-lists and limits as the plain listener.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct IngestTlsConfig {
+    /// Address and port of the TLS listener (2762 is the registered DICOM TLS port).
+    #[serde(default = "default_tls_listen")]
+    pub listen: SocketAddr,
+    /// PEM file with our certificate, then any intermediates.
+    pub certificate: PathBuf,
+    /// PEM file with the certificate's private key (PKCS#8, PKCS#1 or SEC1),
+    /// readable by the service user only.
+    pub private_key: PathBuf,
+    /// PEM file with the CA certificates that sign our peers' client
+    /// certificates. Set: a peer without a certificate issued by one of them
+    /// is refused during the handshake. Absent: no client certificate is asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<PathBuf>,
+}
+
+fn default_tls_listen() -> SocketAddr {
+    "0.0.0.0:2762".parse().expect("valid default address")
 }
 
 impl Default for IngestConfig {
@@ -67,6 +95,7 @@ impl Default for IngestConfig {
             read_timeout_secs: 30,
             idle_timeout_secs: 120,
             spool_dir: PathBuf::from("/var/lib/cxr-led/spool"),
+            tls: None,
         }
     }
 }
@@ -351,6 +380,37 @@ pub struct DestinationConfig {
     pub ae_title: String,
     /// `host:port`.
     pub address: String,
+    /// Send over DICOM TLS instead of plain TCP (`tls = { ca = "..." }`); absent = plain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<DestinationTlsConfig>,
+}
+
+/// DICOM TLS towards one destination. The files are read at every
+/// association, so a renewed certificate is used without a restart.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct DestinationTlsConfig {
+    /// PEM file with the CA certificates we trust for the destination's certificate.
+    pub ca: PathBuf,
+    /// The name its certificate must carry (DNS name or IP address); default:
+    /// the host part of `address`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// PEM file with our client certificate (then intermediates), for a
+    /// destination that checks client certificates; needs `private-key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<PathBuf>,
+    /// PEM file with the client certificate's private key; needs `certificate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key: Option<PathBuf>,
+}
+
+impl DestinationConfig {
+    /// The host part of `address` (brackets of an IPv6 literal removed).
+    pub fn host(&self) -> &str {
+        let host = self.address.rsplit_once(':').map_or(self.address.as_str(), |(host, _)| host);
+        host.trim_start_matches('[').trim_end_matches(']')
+    }
 }
 
 /// An AE title problem, or None: 1 to 16 printable ASCII characters, no backslash.
@@ -634,6 +694,14 @@ impl Config {
             "exposure.flag-above-noise-sigma",
             format!("{sigma} must be between 0 and 1 (exclusive; default 0.03)"),
         );
+        if let Some(tls) = &ingest.tls {
+            crate::tls::check_listener(tls, "ingest.tls", &mut p);
+            p.check(
+                tls.listen != ingest.listen || tls.listen.port() == 0,
+                "ingest.tls.listen",
+                format!("{} is also ingest.listen: give the TLS listener its own port (2762 is usual)", tls.listen),
+            );
+        }
         self.validate_pipeline(&mut p);
         self.validate_delivery(&mut p);
         self.validate_http(&mut p);
@@ -709,6 +777,9 @@ impl Config {
                 format!("{key}.address"),
                 format!("{:?} must be host:port, e.g. pacs.example.org:104", dest.address),
             );
+            if let Some(tls) = &dest.tls {
+                crate::tls::check_destination(tls, dest.host(), &format!("{key}.tls"), p);
+            }
         }
         p.check(d.retry_initial_secs >= 1, "delivery.retry-initial-secs", "must be at least 1 (default 10)");
         p.check(

@@ -9,7 +9,8 @@
 //!    commits: no transaction stays open across the network, and another
 //!    daemon on the same database skips the rows until the lease runs out
 //!    (which is also how a row claimed by a daemon that died comes back);
-//! 2. per destination, opens one association proposing, per SOP class, the
+//! 2. per destination, opens one association (over DICOM TLS when the
+//!    destination has a `tls` table) proposing, per SOP class, the
 //!    file's Explicit VR Little Endian and Implicit VR Little Endian (the data
 //!    set is re-encoded when the peer picks Implicit), and sends each file as
 //!    a C-STORE split into P-DATA PDUs of at most the peer's maximum length;
@@ -38,13 +39,13 @@ use dicom_ul::association::AsyncClientAssociation;
 use dicom_ul::pdu::{PDataValue, PDataValueType};
 use dicom_ul::{ClientAssociationOptions, Pdu};
 use sqlx::{PgConnection, PgPool, Row};
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::audit;
-use crate::config::{DeliveryConfig, DestinationConfig};
+use crate::config::{DeliveryConfig, DestinationConfig, DestinationTlsConfig};
 use crate::ingest::dimse;
 use crate::metrics::Metrics;
+use crate::tls::TcpSocket;
 
 /// Adds one pending outbox row per destination for a derived instance, in
 /// the caller's transaction. A row that already exists (a re-run after a
@@ -173,8 +174,8 @@ pub async fn deliver_due(db: &PgPool, config: &DeliveryConfig, metrics: &Metrics
     Ok(rows.len())
 }
 
-/// Sends a destination's claimed rows over one association and records each
-/// outcome as soon as it is known.
+/// Sends a destination's claimed rows over one association (plain or TLS)
+/// and records each outcome as soon as it is known.
 async fn send_batch(
     db: &PgPool,
     config: &DeliveryConfig,
@@ -185,16 +186,41 @@ async fn send_batch(
     let mut classes: Vec<&str> = batch.iter().map(|c| c.sop_class_uid.as_str()).collect();
     classes.sort_unstable();
     classes.dedup();
-    let mut association = match connect(config, destination, &classes).await {
-        Ok(a) => a,
-        Err(error) => {
-            tracing::warn!(destination = %destination.name, error = %error, "cannot associate with destination");
-            for claimed in batch {
-                record(db, config, metrics, Some(destination), claimed, &Outcome::Error(error.clone())).await?;
+    let options = association_options(config, destination, &classes);
+    let error = match &destination.tls {
+        None => match establish(config, destination, options.establish_async(destination.address.as_str())).await {
+            Ok(association) => return send_over(association, db, config, metrics, destination, batch).await,
+            Err(error) => error,
+        },
+        Some(tls) => match tls_options(options, tls, destination) {
+            Ok(options) => {
+                match establish(config, destination, options.establish_tls_async(destination.address.as_str())).await {
+                    Ok(association) => return send_over(association, db, config, metrics, destination, batch).await,
+                    Err(error) => error,
+                }
             }
-            return Ok(());
-        }
+            Err(error) => error,
+        },
     };
+    tracing::warn!(destination = %destination.name, error = %error, "cannot associate with destination");
+    for claimed in batch {
+        record(db, config, metrics, Some(destination), claimed, &Outcome::Error(error.clone())).await?;
+    }
+    Ok(())
+}
+
+/// Sends the rows over an established association.
+async fn send_over<S>(
+    mut association: AsyncClientAssociation<S>,
+    db: &PgPool,
+    config: &DeliveryConfig,
+    metrics: &Metrics,
+    destination: &DestinationConfig,
+    batch: &[Claimed],
+) -> anyhow::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
     let mut message_id: u16 = 1;
     for (i, claimed) in batch.iter().enumerate() {
         // Renew the lease of the rows still to go, so that a long batch never
@@ -237,12 +263,12 @@ async fn send_batch(
     Ok(())
 }
 
-/// Opens an association proposing each SOP class with Explicit and Implicit VR Little Endian.
-async fn connect(
+/// Association options proposing each SOP class with Explicit and Implicit VR Little Endian.
+fn association_options<'a>(
     config: &DeliveryConfig,
     destination: &DestinationConfig,
     classes: &[&str],
-) -> Result<AsyncClientAssociation<TcpStream>, String> {
+) -> ClientAssociationOptions<'a> {
     let mut options = ClientAssociationOptions::new()
         .calling_ae_title(config.calling_ae_title.clone())
         .called_ae_title(destination.ae_title.clone())
@@ -256,22 +282,44 @@ async fn connect(
             vec![EXPLICIT_VR_LITTLE_ENDIAN.uid().to_string(), IMPLICIT_VR_LITTLE_ENDIAN.uid().to_string()],
         );
     }
-    let establish = options.establish_async(destination.address.as_str());
+    options
+}
+
+/// Adds the destination's TLS configuration, read from its files now (so a
+/// renewed certificate is picked up without a restart).
+fn tls_options<'a>(
+    options: ClientAssociationOptions<'a>,
+    tls: &DestinationTlsConfig,
+    destination: &DestinationConfig,
+) -> Result<ClientAssociationOptions<'a>, String> {
+    let prefix = format!("destination {} tls", destination.name);
+    let client = crate::tls::client_config(tls).map_err(|e| e.at(&prefix))?;
+    let name = crate::tls::server_name(tls, destination.host()).map_err(|e| e.at(&prefix))?;
+    Ok(options.tls_config(client).server_name(&name.to_str()))
+}
+
+/// Waits for the association (TCP or TLS) within twice the connect timeout.
+async fn establish<S: AsyncRead + AsyncWrite + Unpin + Send + TcpSocket>(
+    config: &DeliveryConfig,
+    destination: &DestinationConfig,
+    establish: impl Future<Output = Result<AsyncClientAssociation<S>, dicom_ul::association::Error>>,
+) -> Result<AsyncClientAssociation<S>, String> {
+    let transport = if destination.tls.is_some() { " over TLS" } else { "" };
     match tokio::time::timeout(config.connect_timeout() * 2, establish).await {
         Ok(Ok(mut association)) => {
             // Small PDUs (the command, the last fragment) go out at once rather than after a delayed ACK.
-            let _ = association.inner_stream().set_nodelay(true);
+            let _ = association.inner_stream().tcp().set_nodelay(true);
             Ok(association)
         }
         Ok(Err(e)) => Err(format!(
-            "association with {} ({} at {}) failed: {}",
+            "association with {} ({} at {}){transport} failed: {}",
             destination.name,
             destination.ae_title,
             destination.address,
             error_chain(&e)
         )),
         Err(_) => Err(format!(
-            "association with {} ({} at {}) timed out",
+            "association with {} ({} at {}){transport} timed out",
             destination.name, destination.ae_title, destination.address
         )),
     }
@@ -287,8 +335,8 @@ enum StoreError {
 }
 
 /// Sends one file and waits for its C-STORE response.
-async fn store(
-    association: &mut AsyncClientAssociation<TcpStream>,
+async fn store<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    association: &mut AsyncClientAssociation<S>,
     config: &DeliveryConfig,
     claimed: &Claimed,
     message_id: u16,
@@ -339,7 +387,9 @@ async fn store(
 
 /// Reads PDUs until a complete command (the C-STORE-RSP) arrived; returns
 /// its Status and Error Comment.
-async fn receive_response(association: &mut AsyncClientAssociation<TcpStream>) -> Result<(u16, String), String> {
+async fn receive_response<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    association: &mut AsyncClientAssociation<S>,
+) -> Result<(u16, String), String> {
     let mut command = Vec::new();
     loop {
         let pdu = association

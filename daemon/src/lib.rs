@@ -14,6 +14,7 @@
 //! - [`reproduce`]: re-run a recorded enhancement and compare the pixels.
 //! - [`service`]: start-up (recovery), run, shutdown; [`notify`] tells systemd;
 //!   [`reload`] swaps a changed configuration or model bundle in.
+//! - [`tls`]: DICOM TLS configurations for the TLS listener and for destinations.
 //! - [`http`]: `/healthz`, `/readyz` ([`health`]) and `/metrics` ([`metrics`]) for operators.
 
 pub mod alerts;
@@ -35,6 +36,7 @@ pub mod reload;
 pub mod reproduce;
 pub mod service;
 pub mod spool;
+pub mod tls;
 pub mod tracker;
 pub mod triage;
 pub mod worker;

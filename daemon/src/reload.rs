@@ -126,6 +126,7 @@ pub const RESTART_KEYS: &[&str] = &[
     "ingest.read-timeout-secs",
     "ingest.idle-timeout-secs",
     "ingest.spool-dir",
+    "ingest.tls",
     "tracker",
     "database",
     "pipeline.enabled",

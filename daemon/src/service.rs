@@ -77,6 +77,8 @@ pub async fn recover(spool: &Spool, db: &PgPool) -> anyhow::Result<Recovery> {
 pub struct Running {
     /// The address the SCP listens on (useful with port 0).
     pub local_addr: SocketAddr,
+    /// The address of the DICOM TLS listener (`None` without `[ingest.tls]`).
+    pub tls_addr: Option<SocketAddr>,
     /// The database pool.
     pub db: PgPool,
     /// What start-up recovery did.
@@ -159,6 +161,18 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .await
         .with_context(|| format!("listening on {}", config.ingest.listen))?;
     let local_addr = listener.local_addr()?;
+    let tls = match &config.ingest.tls {
+        Some(tls) => {
+            let server_config =
+                crate::tls::server_config(tls).map_err(|e| anyhow::anyhow!("{}", e.at("ingest.tls")))?;
+            let listener = TcpListener::bind(tls.listen)
+                .await
+                .with_context(|| format!("listening for DICOM TLS on {} (ingest.tls.listen)", tls.listen))?;
+            Some(ingest::TlsListener { listener, config: server_config })
+        }
+        None => None,
+    };
+    let tls_addr = tls.as_ref().map(|tls| tls.listener.local_addr()).transpose()?;
     if config.ingest.allowed_calling_ae_titles.is_empty() {
         tracing::warn!("allowed-calling-ae-titles is empty: any calling AE title may store");
     }
@@ -168,6 +182,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let (shutdown, stop) = oneshot::channel::<()>();
     let server = tokio::spawn(ingest::serve(
         listener,
+        tls,
         shared,
         async {
             let _ = stop.await;
@@ -188,6 +203,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         let _ = delivery_stop.await;
     }));
     tracing::info!(address = %local_addr, ae_title = %config.ingest.ae_title, "DICOM ingest listening");
+    if let Some(address) = tls_addr {
+        let client_check = if config.ingest.tls.as_ref().is_some_and(|t| t.client_ca.is_some()) {
+            "client certificates required"
+        } else {
+            "no client certificate asked for"
+        };
+        tracing::info!(address = %address, ae_title = %config.ingest.ae_title, "DICOM TLS ingest listening; {client_check}");
+    }
     let alerting = Arc::new(Live::new(alerts::Alerting { mailer, config: config.alerts.clone() }));
     let alerts = tokio::spawn(alerts::run(db.clone(), alerting.clone()));
     let (stop_workers, stop) = tokio::sync::watch::channel(false);
@@ -223,6 +246,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     };
     Ok(Running {
         local_addr,
+        tls_addr,
         db,
         recovery,
         http_addr: http.as_ref().map(http::Server::local_addr),

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-use cxr_led_daemon::config::{DeliveryConfig, DestinationConfig};
+use cxr_led_daemon::config::{DeliveryConfig, DestinationConfig, DestinationTlsConfig};
 use cxr_led_daemon::derive::{self, Provenance, StoredPixels};
 use cxr_led_daemon::metrics::Metrics;
 use cxr_led_daemon::{db, deliver};
@@ -123,7 +123,7 @@ fn delivery_config(destinations: Vec<DestinationConfig>) -> DeliveryConfig {
 }
 
 fn destination(name: &str, ae: &str, port: u16) -> DestinationConfig {
-    DestinationConfig { name: name.into(), ae_title: ae.into(), address: format!("127.0.0.1:{port}") }
+    DestinationConfig { name: name.into(), ae_title: ae.into(), address: format!("127.0.0.1:{port}"), tls: None }
 }
 
 async fn enqueue(pool: &PgPool, file: &DerivedFile, destinations: &[DestinationConfig]) {
@@ -429,5 +429,61 @@ async fn two_senders_on_one_database_send_each_row_once() {
     assert_eq!(count(&pool, "SELECT count(*) FROM outbox WHERE state = 'sent' AND attempts = 1").await, 6);
     assert_eq!(count(&pool, "SELECT count(*) FROM audit_event WHERE event = 'instance-sent'").await, 6);
     assert_eq!(pacs.files().len(), 6);
+    pool.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_pacs_that_checks_client_certificates_gets_the_instance_over_tls() {
+    let pki = common::pki::Pki::new("cxr-led test CA");
+    let pacs_certificate = pki.issue("pacs");
+    let ours = pki.issue("cxrled");
+    let db = TestDb::create().await;
+    let pool = migrated(&db).await;
+    let work = tempfile::tempdir().unwrap();
+    let file = derived_file(work.path(), "CR1_6154.dcm", "tls");
+    let port = free_port();
+    // storescp +tls asks for a client certificate and checks it against the CA (dcmtk's default).
+    let mut scp_args = pacs_certificate.dcmtk_args();
+    scp_args.extend(["+cf".into(), pki.ca().display().to_string()]);
+    let pacs = StoreScp::start(port, &scp_args.iter().map(String::as_str).collect::<Vec<_>>());
+
+    let tls = |ca: PathBuf, client: Option<&common::pki::Issued>| DestinationTlsConfig {
+        ca,
+        server_name: None,
+        certificate: client.map(|c| c.certificate.clone()),
+        private_key: client.map(|c| c.private_key.clone()),
+    };
+    let with_tls =
+        |name: &str, tls: DestinationTlsConfig| DestinationConfig { tls: Some(tls), ..destination(name, "PACS", port) };
+    let stranger = common::pki::Pki::new("someone else's CA");
+    let config = delivery_config(vec![
+        with_tls("pacs", tls(pki.ca(), Some(&ours))),
+        with_tls("no-client-certificate", tls(pki.ca(), None)),
+        with_tls("untrusted-pacs", tls(stranger.ca(), Some(&ours))),
+        destination("plain", "PACS", port),
+    ]);
+    enqueue(&pool, &file, &config.destinations).await;
+
+    let row = deliver_until_settled(&pool, &config, "pacs").await;
+    assert_eq!((row.state.as_str(), row.last_status, row.sent), ("sent", Some(0), true), "{row:?}");
+    let received = pacs.files();
+    assert_eq!(received.len(), 1, "{received:?}");
+    let stored = open_file(&received[0]).unwrap();
+    assert_eq!(
+        stored.element(tags::SOP_INSTANCE_UID).unwrap().to_str().unwrap().trim_end_matches('\0'),
+        file.sop_instance_uid
+    );
+
+    // The others failed, each saying why, and stay queued for a retry.
+    for (destination, why) in [
+        ("no-client-certificate", "over TLS failed"),
+        ("untrusted-pacs", "UnknownIssuer"),
+        ("plain", "association with plain"),
+    ] {
+        let row = outbox(&pool, destination).await;
+        assert_eq!((row.state.as_str(), row.sent), ("pending", false), "{destination}: {row:?}");
+        let error = row.last_error.unwrap_or_default();
+        assert!(error.contains(why), "{destination}: {error}");
+    }
     pool.close().await;
 }

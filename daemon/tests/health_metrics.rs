@@ -430,6 +430,7 @@ async fn pipeline_metrics_follow_an_enhancement_and_a_failing_delivery() {
         name: "pacs".into(),
         ae_title: "PACS".into(),
         address: format!("127.0.0.1:{}", free_port()),
+        tls: None,
     }];
     config.delivery.connect_timeout_secs = 1;
     config.delivery.retry_initial_secs = 1;

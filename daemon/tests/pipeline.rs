@@ -87,6 +87,7 @@ fn pipeline_config(db: &common::TestDb, spool: &Path, pacs_port: u16) -> Config 
         name: "pacs".into(),
         ae_title: PACS_AE.into(),
         address: format!("127.0.0.1:{pacs_port}"),
+        tls: None,
     }];
     config.delivery.retry_initial_secs = 1;
     config.delivery.retry_max_secs = 1;

@@ -9,6 +9,7 @@ use dicom_ul::pdu::{
     AssociationRJServiceUserReason, PDataValue, PDataValueType, PresentationContextResultReason, UserIdentity,
 };
 use dicom_ul::{Pdu, ServerAssociationOptions};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use super::dimse::{self, status, Command};
@@ -16,6 +17,7 @@ use super::store::{self, Pending};
 use super::{Shared, STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, VERIFICATION};
 use crate::audit;
 use crate::metrics::Metrics;
+use crate::tls::TcpSocket;
 
 /// The access policy of one incoming association: called AE title, calling
 /// AE title allow-list and peer address allow-list. It remembers what it saw
@@ -73,8 +75,26 @@ impl AccessControl for AllowList {
     }
 }
 
+/// How an accepted connection speaks: plain TCP, or TLS with this configuration.
+#[derive(Clone)]
+pub enum Transport {
+    /// The `[ingest] listen` socket.
+    Plain,
+    /// The `[ingest.tls] listen` socket.
+    Tls(Arc<rustls::ServerConfig>),
+}
+
+impl Transport {
+    fn name(&self) -> &'static str {
+        match self {
+            Transport::Plain => "TCP",
+            Transport::Tls(_) => "TLS",
+        }
+    }
+}
+
 /// Runs one association from its first byte to its end.
-pub async fn run(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+pub async fn run(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>, transport: Transport) {
     let peer_text = peer.to_string();
     let seen = Arc::new(Mutex::new(Seen::default()));
     let config = &shared.config;
@@ -92,20 +112,47 @@ pub async fn run(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     for uid in TRANSFER_SYNTAXES {
         options = options.with_transfer_syntax(*uid);
     }
-    let established = tokio::time::timeout(config.read_timeout(), options.establish_async(socket)).await;
-    let seen = seen.lock().expect("not poisoned").clone();
-    let mut association = match established {
-        Ok(Ok(association)) => association,
+    let name = transport.name();
+    // The timeout covers the TLS handshake too: a peer that stalls in it is dropped.
+    match transport {
+        Transport::Plain => {
+            let established = tokio::time::timeout(config.read_timeout(), options.establish_async(socket)).await;
+            let seen = seen.lock().expect("not poisoned").clone();
+            if let Some(association) = negotiated(established, &shared, &peer_text, &seen).await {
+                serve(association, &shared, &peer_text, seen, name).await;
+            }
+        }
+        Transport::Tls(tls) => {
+            let options = options.tls_config(tls);
+            let established = tokio::time::timeout(config.read_timeout(), options.establish_tls_async(socket)).await;
+            let seen = seen.lock().expect("not poisoned").clone();
+            if let Some(association) = negotiated(established, &shared, &peer_text, &seen).await {
+                serve(association, &shared, &peer_text, seen, name).await;
+            }
+        }
+    }
+}
+
+/// The association, or None once a rejection, a failed negotiation (a TLS
+/// handshake included) or a timeout has been counted, logged and audited.
+async fn negotiated<S>(
+    established: Result<Result<Association<S>, UlError>, tokio::time::error::Elapsed>,
+    shared: &Shared,
+    peer_text: &str,
+    seen: &Seen,
+) -> Option<Association<S>> {
+    match established {
+        Ok(Ok(association)) => Some(association),
         Ok(Err(UlError::Rejected { association_rj, .. })) => {
             shared.metrics.associations.rejected.inc();
-            let detail = seen.refusal.unwrap_or_else(|| association_rj.source.to_string());
+            let detail = seen.refusal.clone().unwrap_or_else(|| association_rj.source.to_string());
             tracing::warn!(peer = %peer_text, calling = %seen.calling, reason = %detail, "association rejected");
             audit::record_or_log(
                 &shared.db,
                 &audit::Event {
                     event: audit::ASSOCIATION,
                     outcome: "rejected",
-                    peer_address: Some(&peer_text),
+                    peer_address: Some(peer_text),
                     calling_ae_title: Some(&seen.calling),
                     called_ae_title: Some(&seen.called),
                     detail: Some(&detail),
@@ -113,22 +160,43 @@ pub async fn run(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
                 },
             )
             .await;
-            return;
+            None
         }
         Ok(Err(e)) => {
             shared.metrics.associations.failed.inc();
-            let detail = format!("negotiation failed: {e}");
+            let detail = format!("negotiation failed: {}", error_chain(&e));
             tracing::info!(peer = %peer_text, "association {detail}");
-            audit_failed(&shared, &peer_text, &seen, &detail).await;
-            return;
+            audit_failed(shared, peer_text, seen, &detail).await;
+            None
         }
         Err(_) => {
             shared.metrics.associations.failed.inc();
             tracing::info!(peer = %peer_text, "association request timed out");
-            audit_failed(&shared, &peer_text, &seen, "no A-ASSOCIATE-RQ within read-timeout-secs").await;
-            return;
+            audit_failed(shared, peer_text, seen, "no A-ASSOCIATE-RQ within read-timeout-secs").await;
+            None
         }
-    };
+    }
+}
+
+/// An error and its sources, for the log and the audit trail (a TLS
+/// handshake failure says why only in its source).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// The DIMSE loop of an accepted association, until release, abort or timeout.
+async fn serve<S>(mut association: Association<S>, shared: &Arc<Shared>, peer_text: &str, seen: Seen, transport: &str)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + TcpSocket,
+{
+    let peer_text = peer_text.to_string();
     shared.metrics.associations.accepted.inc();
     let _active = ActiveAssociation::count(&shared.metrics);
     let calling = association.peer_ae_title().trim().to_string();
@@ -140,7 +208,7 @@ pub async fn run(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         .map(|pc| format!("{}:{}", pc.abstract_syntax, pc.transfer_syntax))
         .collect();
     let detail = format!(
-        "{} of {} presentation contexts accepted: {}",
+        "over {transport}: {} of {} presentation contexts accepted: {}",
         accepted.len(),
         association.presentation_contexts().len(),
         accepted.join(" ")
@@ -185,7 +253,7 @@ pub async fn run(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
                 let mut failed = None;
                 for value in data {
                     if let Err(why) =
-                        on_pdata(&mut association, &shared, &peer_info, &mut command_bytes, &mut pending, value).await
+                        on_pdata(&mut association, shared, &peer_info, &mut command_bytes, &mut pending, value).await
                     {
                         failed = Some(why);
                         break;
@@ -208,7 +276,7 @@ pub async fn run(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         }
     };
     if let Some(pending) = pending.take() {
-        pending.abandon(&shared, &peer_info, end).await;
+        pending.abandon(shared, &peer_info, end).await;
     }
     if end != "released" && end != "aborted by peer" && end != "connection lost" {
         let _ = association.abort().await;
@@ -254,18 +322,22 @@ async fn audit_failed(shared: &Shared, peer: &str, seen: &Seen, detail: &str) {
 /// with delayed ACKs (40 ms) on our side Nagle's algorithm stalls every small
 /// instance; quick ACKs remove that stall. The flag is not sticky, hence one
 /// call per PDU.
-fn quick_ack(association: &mut Association) {
+fn quick_ack<S: AsyncRead + AsyncWrite + Unpin + Send + TcpSocket>(association: &mut Association<S>) {
     #[cfg(target_os = "linux")]
     {
-        let _ = socket2::SockRef::from(&*association.inner_stream()).set_tcp_quickack(true);
+        let _ = socket2::SockRef::from(association.inner_stream().tcp()).set_tcp_quickack(true);
     }
     #[cfg(not(target_os = "linux"))]
     let _ = association;
 }
 
-type Association = dicom_ul::association::server::AsyncServerAssociation<TcpStream>;
+type Association<S> = dicom_ul::association::server::AsyncServerAssociation<S>;
 
-async fn send_command(association: &mut Association, pc_id: u8, bytes: Vec<u8>) -> Result<(), String> {
+async fn send_command<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    association: &mut Association<S>,
+    pc_id: u8,
+    bytes: Vec<u8>,
+) -> Result<(), String> {
     let pdu = Pdu::PData {
         data: vec![PDataValue {
             presentation_context_id: pc_id,
@@ -278,8 +350,8 @@ async fn send_command(association: &mut Association, pc_id: u8, bytes: Vec<u8>) 
 }
 
 /// Handles one presentation data value; an error aborts the association.
-async fn on_pdata(
-    association: &mut Association,
+async fn on_pdata<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    association: &mut Association<S>,
     shared: &Arc<Shared>,
     peer: &store::Peer,
     command_bytes: &mut Vec<u8>,
@@ -321,8 +393,8 @@ async fn on_pdata(
     }
 }
 
-async fn on_command(
-    association: &mut Association,
+async fn on_command<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    association: &mut Association<S>,
     shared: &Arc<Shared>,
     peer: &store::Peer,
     pending: &mut Option<Pending>,

@@ -1,6 +1,7 @@
 //! The DICOM SCP: C-ECHO and C-STORE over dicom-ul on tokio.
 //!
-//! - [`serve`] accepts TCP connections, one task per association, at most
+//! - [`serve`] accepts TCP connections, and DICOM TLS ones when
+//!   `[ingest.tls]` is set, one task per association, at most
 //!   `max-associations` at once (more are rejected as transient,
 //!   local-limit-exceeded).
 //! - [`association`] negotiates (AE title and peer allow-lists, presentation
@@ -12,6 +13,8 @@
 pub mod association;
 pub mod dimse;
 pub mod store;
+
+pub use association::Transport;
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -90,41 +93,70 @@ impl Shared {
     }
 }
 
-/// Accepts associations until `shutdown` resolves, then gives running
-/// associations `grace` to finish and aborts the rest (their temporary files
-/// are removed at the next start; they never got Success).
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future<Output = ()>, grace: Duration) {
+/// The TLS listener and its rustls configuration (`[ingest.tls]`).
+pub struct TlsListener {
+    /// The bound socket.
+    pub listener: TcpListener,
+    /// Our certificate, key and client-certificate policy.
+    pub config: Arc<rustls::ServerConfig>,
+}
+
+/// Accepts on the TLS listener, or never when there is none.
+async fn accept_tls(tls: Option<&TlsListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match tls {
+        Some(tls) => tls.listener.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Accepts associations on the plain listener and, when configured, the TLS
+/// listener until `shutdown` resolves, then gives running associations
+/// `grace` to finish and aborts the rest (their temporary files are removed
+/// at the next start; they never got Success). Both listeners share the
+/// `max-associations` limit.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<TlsListener>,
+    shared: Arc<Shared>,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+) {
     let permits = Arc::new(Semaphore::new(shared.config.max_associations));
     let mut tasks = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
-        tokio::select! {
+        let (accepted, transport) = tokio::select! {
             _ = &mut shutdown => break,
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-            accepted = listener.accept() => match accepted {
-                Ok((socket, peer)) => {
-                    let _ = socket.set_nodelay(true);
-                    let shared = shared.clone();
-                    match permits.clone().try_acquire_owned() {
-                        Ok(permit) => {
-                            tasks.spawn(async move {
-                                association::run(socket, peer, shared).await;
-                                drop(permit);
-                            });
-                        }
-                        Err(_) => {
-                            tasks.spawn(reject_busy(socket, peer, shared));
-                        }
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+            accepted = listener.accept() => (accepted, Transport::Plain),
+            accepted = accept_tls(tls.as_ref()) => {
+                (accepted, Transport::Tls(tls.as_ref().expect("accepts only with a listener").config.clone()))
+            }
+        };
+        match accepted {
+            Ok((socket, peer)) => {
+                let _ = socket.set_nodelay(true);
+                let shared = shared.clone();
+                match permits.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        tasks.spawn(async move {
+                            association::run(socket, peer, shared, transport).await;
+                            drop(permit);
+                        });
+                    }
+                    Err(_) => {
+                        tasks.spawn(reject_busy(socket, peer, shared, transport));
                     }
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed; retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
     }
     drop(listener);
+    drop(tls);
     let drain = async { while tasks.join_next().await.is_some() {} };
     if tokio::time::timeout(grace, drain).await.is_err() {
         tracing::warn!(remaining = tasks.len(), "aborting associations still running at shutdown");
@@ -133,8 +165,10 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Fu
 }
 
 /// Reads the A-ASSOCIATE-RQ of a connection over the association limit and
-/// answers A-ASSOCIATE-RJ (transient, service provider, local limit exceeded).
-async fn reject_busy(mut socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+/// answers A-ASSOCIATE-RJ (transient, service provider, local limit
+/// exceeded). A TLS connection is closed before its handshake instead: no
+/// handshake is spent on a connection we cannot serve.
+async fn reject_busy(mut socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>, transport: Transport) {
     let read_rq = async {
         let mut header = [0u8; 6];
         socket.read_exact(&mut header).await?;
@@ -143,7 +177,8 @@ async fn reject_busy(mut socket: TcpStream, peer: SocketAddr, shared: Arc<Shared
         tokio::io::copy(&mut rest, &mut tokio::io::sink()).await?;
         std::io::Result::Ok(())
     };
-    if tokio::time::timeout(shared.config.read_timeout(), read_rq).await.is_ok() {
+    let plain = matches!(transport, Transport::Plain);
+    if plain && tokio::time::timeout(shared.config.read_timeout(), read_rq).await.is_ok() {
         let rj = Pdu::AssociationRJ(AssociationRJ {
             result: AssociationRJResult::Transient,
             source: AssociationRJSource::ServiceProviderPresentation(
@@ -165,7 +200,11 @@ async fn reject_busy(mut socket: TcpStream, peer: SocketAddr, shared: Arc<Shared
             event: audit::ASSOCIATION,
             outcome: "rejected",
             peer_address: Some(&peer),
-            detail: Some("transient: local limit exceeded (max-associations)"),
+            detail: Some(if plain {
+                "transient: local limit exceeded (max-associations)"
+            } else {
+                "TLS connection closed: local limit exceeded (max-associations)"
+            }),
             ..Default::default()
         },
     )

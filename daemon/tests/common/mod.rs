@@ -2,6 +2,8 @@
 //! in-process daemon on a free port, dcmtk peers and a raw DIMSE client.
 #![allow(dead_code, missing_docs)]
 
+pub mod pki;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
