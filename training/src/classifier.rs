@@ -22,7 +22,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::checkpoint;
 use crate::data::{self, Split};
-use crate::progress::{Progress, StopFlag};
+use crate::progress::{append_csv, Progress, StopFlag};
 
 /// File name of the exported classifier weights (its config is beside it as `classifier.toml`).
 pub const WEIGHTS_FILE: &str = "classifier.safetensors";
@@ -332,17 +332,6 @@ fn epoch_order(count: usize, seed: u64, epoch: usize) -> Vec<i64> {
     order
 }
 
-fn append_csv(path: &Path, row: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    let new = !path.exists();
-    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
-    if new {
-        writeln!(file, "step,epoch,learning_rate,train_loss,train_accuracy,validation_loss,validation_accuracy")?;
-    }
-    writeln!(file, "{row}")?;
-    Ok(())
-}
-
 /// Runs `cxr-led-train classifier`: returns the final state.
 pub fn train(args: &ClassifierArgs, command_line: &str) -> anyhow::Result<ClassifierState> {
     let device = device::parse_device(&args.device)?;
@@ -449,7 +438,11 @@ pub fn train(args: &ClassifierArgs, command_line: &str) -> anyhow::Result<Classi
             } else {
                 row += ",";
             }
-            append_csv(&csv, &row)?;
+            append_csv(
+                &csv,
+                "step,epoch,learning_rate,train_loss,train_accuracy,validation_loss,validation_accuracy",
+                &row,
+            )?;
             save_checkpoint(&classifier, &state)?;
         }
         progress.update(state.step, &format!("loss {:.4}", loss.double_value(&[])));

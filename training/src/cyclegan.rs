@@ -16,6 +16,7 @@ use tch::{Device, Reduction, Tensor};
 
 use crate::checkpoint;
 use crate::data;
+use crate::progress::{append_csv, Progress, StopFlag};
 
 /// Hyper-parameters of a CycleGAN run.
 #[derive(Debug, Clone)]
@@ -131,8 +132,22 @@ pub fn train(
     let (pool_a, pool_b) = (pool_a.to_device(device), pool_b.to_device(device));
     let lambda = config.lambda_cycle;
     let (mut g_sum, mut d_sum, mut count) = (0.0, 0.0, 0usize);
+    let save = |stores: &[nn::VarStore], state: &CycleGanState| -> anyhow::Result<()> {
+        for (name, store) in NAMES.iter().zip(stores) {
+            checkpoint::save_store(dir, name, store)?;
+        }
+        checkpoint::save_state(dir, state)
+    };
+    let stop = StopFlag::install()?;
+    let mut progress = Progress::new("cyclegan", state.step, config.steps, "steps");
 
     while state.step < config.steps {
+        if stop.raised() {
+            progress.finish();
+            save(&stores, &state)?;
+            eprintln!("cyclegan: stopped at step {}; run the same command again to resume", state.step);
+            return Ok(state);
+        }
         let real_a = data::batch(&[&pool_a], config.batch, &mut rng).remove(0);
         let real_b = data::batch(&[&pool_b], config.batch, &mut rng).remove(0);
 
@@ -171,14 +186,19 @@ pub fn train(
         (g_sum, d_sum, count) = (g_sum + g, d_sum + d, count + 1);
         state.step += 1;
         if state.step % config.checkpoint_every == 0 || state.step == config.steps {
-            state.losses.push((state.step, g_sum / count as f64, d_sum / count as f64));
-            eprintln!("cyclegan: step {} loss G {:.4} D {:.4}", state.step, g_sum / count as f64, d_sum / count as f64);
+            let (mean_g, mean_d) = (g_sum / count as f64, d_sum / count as f64);
+            state.losses.push((state.step, mean_g, mean_d));
+            append_csv(
+                &dir.join("metrics.csv"),
+                "step,loss_g,loss_d",
+                &format!("{},{mean_g:.5},{mean_d:.5}", state.step),
+            )?;
             (g_sum, d_sum, count) = (0.0, 0.0, 0);
-            for (name, store) in NAMES.iter().zip(&stores) {
-                checkpoint::save_store(dir, name, store)?;
-            }
-            checkpoint::save_state(dir, &state)?;
+            save(&stores, &state)?;
+            progress.finish();
+            eprintln!("cyclegan: step {} loss G {mean_g:.4} D {mean_d:.4}", state.step);
         }
+        progress.update(state.step, &format!("loss G {g:.3} D {d:.3}"));
     }
     Ok(state)
 }

@@ -17,6 +17,7 @@ use tch::{Device, Tensor};
 
 use crate::checkpoint;
 use crate::data;
+use crate::progress::{append_csv, Progress, StopFlag};
 
 /// Hyper-parameters of a diffusion run.
 #[derive(Debug, Clone)]
@@ -148,7 +149,17 @@ pub fn train(
         let ema_vars = ema_store.variables();
         train_vars.into_iter().map(|(name, t)| (t, ema_vars[&name].shallow_clone())).collect()
     };
+    let stop = StopFlag::install()?;
+    let mut progress = Progress::new("diffusion", state.step, config.steps, "steps");
     while state.step < config.steps && !state.stopped_early {
+        if stop.raised() {
+            progress.finish();
+            checkpoint::save_store(dir, "unet", &store)?;
+            checkpoint::save_store(dir, "unet-ema", &ema_store)?;
+            checkpoint::save_state(dir, &state)?;
+            eprintln!("diffusion: stopped at step {}; run the same command again to resume", state.step);
+            return Ok(state);
+        }
         let batch = data::batch(&[&train_hq, &train_lq], config.batch, &mut rng);
         let t: Vec<i64> = (0..config.batch).map(|_| rng.gen_range(0..schedule.len() as i64)).collect();
         let t = Tensor::from_slice(&t).to_device(device);
@@ -175,6 +186,12 @@ pub fn train(
             let train_loss = loss_sum / count as f64;
             (loss_sum, count) = (0.0, 0);
             state.history.push((state.step, train_loss, validation));
+            append_csv(
+                &dir.join("metrics.csv"),
+                "step,learning_rate,train_loss,validation_loss_ema",
+                &format!("{},{:.7},{train_loss:.6},{validation:.6}", state.step, learning_rate(config, state.step)),
+            )?;
+            progress.finish();
             eprintln!("diffusion: step {} train {train_loss:.5} validation (EMA) {validation:.5}", state.step);
             if state.best_validation.is_none_or(|best| validation < best) {
                 state.best_validation = Some(validation);
@@ -188,6 +205,10 @@ pub fn train(
             checkpoint::save_store(dir, "unet-ema", &ema_store)?;
             checkpoint::save_state(dir, &state)?;
         }
+        progress.update(state.step, &format!("loss {value:.4}"));
+    }
+    if state.step < config.steps {
+        progress.finish();
     }
     Ok(state)
 }

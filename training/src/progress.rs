@@ -1,5 +1,5 @@
 //! What every long command shares: a progress line with rate and ETA on
-//! stderr, and a stop flag raised by Ctrl-C (SIGINT) or SIGTERM that the
+//! stderr, a metrics CSV, and a stop flag raised by Ctrl-C (SIGINT) or SIGTERM that the
 //! training loop polls between steps, so a stop always ends with a checkpoint.
 
 use std::io::Write;
@@ -81,6 +81,21 @@ impl Progress {
     pub fn finish(&self) {
         eprintln!();
     }
+}
+
+/// Appends one row to a metrics CSV, writing `header` first when the file is
+/// new (a resumed run appends to the same file).
+pub fn append_csv(path: &std::path::Path, header: &str, row: &str) -> anyhow::Result<()> {
+    if let Some(folder) = path.parent() {
+        std::fs::create_dir_all(folder)?;
+    }
+    let new = !path.exists();
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+    if new {
+        writeln!(file, "{header}")?;
+    }
+    writeln!(file, "{row}")?;
+    Ok(())
 }
 
 /// `1h02m`, `3m05s`, `12s`.

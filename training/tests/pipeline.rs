@@ -43,6 +43,11 @@ fn cyclegan_pairs_diffusion_and_export_make_a_working_bundle() {
     let (stdout, stderr) = train(&[args.as_slice(), &["--steps", "6", "--checkpoint-every", "2"]].concat());
     assert!(stderr.contains("resuming at step 4"), "{stderr}");
     assert!(stdout.contains("\"step\":6"), "{stdout}");
+    assert!(stderr.contains("cyclegan [") && stderr.contains("steps/s ETA"), "a progress line: {stderr}");
+    // One metrics row per checkpoint, across the resume: steps 2, 4 and 6.
+    let csv = std::fs::read_to_string(work.path().join("cyclegan/metrics.csv")).unwrap();
+    let steps: Vec<&str> = csv.lines().map(|l| l.split(',').next().unwrap()).collect();
+    assert_eq!(steps, ["step", "2", "4", "6"], "{csv}");
 
     let pairs = path("pairs.safetensors");
     train(
@@ -78,6 +83,9 @@ fn cyclegan_pairs_diffusion_and_export_make_a_working_bundle() {
         .concat(),
     );
     assert!(stdout.contains("\"step\":4") && stdout.contains("best_validation"), "{stdout}");
+    let csv = std::fs::read_to_string(work.path().join("diffusion/metrics.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 3, "a header and rows for steps 2 and 4: {csv}");
+    assert!(csv.starts_with("step,learning_rate,train_loss,validation_loss_ema"), "{csv}");
 
     let bundle_dir = path("bundle");
     train(&["export", "--preset", "tiny", "--cyclegan", &cyclegan, "--diffusion", &diffusion, "--out", &bundle_dir]);
