@@ -80,6 +80,9 @@ pub enum EnhanceError {
     Torch(#[from] tch::TchError),
 }
 
+/// `[training]` key of a bundle whose diffusion model saw timesteps below this only.
+pub const DIFFUSION_MAX_TIMESTEP: &str = "diffusion-max-timestep";
+
 impl Enhancer {
     /// Loads and verifies the configured bundle onto the configured device.
     pub fn load(config: &PipelineConfig) -> Result<Enhancer, EnhanceError> {
@@ -99,6 +102,17 @@ impl Enhancer {
             params.steps = config.steps;
         }
         params.precision = config.precision;
+        // A diffusion model trained on low timesteps only (a CPU bundle) has
+        // never seen the noise of a larger t0.
+        let trained_below = bundle.manifest.training.get(DIFFUSION_MAX_TIMESTEP).and_then(toml::Value::as_integer);
+        if let Some(limit) = trained_below.filter(|&limit| params.t0 as i64 >= limit) {
+            return Err(cxr_led_models::Error::InvalidParams(format!(
+                "pipeline.t0 = {} but this bundle's diffusion model was trained on timesteps below {limit} only: \
+                 write a smaller t0, or 0 for the bundle's own ({})",
+                params.t0, bundle.manifest.inference.t0
+            ))
+            .into());
+        }
         // Fail at start-up, not on the first image.
         cxr_led_models::sampler::DdimSampler::refinement(model.schedule(), params.t0, params.steps)?;
         let hold_threshold = if config.hold_threshold >= 0.0 {

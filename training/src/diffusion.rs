@@ -38,6 +38,10 @@ pub struct DiffusionConfig {
     pub patience: usize,
     /// Seed of batches, timesteps and noise.
     pub seed: u64,
+    /// Train on timesteps below this only (None: the whole schedule). LED
+    /// refines from t0 <= 200, so a short (CPU) run spends every step on the
+    /// timesteps inference uses; the bundle may then not use a larger t0.
+    pub max_timestep: Option<usize>,
 }
 
 impl Default for DiffusionConfig {
@@ -51,6 +55,7 @@ impl Default for DiffusionConfig {
             validate_every: 500,
             patience: 10,
             seed: 0,
+            max_timestep: None,
         }
     }
 }
@@ -68,6 +73,9 @@ pub struct DiffusionState {
     pub history: Vec<(usize, f64, f64)>,
     /// Whether early stopping ended the run.
     pub stopped_early: bool,
+    /// The timesteps trained on were below this (None: all of them).
+    #[serde(default)]
+    pub max_timestep: Option<usize>,
 }
 
 fn learning_rate(config: &DiffusionConfig, step: usize) -> f64 {
@@ -138,7 +146,15 @@ pub fn train(
     let mut val_noise_source = NoiseSource::new(config.seed.wrapping_add(1));
     let val_noise = val_noise_source.normal(&val_hq.size(), device);
     let mut val_rng = ChaCha8Rng::seed_from_u64(config.seed.wrapping_add(2));
-    let timesteps: Vec<i64> = (0..val_count).map(|_| val_rng.gen_range(0..schedule.len() as i64)).collect();
+    let t_end = config.max_timestep.unwrap_or(schedule.len()).clamp(1, schedule.len()) as i64;
+    anyhow::ensure!(
+        state.step == 0 || state.max_timestep == config.max_timestep,
+        "the checkpoint was trained with --max-timestep {:?}, not {:?}: resume with the same value",
+        state.max_timestep,
+        config.max_timestep
+    );
+    state.max_timestep = config.max_timestep;
+    let timesteps: Vec<i64> = (0..val_count).map(|_| val_rng.gen_range(0..t_end)).collect();
     let val_timesteps = Tensor::from_slice(&timesteps).to_device(device);
 
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed ^ (state.step as u64).rotate_left(17));
@@ -161,7 +177,7 @@ pub fn train(
             return Ok(state);
         }
         let batch = data::batch(&[&train_hq, &train_lq], config.batch, &mut rng);
-        let t: Vec<i64> = (0..config.batch).map(|_| rng.gen_range(0..schedule.len() as i64)).collect();
+        let t: Vec<i64> = (0..config.batch).map(|_| rng.gen_range(0..t_end)).collect();
         let t = Tensor::from_slice(&t).to_device(device);
         let eps = noise.normal(&batch[0].size(), device);
         let loss = schedule.epsilon_loss(&batch[0], &t, &eps, |x_t, t| unet.forward(x_t, &batch[1], t));

@@ -202,6 +202,11 @@ pub struct DiffusionArgs {
     /// Validations without improvement before stopping.
     #[arg(long, default_value_t = 10)]
     patience: usize,
+    /// Train on timesteps below this only (default: all 1000). LED refines
+    /// from t0 <= 200: a short CPU run can spend every step there; the
+    /// exported bundle then refuses a larger t0.
+    #[arg(long)]
+    max_timestep: Option<usize>,
 }
 
 /// Runs the `diffusion` stage.
@@ -220,6 +225,7 @@ pub fn diffusion(args: &DiffusionArgs) -> anyhow::Result<()> {
         validate_every: args.validate_every,
         patience: args.patience,
         seed: args.common.seed,
+        max_timestep: args.max_timestep,
         ..Default::default()
     };
     let schedule = NoiseSchedule::new(&manifest.schedule)?;
@@ -284,6 +290,19 @@ pub fn export(args: &ExportArgs) -> anyhow::Result<()> {
     let cyclegan_state = std::fs::read_to_string(args.cyclegan.join("state.json")).unwrap_or_default();
     manifest.training.insert("method".into(), "cxr-led-train cyclegan, pairs, diffusion, export".into());
     manifest.training.insert("cyclegan-state".into(), cyclegan_state.into());
+    if let Ok(state) = serde_json::from_str::<crate::diffusion::DiffusionState>(&diffusion_state) {
+        if let Some(limit) = state.max_timestep {
+            anyhow::ensure!(
+                manifest.inference.t0 < limit,
+                "the diffusion model was trained below timestep {limit}, but the {} preset refines from t0 = {}: \
+                 train with --max-timestep above it",
+                args.preset,
+                manifest.inference.t0
+            );
+            // Same key as cxr_led_daemon::enhance::DIFFUSION_MAX_TIMESTEP (the daemon refuses a larger t0).
+            manifest.training.insert("diffusion-max-timestep".into(), (limit as i64).into());
+        }
+    }
     manifest.training.insert("diffusion-state".into(), diffusion_state.into());
     manifest.training.insert("degradation-ranges".into(), toml::Value::try_from(DegradationRanges::default())?);
     if let Some(path) = &args.report {
