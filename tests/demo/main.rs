@@ -99,7 +99,7 @@ fn main() -> anyhow::Result<()> {
         options.stable_age_secs
     );
     let under: Vec<&Sample> = samples.iter().filter(|s| s.deviation_index < -3.0).collect();
-    let seconds = pacs.wait_for_derived(&under, start, Duration::from_secs(1800))?;
+    let seconds = wait_for_results(&mut pacs, &under, start)?;
     cxr_led_e2e::wait::wait_until(Duration::from_secs(120), "every job done", || {
         Ok(pacs.db.count("SELECT count(*) FROM job WHERE state IN ('done', 'dead')")? == samples.len() as i64)
     })?;
@@ -108,6 +108,14 @@ fn main() -> anyhow::Result<()> {
     println!("== results");
     for sample in &samples {
         let series = pacs.orthanc.series_of_study(&sample.study_uid)?;
+        if let Some((score, threshold)) = held(&mut pacs, sample)? {
+            println!(
+                "{:<26} DI {:+.1}: enhanced but HELD for review (score {score:.3} >= hold threshold {threshold:.3}): \
+                 not sent to the PACS; see the audit query below",
+                sample.label, sample.deviation_index
+            );
+            continue;
+        }
         match pacs.derived_series(sample)? {
             Some(derived) => {
                 let wait = under.iter().position(|s| s.label == sample.label).map(|i| seconds[i]).unwrap_or_default();
@@ -168,4 +176,34 @@ fn main() -> anyhow::Result<()> {
     pacs.cxrled.stop()?;
     pacs.orthanc.stop()?;
     Ok(())
+}
+
+/// The score and threshold of a sample's enhancement if the hallucination
+/// check held it (a held result is kept for review and never sent).
+fn held(pacs: &mut PacsLoop, sample: &Sample) -> anyhow::Result<Option<(f64, f64)>> {
+    let rows = pacs.db.rows(&format!(
+        "SELECT score, hold_threshold FROM enhancement WHERE held AND source_sop_instance_uid = '{}'",
+        sample.sop_uid.replace('\'', "")
+    ))?;
+    Ok(rows.first().map(|row| (row.get::<f64, _>(0), row.get::<f64, _>(1))))
+}
+
+/// Seconds from the upload until each under-exposed sample's derived series
+/// is in Orthanc, or its result was held by the hallucination check.
+fn wait_for_results(pacs: &mut PacsLoop, under: &[&Sample], since: Instant) -> anyhow::Result<Vec<f64>> {
+    let mut seconds = vec![None; under.len()];
+    cxr_led_e2e::wait::wait_until(
+        Duration::from_secs(1800),
+        "each under-exposed study to come back or be held",
+        || {
+            for (sample, done) in under.iter().zip(seconds.iter_mut()) {
+                if done.is_none() && (pacs.derived_series(sample)?.is_some() || held(pacs, sample)?.is_some()) {
+                    *done = Some(since.elapsed().as_secs_f64());
+                }
+            }
+            Ok(seconds.iter().all(Option::is_some))
+        },
+    )
+    .with_context(|| format!("cxr-led log tail:\n{}", tail(&pacs.cxrled.log(), 30)))?;
+    Ok(seconds.into_iter().map(Option::unwrap_or_default).collect())
 }
