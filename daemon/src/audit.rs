@@ -357,6 +357,19 @@ pub async fn verify_chain(db: &PgPool) -> Result<ChainReport, sqlx::Error> {
     }
 }
 
+/// An error with its sources, on one line, for log lines and audit details
+/// (a TLS handshake failure, for one, says why only in its source).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

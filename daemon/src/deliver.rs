@@ -41,7 +41,7 @@ use dicom_ul::{ClientAssociationOptions, Pdu};
 use sqlx::{PgConnection, PgPool, Row};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use crate::audit;
+use crate::audit::{self, error_chain};
 use crate::config::{DeliveryConfig, DestinationConfig, DestinationTlsConfig};
 use crate::ingest::dimse;
 use crate::metrics::Metrics;
@@ -594,18 +594,6 @@ async fn record(
         _ => counts.retry.inc(),
     }
     Ok(())
-}
-
-/// An error with its sources, on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 use super::dimse::{self, status, Command};
 use super::store::{self, Pending};
 use super::{Shared, STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, VERIFICATION};
-use crate::audit;
+use crate::audit::{self, error_chain};
 use crate::metrics::Metrics;
 use crate::tls::TcpSocket;
 
@@ -176,19 +176,6 @@ async fn negotiated<S>(
             None
         }
     }
-}
-
-/// An error and its sources, for the log and the audit trail (a TLS
-/// handshake failure says why only in its source).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// The DIMSE loop of an accepted association, until release, abort or timeout.
