@@ -180,7 +180,12 @@ fn an_under_exposed_study_sent_to_orthanc_comes_back_as_a_derived_series_in_the_
 #[test]
 fn orthanc_restarted_while_results_are_pending_still_gets_every_result_once() {
     let work = tempfile::tempdir().unwrap();
-    let mut pacs = PacsLoop::start(&LoopOptions::for_tests(work.path(), &database_name("restart"))).unwrap();
+    // A quiet period longer than Orthanc takes to stop: the jobs start only
+    // after Orthanc is down, so no result can reach it before the restart
+    // (with 1 s, a fast run could deliver one first, and the wait below would never end).
+    let options =
+        LoopOptions { quiet_period_secs: 8.0, ..LoopOptions::for_tests(work.path(), &database_name("restart")) };
+    let mut pacs = PacsLoop::start(&options).unwrap();
     let dir = work.path().join("samples");
     let samples: Vec<Sample> = (0..3)
         .map(|i| studies::sample(&dir, "dx_image.dcm", &format!("thorax-{i}"), "restart", -6.0).unwrap())
