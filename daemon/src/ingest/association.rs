@@ -114,22 +114,33 @@ pub async fn run(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>, trans
     }
     let name = transport.name();
     // The timeout covers the TLS handshake too: a peer that stalls in it is dropped.
+    let timeout = config.read_timeout();
     match transport {
         Transport::Plain => {
-            let established = tokio::time::timeout(config.read_timeout(), options.establish_async(socket)).await;
-            let seen = seen.lock().expect("not poisoned").clone();
-            if let Some(association) = negotiated(established, &shared, &peer_text, &seen).await {
-                serve(association, &shared, &peer_text, seen, name).await;
-            }
+            let established = tokio::time::timeout(timeout, options.establish_async(socket)).await;
+            negotiate_and_serve(established, &shared, &peer_text, &seen, name).await;
         }
         Transport::Tls(tls) => {
             let options = options.tls_config(tls);
-            let established = tokio::time::timeout(config.read_timeout(), options.establish_tls_async(socket)).await;
-            let seen = seen.lock().expect("not poisoned").clone();
-            if let Some(association) = negotiated(established, &shared, &peer_text, &seen).await {
-                serve(association, &shared, &peer_text, seen, name).await;
-            }
+            let established = tokio::time::timeout(timeout, options.establish_tls_async(socket)).await;
+            negotiate_and_serve(established, &shared, &peer_text, &seen, name).await;
         }
+    }
+}
+
+/// Audits the negotiation's outcome and, when it was accepted, runs the DIMSE loop.
+async fn negotiate_and_serve<S>(
+    established: Result<Result<Association<S>, UlError>, tokio::time::error::Elapsed>,
+    shared: &Arc<Shared>,
+    peer_text: &str,
+    seen: &Mutex<Seen>,
+    transport: &str,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + TcpSocket,
+{
+    let seen = seen.lock().expect("not poisoned").clone();
+    if let Some(association) = negotiated(established, shared, peer_text, &seen).await {
+        serve(association, shared, peer_text, seen, transport).await;
     }
 }
 
