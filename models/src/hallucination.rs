@@ -11,15 +11,24 @@
 //! explain at that width:
 //!
 //! ```text
-//! z_s(p) = min over blur offsets | G_s+b(tone(enhanced)) - G_s+b'(input) |(p) / (sigma(p) * ||G_s+b'||_2)
+//! z_s(p) = | G_s+b(tone(enhanced)) - G_s+b'(input) |(p) / (sigma(p) * ||G_s+b'||_2)
 //! ```
 //!
-//! `sigma(p)` is the input's local noise (a robust block median of a Laplacian
-//! residual), `||G||_2` how much a Gaussian shrinks white noise, and the
-//! minimum over small extra blurs of either side makes a sharper or a softer
-//! (but faithful) output free. A faithful output gives z of order 1
-//! everywhere; a planted structure of amplitude A and width w gives z that
-//! grows with A·w / sigma.
+//! `sigma(p)` is the noise of the two images (the input's local level, a
+//! robust block median of a Laplacian residual, and the output's image-wide
+//! level, added in quadrature), `||G||_2` how much a
+//! Gaussian shrinks white noise, and the extra blur b of one side makes a
+//! sharper or a softer (but faithful) output free. That blur is chosen once
+//! for the whole image (the one that explains the image best), never per
+//! pixel: sharpness is a property of the enhancement, and a per-pixel choice
+//! let a thin line or a small nodule hide behind a local blur. A faithful
+//! output gives z of order 1 everywhere; a planted structure of amplitude A
+//! and width w gives z that grows with A·w / sigma.
+//!
+//! Where the input says nothing, nothing is checked: within a component's
+//! reach of clipped input pixels (a burnt-out label, a saturated border) and
+//! in a thin margin along the image's edges (`margin`), where the comparison
+//! windows run off the image; there the maps are 0.
 //!
 //! Components, each a map and its maximum, each turned into [0, 1] by its
 //! calibration `c = 1 - exp(-max(0, raw - offset) / spread)`:
@@ -106,9 +115,12 @@ pub struct HallucinationConfig {
     pub min_noise: f64,
     /// Side in working pixels of the blocks the noise level is estimated in.
     pub noise_block: i64,
-    /// Extra Gaussian blurs (pixels) either side may get before comparison,
-    /// so that a sharper or softer faithful output is not doubted.
+    /// Extra Gaussian blurs (pixels) one side may get before comparison, so
+    /// that a sharper or softer faithful output is not doubted; one blur (or
+    /// none) is chosen for the whole image.
     pub blur_tolerance: Vec<f64>,
+    /// Fraction of the shorter side along every edge that is not scored.
+    pub margin: f64,
     /// Small structures: nodules, lines.
     pub fine_structure: ComponentConfig,
     /// Medium structures: larger nodules, erased or shifted segments.
@@ -139,8 +151,9 @@ impl Default for HallucinationConfig {
         Self {
             working_size: 512,
             min_noise: 0.004,
-            noise_block: 16,
-            blur_tolerance: vec![1.0, 2.0],
+            noise_block: 8,
+            blur_tolerance: vec![0.5, 1.0, 1.5, 2.0, 2.5],
+            margin: 0.03,
             fine_structure: ComponentConfig::new(1.0, 1.0, 5.0, 4.0),
             medium_structure: ComponentConfig::new(2.5, 1.0, 5.0, 4.0),
             coarse_structure: ComponentConfig::new(6.0, 1.0, 5.0, 4.0),
@@ -171,6 +184,9 @@ impl HallucinationConfig {
         }
         if self.blur_tolerance.iter().any(|b| !(*b >= 0.0 && *b <= 16.0)) {
             return bad(format!("blur-tolerance {:?} must lie in [0, 16]", self.blur_tolerance));
+        }
+        if !(0.0..=0.25).contains(&self.margin) {
+            return bad(format!("margin {} must lie in [0, 0.25]", self.margin));
         }
         for (name, c) in COMPONENTS.iter().zip(self.components()) {
             if !(c.scale > 0.0 && c.scale <= 64.0) {
@@ -380,7 +396,9 @@ fn tone_map(output: &Tensor, input: &Tensor, sigma: &Tensor) -> Tensor {
     mapped
 }
 
-const TONE_BINS: i64 = 32;
+// Few enough that a small bright structure drawn into the output cannot get
+// bins of its own and bend the table towards itself (32 did, in a test).
+const TONE_BINS: i64 = 16;
 
 /// The look-up table (strictly increasing output levels, input levels) from
 /// the weighted mean of `y` in quantile bins of `x`.
@@ -428,34 +446,71 @@ fn interpolate(values: &Tensor, centres: &[f32], levels: &[f32]) -> Tensor {
     &l0 + t * (l1 - &l0)
 }
 
-/// Raises the noise level to the full range where the input is clipped (it
-/// sits exactly at its own minimum or maximum over a visible area): there the
-/// input carries no information, so nothing there can be checked against it.
-fn unclip(sigma: Tensor, input: &Tensor) -> Tensor {
+/// Where the input is clipped (it sits exactly at its own minimum or maximum
+/// over a visible area), as a `[1, 1, H, W]` 0/1 map; `None` when it is not.
+/// There the input carries no information, so nothing can be checked against it.
+fn clipped_pixels(input: &Tensor) -> Option<Tensor> {
     let (low, high) = (input.min().double_value(&[]), input.max().double_value(&[]));
     let clipped = input.eq(low).logical_or(&input.eq(high)).to_kind(Kind::Float);
-    if clipped.mean(Kind::Float).double_value(&[]) < 1e-3 {
-        return sigma;
-    }
-    let near = clipped.max_pool2d([5, 5], [1, 1], [2, 2], [1, 1], false);
-    sigma.maximum(&(near * 2.0))
+    (clipped.mean(Kind::Float).double_value(&[]) >= 1e-3).then_some(clipped)
 }
 
-/// z_s: the smallest noise-normalised difference between `candidate` and
-/// `input` at width `scale` over the allowed extra blurs of either side.
-fn structure_z(candidate: &Tensor, input: &Tensor, sigma: &Tensor, scale: f64, config: &HallucinationConfig) -> Tensor {
+/// The pixels a component of width `scale` can score: not in the edge
+/// margin, and with no clipped input pixel within its reach (2 widths).
+fn scored_pixels(shape: (i64, i64), clipped: Option<&Tensor>, scale: f64, config: &HallucinationConfig) -> Tensor {
+    let (h, w) = shape;
+    let margin = (config.margin * h.min(w) as f64).round() as i64;
+    let mut scored = Tensor::zeros([1, 1, h, w], (Kind::Float, Device::Cpu));
+    if 2 * margin < h && 2 * margin < w {
+        let _ = scored.narrow(2, margin, h - 2 * margin).narrow(3, margin, w - 2 * margin).fill_(1.0);
+    }
+    if let Some(clipped) = clipped {
+        let reach = (2.0 * scale.max(1.0)).ceil() as i64 + 2;
+        let near = clipped.max_pool2d([2 * reach + 1, 2 * reach + 1], [1, 1], [reach, reach], [1, 1], false);
+        scored = scored * (-near + 1.0);
+    }
+    scored
+}
+
+/// The extra blurs (of the candidate, of the input) that explain the whole
+/// image best: the pair with the lowest median z at the fine width over
+/// `scored`. At most one side is blurred.
+fn choose_blur(
+    candidate: &Tensor,
+    input: &Tensor,
+    sigma: &Tensor,
+    scored: &Tensor,
+    config: &HallucinationConfig,
+) -> (f64, f64) {
+    let mask = scored.gt(0.5);
+    let mut pairs = vec![(0.0, 0.0)];
+    for &b in config.blur_tolerance.iter().filter(|b| **b > 0.0) {
+        pairs.push((b, 0.0));
+        pairs.push((0.0, b));
+    }
+    let mut best = (f64::INFINITY, 0.0, 0.0);
+    for (candidate_blur, input_blur) in pairs {
+        let z = structure_z(candidate, input, sigma, config.fine_structure.scale, (candidate_blur, input_blur));
+        let values = z.masked_select(&mask);
+        if values.size()[0] == 0 {
+            return (0.0, 0.0);
+        }
+        let median = values.median().double_value(&[]);
+        if median < best.0 {
+            best = (median, candidate_blur, input_blur);
+        }
+    }
+    (best.1, best.2)
+}
+
+/// z_s: the noise-normalised difference between `candidate` and `input` at
+/// width `scale`, with the extra blurs `(of the candidate, of the input)`.
+fn structure_z(candidate: &Tensor, input: &Tensor, sigma: &Tensor, scale: f64, blurs: (f64, f64)) -> Tensor {
     let widen = |b: f64| (scale * scale + b * b).sqrt();
     let (h, w) = (input.size()[2], input.size()[3]);
-    let base_input = gaussian_blur(input, scale);
-    let base_candidate = gaussian_blur(candidate, scale);
-    let z = |c: &Tensor, i: &Tensor, input_width: f64| (c - i).abs() / (sigma * noise_gain(h, w, input_width));
-    let mut best = z(&base_candidate, &base_input, scale);
-    for &b in config.blur_tolerance.iter().filter(|b| **b > 0.0) {
-        let width = widen(b);
-        best = best.minimum(&z(&gaussian_blur(candidate, width), &base_input, scale));
-        best = best.minimum(&z(&base_candidate, &gaussian_blur(input, width), width));
-    }
-    best
+    let input_width = widen(blurs.1);
+    let difference = gaussian_blur(candidate, widen(blurs.0)) - gaussian_blur(input, input_width);
+    difference.abs() / (sigma * noise_gain(h, w, input_width))
 }
 
 /// Scores how far `enhanced` departs from what `low_quality` supports (both
@@ -481,25 +536,42 @@ pub fn score(
     }
     let input = to_working(low_quality, config.working_size);
     let output = to_working(enhanced, config.working_size);
-    let sigma = unclip(noise_map(&input, config), &input);
-    let mapped = tone_map(&output, &input, &sigma);
+    let shape = (input.size()[2], input.size()[3]);
+    let clipped = clipped_pixels(&input);
+    let input_noise = noise_map(&input, config);
+    // The tone table leaves clipped neighbourhoods out of its fit.
+    let tone_noise = match &clipped {
+        Some(c) => input_noise.maximum(&(c.max_pool2d([5, 5], [1, 1], [2, 2], [1, 1], false) * 2.0)),
+        None => input_noise.shallow_clone(),
+    };
+    let mapped = tone_map(&output, &input, &tone_noise);
+    // A noisy output's own noise explains differences too: its image-wide
+    // level (a median over blocks), so that a structure drawn into the
+    // output cannot raise the noise allowed where it lies.
+    let output_noise = noise_map(&mapped, config).median().double_value(&[]);
+    let sigma = (input_noise.square() + output_noise * output_noise).sqrt();
+    let scored = |scale: f64| scored_pixels(shape, clipped.as_ref(), scale, config);
+    let blurs = choose_blur(&mapped, &input, &sigma, &scored(config.fine_structure.scale), config);
 
     let mut maps: Vec<(usize, Tensor)> = Vec::new();
     let structure = [&config.fine_structure, &config.medium_structure, &config.coarse_structure];
     for (index, component) in structure.iter().enumerate() {
-        maps.push((index, structure_z(&mapped, &input, &sigma, component.scale, config)));
+        let z = structure_z(&mapped, &input, &sigma, component.scale, blurs);
+        maps.push((index, z * scored(component.scale)));
     }
     let fine_z = &maps[0].1;
     let energy = gaussian_blur(&(fine_z * fine_z), config.texture_energy.scale).sqrt();
-    maps.push((3, energy));
+    maps.push((3, energy * scored(config.texture_energy.scale)));
 
     if config.cycle_consistency.weight > 0.0 || config.evaluate_unweighted {
         let cycle_degraded = model.degrade(&output.to_device(model.device()), tiles)?.to_device(Device::Cpu);
-        let cycle_mapped = tone_map(&cycle_degraded, &input, &sigma);
-        maps.push((4, structure_z(&cycle_mapped, &input, &sigma, config.cycle_consistency.scale, config)));
+        let cycle_mapped = tone_map(&cycle_degraded, &input, &tone_noise);
+        let scale = config.cycle_consistency.scale;
+        maps.push((4, structure_z(&cycle_mapped, &input, &input_noise, scale, (0.0, 0.0)) * scored(scale)));
     }
     if config.samples > 0 && (config.diffusion_spread.weight > 0.0 || config.evaluate_unweighted) {
-        maps.push((5, diffusion_spread(model, &input, &sigma, tiles, config)?));
+        let spread = diffusion_spread(model, &input, &input_noise, tiles, config)?;
+        maps.push((5, spread * scored(config.diffusion_spread.scale)));
     }
 
     let calibrations = config.components();

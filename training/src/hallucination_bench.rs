@@ -66,6 +66,10 @@ pub struct BenchArgs {
     /// this bundle's `[hallucination]` table (its sha256 changes).
     #[arg(long)]
     write_bundle: bool,
+    /// Calibrate the library's default check (its current definition)
+    /// instead of the configuration already in the bundle's `[hallucination]`.
+    #[arg(long)]
+    from_defaults: bool,
     /// Example images (candidate | doubt map) to write.
     #[arg(long, default_value_t = 6)]
     examples: usize,
@@ -73,6 +77,10 @@ pub struct BenchArgs {
     /// diffusion spread) instead of measuring them: faster, for untrained bundles.
     #[arg(long)]
     skip_unweighted: bool,
+    /// Also write every image's input and candidates as `.npy` files into
+    /// this folder (for studying the check offline, e.g. with numpy).
+    #[arg(long)]
+    save_candidates: Option<PathBuf>,
     /// auto, cpu, cuda or cuda:N (the check itself always runs on the CPU).
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -331,7 +339,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let device = device::parse_device(&args.device)?;
     let bundle = Bundle::load(&args.bundle).with_context(|| format!("loading bundle {}", args.bundle.display()))?;
     let model = LedModel::from_bundle(&bundle, device, bundle.manifest.inference.precision)?;
-    let config = hallucination::bundle_config(&bundle.manifest);
+    let config = if args.from_defaults {
+        HallucinationConfig::default()
+    } else {
+        hallucination::bundle_config(&bundle.manifest)
+    };
     // Measure every component, weighted or not, so that the report shows which ones work.
     let measured = HallucinationConfig { evaluate_unweighted: !args.skip_unweighted, ..config.clone() };
     let tiles = bundle.manifest.inference.tiles.clone();
@@ -365,7 +377,17 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         faithful.push(("led", led));
 
         let score = |candidate: &Tensor| hallucination::score(&model, &low_quality, candidate, &tiles, &measured);
+        let save = |label: &str, image: &Tensor| -> anyhow::Result<()> {
+            if let Some(folder) = &args.save_candidates {
+                std::fs::create_dir_all(folder)?;
+                let stem = name.trim_end_matches(".png");
+                image.write_npy(folder.join(format!("{stem}__{label}.npy")))?;
+            }
+            Ok(())
+        };
+        save("input", &low_quality)?;
         for (kind, candidate) in &faithful {
+            save(kind, candidate)?;
             let report = score(candidate)?;
             records.push(Record {
                 image: name.clone(),
@@ -386,6 +408,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 let t0 = std::time::Instant::now();
                 let candidate = plant(base, kind, size_index, &mut rng)?;
                 let t1 = t0.elapsed();
+                save(&format!("{kind}-{size}-on-{base_name}"), &candidate)?;
                 let report = score(&candidate)?;
                 if std::env::var_os("BENCH_TIMING").is_some() {
                     eprintln!("{kind} {size}: plant {t1:?} score {:?}", t0.elapsed() - t1);
@@ -490,28 +513,49 @@ fn quantile(values: &[f64], q: f64) -> f64 {
 }
 
 /// The check's calibration from the calibration half: each component's
-/// offset is the median of its raw statistic on faithful candidates, its
-/// spread the distance from there to their 98th percentile, and its weight 1
-/// when its raw AUROC (faithful vs planted) reaches 0.6, else 0.
+/// offset is the median of its raw statistic on faithful candidates and its
+/// spread the distance from there to their 98th percentile. Weights are
+/// chosen by forward selection: the component with the best raw AUROC
+/// (faithful vs planted) gets weight 1, and each next one (in order of raw
+/// AUROC) joins only if the combined score's AUROC rises by at least 0.002;
+/// components that only add faithful-image tails stay at 0.
 fn calibrate(records: &[Record], faithful: &[String], base: &HallucinationConfig) -> HallucinationConfig {
     let mut config = HallucinationConfig { evaluate_unweighted: false, ..base.clone() };
     let calibration: Vec<&Record> = records.iter().filter(|r| r.half == "calibration").collect();
+    let is_negative = |r: &Record| r.class == "faithful" && faithful.contains(&r.kind);
+    let mut ranked = Vec::new();
     for name in hallucination::COMPONENTS {
         let raw = |r: &&Record| r.raw.get(name).copied();
-        let negatives: Vec<f64> = calibration
-            .iter()
-            .filter(|r| r.class == "faithful" && faithful.contains(&r.kind))
-            .filter_map(raw)
-            .collect();
+        let negatives: Vec<f64> = calibration.iter().filter(|r| is_negative(r)).filter_map(raw).collect();
         let positives: Vec<f64> = calibration.iter().filter(|r| r.class == "planted").filter_map(raw).collect();
         let Some(component) = config.component_mut(name) else { continue };
+        component.weight = 0.0;
         if negatives.is_empty() || positives.is_empty() {
             continue;
         }
         let median = quantile(&negatives, 0.5);
         component.offset = median;
         component.spread = (quantile(&negatives, 0.98) - median).max(0.5);
-        component.weight = if auroc(&negatives, &positives) >= 0.6 { 1.0 } else { 0.0 };
+        ranked.push((auroc(&negatives, &positives), name));
+    }
+    ranked.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let combined_auroc = |config: &HallucinationConfig| {
+        let score = |r: &Record| hallucination::combine(&r.raw_list(), config).0;
+        let negatives: Vec<f64> = calibration.iter().filter(|r| is_negative(r)).map(|r| score(r)).collect();
+        let positives: Vec<f64> = calibration.iter().filter(|r| r.class == "planted").map(|r| score(r)).collect();
+        auroc(&negatives, &positives)
+    };
+    let mut best = f64::NEG_INFINITY;
+    for (_, name) in ranked {
+        let mut trial = config.clone();
+        if let Some(component) = trial.component_mut(name) {
+            component.weight = 1.0;
+        }
+        let value = combined_auroc(&trial);
+        if best == f64::NEG_INFINITY || value >= best + 0.002 {
+            best = value;
+            config = trial;
+        }
     }
     config
 }

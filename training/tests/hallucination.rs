@@ -146,6 +146,8 @@ fn score_prints_the_library_number_and_the_bench_calibrates_a_bundle() {
     assert!(same(hold_threshold(&calibrated.manifest), threshold));
     let stored = calibrated.manifest.hallucination.as_ref().unwrap();
     assert!(same(stored.benchmark["auroc"].as_float().unwrap(), auroc));
+    // Forward selection always keeps the best component.
+    assert!(stored.config.components().iter().any(|c| c.weight == 1.0), "{figures}");
     for (name, component) in hallucination::COMPONENTS.iter().zip(stored.config.components()) {
         let reported = &figures["config"][name];
         assert_eq!(reported["weight"].as_f64().unwrap(), component.weight, "{name}");
