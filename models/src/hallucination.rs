@@ -467,7 +467,7 @@ fn scored_pixels(shape: (i64, i64), clipped: Option<&Tensor>, scale: f64, config
     if let Some(clipped) = clipped {
         let reach = (2.0 * scale.max(1.0)).ceil() as i64 + 2;
         let near = clipped.max_pool2d([2 * reach + 1, 2 * reach + 1], [1, 1], [reach, reach], [1, 1], false);
-        scored = scored * (-near + 1.0);
+        scored *= -near + 1.0;
     }
     scored
 }

@@ -634,7 +634,7 @@ fn summarise(
         );
     }
     let command = format!(
-        "cxr-led-train hallucination-bench --data {} --split {} --count {} --size {} --bundle {} --faithful {} --seed {}{} --out {}",
+        "cxr-led-train hallucination-bench --data {} --split {} --count {} --size {} --bundle {} --faithful {} --seed {}{}{} --out {}",
         args.data.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" "),
         args.split,
         args.count,
@@ -643,6 +643,7 @@ fn summarise(
         args.faithful.join(","),
         args.seed,
         if args.skip_unweighted { " --skip-unweighted" } else { "" },
+        if args.from_defaults { " --from-defaults" } else { "" },
         args.out.display()
     );
     let medium_aurocs: Vec<f64> = KINDS.iter().map(|k| auroc(&calibration, &select(k, Some("medium")))).collect();
