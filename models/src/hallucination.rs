@@ -5,9 +5,9 @@
 //! add a nodule, erase a rib, move the body outline or draw a tube. All of
 //! those leave *structure* in the output that the input, at its own noise
 //! level, does not contain. The check therefore compares the two images after
-//! mapping the output's grey levels onto the input's (a global cubic fit, so
-//! contrast changes cost nothing), band-limits both with Gaussians of a few
-//! widths, and divides their difference by what the input's noise alone would
+//! mapping the output's grey levels onto the input's (a global look-up table,
+//! so contrast changes cost nothing), band-limits both with Gaussians of a few
+//! widths, and divides their difference by what the images' noise would
 //! explain at that width:
 //!
 //! ```text
