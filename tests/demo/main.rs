@@ -110,7 +110,7 @@ fn main() -> anyhow::Result<()> {
         let series = pacs.orthanc.series_of_study(&sample.study_uid)?;
         if let Some((score, threshold)) = held(&mut pacs, sample)? {
             println!(
-                "{:<26} DI {:+.1}: enhanced but HELD for review (score {score:.3} >= hold threshold {threshold:.3}): \
+                "{:<26} DI {:+.1}: enhanced but HELD for review (score {score:.3} > hold threshold {threshold:.3}): \
                  not sent to the PACS; see the audit query below",
                 sample.label, sample.deviation_index
             );
