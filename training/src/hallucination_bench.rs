@@ -357,6 +357,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     images.truncate(args.count);
     anyhow::ensure!(!images.is_empty(), "no images in the {} split of {:?}", args.split, args.data);
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    if let Some(folder) = &args.save_candidates {
+        std::fs::create_dir_all(folder).with_context(|| format!("creating {}", folder.display()))?;
+    }
 
     let ranges = DegradationRanges::default();
     let mut records: Vec<Record> = Vec::new();
@@ -379,7 +382,6 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         let score = |candidate: &Tensor| hallucination::score(&model, &low_quality, candidate, &tiles, &measured);
         let save = |label: &str, image: &Tensor| -> anyhow::Result<()> {
             if let Some(folder) = &args.save_candidates {
-                std::fs::create_dir_all(folder)?;
                 let stem = name.trim_end_matches(".png");
                 image.write_npy(folder.join(format!("{stem}__{label}.npy")))?;
             }
@@ -552,7 +554,8 @@ fn calibrate(records: &[Record], faithful: &[String], base: &HallucinationConfig
             component.weight = 1.0;
         }
         let value = combined_auroc(&trial);
-        if best == f64::NEG_INFINITY || value >= best + 0.002 {
+        // The first (best-ranked) component always joins: anything beats -inf.
+        if value >= best + 0.002 {
             best = value;
             config = trial;
         }
