@@ -180,7 +180,7 @@ pub struct PipelineConfig {
     pub bundle: PathBuf,
     /// Inference device: auto, cpu, cuda or cuda:N.
     pub device: String,
-    /// Precision: f32, f16 or bf16 (the last two on CUDA only).
+    /// Precision: f32, bf16 (CPU with AVX-512 BF16 or AMX, or CUDA) or f16 (CUDA only).
     pub precision: cxr_led_models::Precision,
     /// Refinement start timestep; 0 = the bundle's default.
     pub t0: usize,

@@ -61,7 +61,7 @@ pub struct EnhancedImage {
 /// Wall-clock seconds of each model stage.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct StageTimings {
-    /// G_AB estimate.
+    /// The first-stage estimate (G_AB or the paired enhancer).
     pub estimate_s: f64,
     /// Diffusion refinement.
     pub refinement_s: f64,
@@ -105,7 +105,7 @@ impl Enhancer {
         // A diffusion model trained on low timesteps only (a CPU bundle) has
         // never seen the noise of a larger t0.
         let trained_below = bundle.manifest.training.get(DIFFUSION_MAX_TIMESTEP).and_then(toml::Value::as_integer);
-        if let Some(limit) = trained_below.filter(|&limit| params.t0 as i64 >= limit) {
+        if let Some(limit) = trained_below.filter(|&limit| params.refines() && params.t0 as i64 >= limit) {
             return Err(cxr_led_models::Error::InvalidParams(format!(
                 "pipeline.t0 = {} but this bundle's diffusion model was trained on timesteps below {limit} only: \
                  write a smaller t0, or 0 for the bundle's own ({})",
@@ -113,8 +113,8 @@ impl Enhancer {
             ))
             .into());
         }
-        // Fail at start-up, not on the first image.
-        cxr_led_models::sampler::DdimSampler::refinement(model.schedule(), params.t0, params.steps)?;
+        // Fail at start-up, not on the first image (t0 = 0 in the bundle: no refinement).
+        params.sampler(model.schedule())?;
         let hold_threshold = if config.hold_threshold >= 0.0 {
             config.hold_threshold
         } else {

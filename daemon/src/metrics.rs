@@ -155,7 +155,7 @@ pub struct StageSeconds {
 /// Model time of one enhancement, by part.
 #[derive(Debug)]
 pub struct EnhancementSeconds {
-    /// The G_AB estimate.
+    /// The first-stage estimate.
     pub estimate: Histogram,
     /// The diffusion refinement.
     pub refinement: Histogram,

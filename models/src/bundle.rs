@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 use tch::nn::VarStore;
 use tch::Tensor;
 
+use crate::enhancer::EnhancerConfig;
 use crate::generator::GeneratorConfig;
 use crate::hallucination::HallucinationCalibration;
 use crate::led::{EnhanceParams, LedModel};
@@ -27,8 +28,12 @@ use crate::{Error, Result};
 pub const MANIFEST_FILE: &str = "bundle.toml";
 /// The manifest format this code reads and writes.
 pub const FORMAT_VERSION: u32 = 1;
-/// The inference networks of a bundle, each in `<name>.safetensors`.
+/// The inference networks of a bundle whose first stage is CycleGAN's G_AB,
+/// each in `<name>.safetensors`.
 pub const NETWORKS: [&str; 3] = ["g_ab", "g_ba", "unet"];
+/// The inference networks of a bundle whose first stage is the paired
+/// [`Enhancer`](crate::enhancer::Enhancer) (`[enhancer]` in the manifest).
+pub const ENHANCER_NETWORKS: [&str; 3] = ["enhancer", "g_ba", "unet"];
 
 /// How pixel values map to the model's input range.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -78,6 +83,10 @@ pub struct BundleManifest {
     pub normalisation: Normalisation,
     /// G_AB and G_BA architecture.
     pub generator: GeneratorConfig,
+    /// The paired first stage's architecture; when present it replaces G_AB
+    /// (file `enhancer`), and G_BA stays for the hallucination check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enhancer: Option<EnhancerConfig>,
     /// Conditional UNet architecture.
     pub unet: UNetConfig,
     /// Noise schedule.
@@ -97,6 +106,17 @@ pub struct BundleManifest {
     /// Weight files by network name ([`NETWORKS`]).
     #[serde(default)]
     pub files: BTreeMap<String, WeightFile>,
+}
+
+impl BundleManifest {
+    /// The weight files this manifest's architecture needs, first stage first.
+    pub fn networks(&self) -> [&'static str; 3] {
+        if self.enhancer.is_some() {
+            ENHANCER_NETWORKS
+        } else {
+            NETWORKS
+        }
+    }
 }
 
 /// Lower-case hex sha256 of some bytes.
@@ -145,11 +165,12 @@ impl Bundle {
             )));
         }
         let mut weights = BTreeMap::new();
-        for network in NETWORKS {
+        let networks = manifest.networks();
+        for network in networks {
             let entry = manifest
                 .files
                 .get(network)
-                .ok_or_else(|| invalid(format!("[files.{network}] is missing; a bundle needs {NETWORKS:?}")))?;
+                .ok_or_else(|| invalid(format!("[files.{network}] is missing; this bundle needs {networks:?}")))?;
             if entry.path.is_empty() || entry.path.contains(['/', '\\']) || entry.path.starts_with('.') {
                 return Err(invalid(format!(
                     "[files.{network}] path {:?} must be a plain file name inside the bundle folder",
@@ -230,8 +251,8 @@ impl Bundle {
         Self::load(dir)
     }
 
-    /// [`Bundle::save`] from the variable stores of the networks in [`NETWORKS`]
-    /// (as training holds them), each built at its store's root.
+    /// [`Bundle::save`] from the variable stores of the manifest's networks
+    /// ([`BundleManifest::networks`], as training holds them), each built at its store's root.
     pub fn save_stores<'n, 's>(
         dir: impl AsRef<Path>,
         manifest: &BundleManifest,

@@ -1,11 +1,14 @@
 //! LED inference (Cheng et al. 2023, "Learned Enhancement via Diffusion"):
-//! G_AB gives a first estimate of the high-quality image, the estimate is
+//! the first stage gives an estimate of the high-quality image (CycleGAN's
+//! G_AB, or the paired [`Enhancer`] where the bundle has one), the estimate is
 //! noised to timestep t0, and the conditional UNet denoises it with DDIM,
 //! conditioned on the low-quality input at every step. With t0 around 200 the
-//! diffusion refines the estimate instead of inventing a new image.
+//! diffusion refines the estimate instead of inventing a new image; t0 = 0
+//! skips the refinement (the estimate is the output), for a bundle whose
+//! refinement measured worse than its first stage.
 //!
 //! Everything runs at the input's native matrix size through [`TilePlan`], under
-//! `no_grad`, in f32 or (on CUDA) f16/bf16.
+//! `no_grad`, in f32, in bf16 (CPU or CUDA) or in f16 (CUDA).
 
 use std::time::{Duration, Instant};
 
@@ -13,7 +16,8 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 
-use crate::bundle::{Bundle, BundleManifest, NETWORKS};
+use crate::bundle::{Bundle, BundleManifest};
+use crate::enhancer::{Enhancer, ToneStats};
 use crate::generator::ResnetGenerator;
 use crate::noise::NoiseSource;
 use crate::sampler::DdimSampler;
@@ -26,12 +30,13 @@ use crate::{Error, Result};
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Precision {
-    /// 32-bit float everywhere (the reference; the only choice on CPU).
+    /// 32-bit float everywhere (the reference).
     #[default]
     F32,
     /// IEEE half precision weights and activations (CUDA only).
     F16,
-    /// bfloat16 weights and activations (CUDA only).
+    /// bfloat16 weights and activations (CUDA, or a CPU with bf16 support:
+    /// AVX-512 BF16 or AMX).
     Bf16,
 }
 
@@ -51,7 +56,8 @@ impl Precision {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct EnhanceParams {
-    /// Timestep the G_AB estimate is noised to (0 < t0 < T, a multiple of `steps`).
+    /// Timestep the first-stage estimate is noised to (a multiple of
+    /// `steps`, below T); 0: no refinement, the estimate is the output.
     pub t0: usize,
     /// DDIM calls of the UNet from t0 to the clean image.
     pub steps: usize,
@@ -62,10 +68,36 @@ pub struct EnhanceParams {
     pub precision: Precision,
 }
 
+impl EnhanceParams {
+    /// Whether the diffusion model refines the estimate (t0 > 0).
+    pub fn refines(&self) -> bool {
+        self.t0 > 0
+    }
+
+    /// The DDIM refinement these parameters ask for (None for t0 = 0);
+    /// refuses a t0 that is not a multiple of the steps.
+    pub fn sampler(&self, schedule: &NoiseSchedule) -> Result<Option<DdimSampler>> {
+        if self.refines() {
+            Ok(Some(DdimSampler::refinement(schedule, self.t0, self.steps)?))
+        } else {
+            Ok(None)
+        }
+    }
+}
+
+/// The network that gives the first estimate.
+#[derive(Debug)]
+enum FirstStage {
+    /// CycleGAN's G_AB (boxed: it is four times the enhancer's size on the stack).
+    Generator(Box<ResnetGenerator>),
+    /// The paired enhancer with its global tone statistics.
+    Enhancer(Enhancer),
+}
+
 /// Wall-clock time of each stage of one enhancement.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Timings {
-    /// G_AB over all tiles.
+    /// The first stage over all tiles.
     pub estimate: Duration,
     /// All DDIM steps over all tiles.
     pub refinement: Duration,
@@ -76,7 +108,7 @@ pub struct Timings {
 pub struct Enhancement {
     /// The final, refined image.
     pub output: Tensor,
-    /// The G_AB estimate the refinement started from.
+    /// The first stage's estimate the refinement started from.
     pub estimate: Tensor,
     /// Time per stage.
     pub timings: Timings,
@@ -86,7 +118,8 @@ pub struct Enhancement {
 #[derive(Debug)]
 pub struct LedModel {
     stores: Vec<nn::VarStore>,
-    g_ab: ResnetGenerator,
+    networks: [&'static str; 3],
+    first_stage: FirstStage,
     g_ba: ResnetGenerator,
     unet: ConditionalUNet,
     schedule: NoiseSchedule,
@@ -98,29 +131,33 @@ impl LedModel {
     /// Builds the networks a manifest describes, with freshly initialised weights
     /// (libtorch's generator: call `tch::manual_seed` first for fixed weights).
     pub fn build(manifest: &BundleManifest, device: Device) -> Result<Self> {
-        let stores: Vec<nn::VarStore> = NETWORKS.iter().map(|_| nn::VarStore::new(device)).collect();
-        let g_ab = ResnetGenerator::new(&stores[0].root(), &manifest.generator);
+        let networks = manifest.networks();
+        let stores: Vec<nn::VarStore> = networks.iter().map(|_| nn::VarStore::new(device)).collect();
+        let first_stage = match &manifest.enhancer {
+            Some(config) => FirstStage::Enhancer(Enhancer::new(&stores[0].root(), config)?),
+            None => FirstStage::Generator(Box::new(ResnetGenerator::new(&stores[0].root(), &manifest.generator))),
+        };
         let g_ba = ResnetGenerator::new(&stores[1].root(), &manifest.generator);
         let unet = ConditionalUNet::new(&stores[2].root(), &manifest.unet)?;
         let schedule = NoiseSchedule::new(&manifest.schedule)?;
-        Ok(Self { stores, g_ab, g_ba, unet, schedule, device, precision: Precision::F32 })
+        Ok(Self { stores, networks, first_stage, g_ba, unet, schedule, device, precision: Precision::F32 })
     }
 
     /// Loads a verified bundle onto `device` in the given precision.
     pub fn from_bundle(bundle: &Bundle, device: Device, precision: Precision) -> Result<Self> {
         let mut model = Self::build(&bundle.manifest, device)?;
-        for (name, store) in NETWORKS.iter().zip(&model.stores) {
+        for (name, store) in model.networks.iter().zip(&model.stores) {
             bundle.load_weights(name, store)?;
         }
         model.set_precision(precision)?;
         Ok(model)
     }
 
-    /// Converts the weights to `precision` (f16 and bf16 on CUDA only).
+    /// Converts the weights to `precision` (f16 on CUDA only).
     pub fn set_precision(&mut self, precision: Precision) -> Result<()> {
-        if precision != Precision::F32 && !self.device.is_cuda() {
+        if precision == Precision::F16 && !self.device.is_cuda() {
             return Err(Error::InvalidParams(format!(
-                "{precision:?} inference needs a CUDA device; use f32 on {:?}",
+                "f16 inference needs a CUDA device; use f32 or bf16 on {:?}",
                 self.device
             )));
         }
@@ -135,9 +172,18 @@ impl LedModel {
         Ok(())
     }
 
-    /// The variable stores in [`NETWORKS`] order (g_ab, g_ba, unet), for saving.
+    /// The variable stores in [`BundleManifest::networks`] order (first
+    /// stage, g_ba, unet), for saving.
     pub fn var_stores(&self) -> impl Iterator<Item = (&'static str, &nn::VarStore)> {
-        NETWORKS.iter().copied().zip(&self.stores)
+        self.networks.iter().copied().zip(&self.stores)
+    }
+
+    /// What the first stage is, in words (for reports).
+    pub fn first_stage_name(&self) -> &'static str {
+        match self.first_stage {
+            FirstStage::Generator(_) => "G_AB (CycleGAN)",
+            FirstStage::Enhancer(_) => "paired enhancer",
+        }
     }
 
     /// The device the networks live on.
@@ -155,9 +201,13 @@ impl LedModel {
         &self.unet
     }
 
-    /// The multiple every tile side must have for both generator and UNet.
+    /// The multiple every tile side must have for every network.
     pub fn size_multiple(&self) -> i64 {
-        ResnetGenerator::size_multiple().max(self.unet.config().size_multiple())
+        let first = match &self.first_stage {
+            FirstStage::Generator(_) => ResnetGenerator::size_multiple(),
+            FirstStage::Enhancer(enhancer) => enhancer.config().size_multiple(),
+        };
+        first.max(ResnetGenerator::size_multiple()).max(self.unet.config().size_multiple())
     }
 
     fn check_image(&self, image: &Tensor) -> Result<(i64, i64)> {
@@ -181,9 +231,40 @@ impl LedModel {
         self.run_generator(generator, &image, &plan)
     }
 
-    /// G_AB (enhancement) over the whole image, tiled.
+    /// The first stage over images `[N, 1, H, W]` in [-1, 1], through `plan`
+    /// when given (one image) or whole (a batch, each with its own tone statistics).
+    fn run_first_stage(&self, images: &Tensor, plan: Option<&TilePlan>) -> Result<Tensor> {
+        let kind = self.precision.kind();
+        match (&self.first_stage, plan) {
+            (FirstStage::Generator(g_ab), Some(plan)) => self.run_generator(g_ab, images, plan),
+            (FirstStage::Generator(g_ab), None) => Ok(g_ab.forward(&images.to_kind(kind)).to_kind(Kind::Float)),
+            (FirstStage::Enhancer(enhancer), plan) => {
+                let mut outputs = Vec::with_capacity(images.size()[0] as usize);
+                for i in 0..images.size()[0] {
+                    let intensity = (images.narrow(0, i, 1) + 1.0) / 2.0;
+                    let stats = ToneStats::measure(&intensity)?;
+                    let stretched = stats.stretch(&intensity);
+                    let planes = stats.planes();
+                    let enhanced = match plan {
+                        Some(plan) => {
+                            plan.run(&[&stretched], |batch| Ok(enhancer.forward(&batch[0].to_kind(kind), &planes)))?
+                        }
+                        None => enhancer.forward(&stretched.to_kind(kind), &planes),
+                    };
+                    outputs.push(enhanced.clamp(0.0, 1.0) * 2.0 - 1.0);
+                }
+                Ok(Tensor::cat(&outputs, 0))
+            }
+        }
+    }
+
+    /// The first stage (enhancement) over the whole image, tiled.
     pub fn estimate(&self, image: &Tensor, tiles: &TileConfig) -> Result<Tensor> {
-        self.run_generator_tiled(&self.g_ab, image, tiles)
+        let _no_grad = tch::no_grad_guard();
+        let (h, w) = self.check_image(image)?;
+        let image = image.to_device(self.device).to_kind(Kind::Float);
+        let plan = TilePlan::new(h, w, tiles, self.size_multiple(), self.device)?;
+        self.run_first_stage(&image, Some(&plan))
     }
 
     /// G_BA (learnt degradation) over the whole image, tiled.
@@ -202,14 +283,14 @@ impl LedModel {
     ) -> Result<Enhancement> {
         let _no_grad = tch::no_grad_guard();
         let (h, w) = self.check_image(low_quality)?;
-        let sampler = DdimSampler::refinement(&self.schedule, params.t0, params.steps)?;
+        let sampler = params.sampler(&self.schedule)?;
         let condition = low_quality.to_device(self.device).to_kind(Kind::Float);
         let plan = TilePlan::new(h, w, &params.tiles, self.size_multiple(), self.device)?;
         let kind = self.precision.kind();
         self.run_led(
-            &sampler,
+            sampler.as_ref(),
             noise,
-            || self.run_generator(&self.g_ab, &condition, &plan),
+            || self.run_first_stage(&condition, Some(&plan)),
             |x_t, t| {
                 plan.run(&[x_t, &condition], |batch| {
                     let timesteps = Tensor::full([batch[0].size()[0]], t as i64, (Kind::Int64, self.device));
@@ -233,14 +314,14 @@ impl LedModel {
         if size.len() != 4 || size[1] != 1 || size[0] == 0 {
             return Err(Error::InvalidParams(format!("expected grayscale images [B, 1, H, W], got {size:?}")));
         }
-        let sampler = DdimSampler::refinement(&self.schedule, params.t0, params.steps)?;
+        let sampler = params.sampler(&self.schedule)?;
         let kind = self.precision.kind();
         let condition = images.to_device(self.device).to_kind(Kind::Float);
         let condition_in_kind = condition.to_kind(kind);
         self.run_led(
-            &sampler,
+            sampler.as_ref(),
             noise,
-            || Ok(self.g_ab.forward(&condition_in_kind).to_kind(Kind::Float)),
+            || self.run_first_stage(&condition, None),
             |x_t, t| {
                 let timesteps = Tensor::full([size[0]], t as i64, (Kind::Int64, self.device));
                 Ok(self.unet.forward(&x_t.to_kind(kind), &condition_in_kind, &timesteps).to_kind(Kind::Float))
@@ -250,9 +331,11 @@ impl LedModel {
 
     /// The LED stages around a way to run the networks: estimate, noise to
     /// t0 (the first draw from `noise`), DDIM refinement, clamp; timed.
+    /// Without a sampler (t0 = 0) the clamped estimate is the output and no
+    /// noise is drawn.
     fn run_led(
         &self,
-        sampler: &DdimSampler,
+        sampler: Option<&DdimSampler>,
         noise: &mut NoiseSource,
         estimate: impl FnOnce() -> Result<Tensor>,
         mut predict_noise: impl FnMut(&Tensor, usize) -> Result<Tensor>,
@@ -261,6 +344,14 @@ impl LedModel {
         let estimate = estimate()?;
         self.synchronize();
         let estimated = Instant::now();
+        let Some(sampler) = sampler else {
+            let output = estimate.clamp(-1.0, 1.0);
+            return Ok(Enhancement {
+                output,
+                estimate,
+                timings: Timings { estimate: estimated - started, ..Default::default() },
+            });
+        };
         let start_noise = noise.normal(&estimate.size(), self.device);
         let x_start = self.schedule.q_sample(&estimate, sampler.start(), &start_noise);
         let output = sampler.sample(&x_start, &mut predict_noise, noise)?.clamp(-1.0, 1.0);

@@ -2,6 +2,8 @@
 //!
 //! One stage per module, in the order an image meets them:
 //! - [`generator`]: CycleGAN ResNet generator (G_AB enhances, G_BA degrades).
+//! - [`enhancer`]: the paired first stage (global tone statistics plus a
+//!   pixel-unshuffled UNet), trained with simulator pairs on a CPU.
 //! - [`discriminator`]: PatchGAN 70x70 discriminator (training only).
 //! - [`unet`]: conditional UNet that predicts the noise, conditioned on the
 //!   low-quality image by channel concatenation (LED, Cheng et al. 2023).
@@ -9,7 +11,8 @@
 //!   epsilon-prediction loss.
 //! - [`sampler`]: DDPM ancestral and DDIM sampling.
 //! - [`tiling`]: any matrix size through overlapping, blended, batched tiles.
-//! - [`led`]: LED inference, G_AB estimate refined by conditional diffusion from t0.
+//! - [`led`]: LED inference, the first stage's estimate refined by
+//!   conditional diffusion from t0 (or not, at t0 = 0).
 //! - [`hallucination`]: the hallucination-check score and doubt map of an
 //!   enhanced image against its low-quality input.
 //! - [`noise`]: deterministic Gaussian noise from a seed (the daemon seeds it
@@ -23,6 +26,7 @@
 pub mod bundle;
 pub mod device;
 pub mod discriminator;
+pub mod enhancer;
 pub mod error;
 pub mod generator;
 pub mod hallucination;

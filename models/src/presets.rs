@@ -3,6 +3,7 @@
 //! bundle; `default` is what the default bundle is trained with.
 
 use crate::bundle::{BundleManifest, Normalisation, FORMAT_VERSION};
+use crate::enhancer::EnhancerConfig;
 use crate::generator::GeneratorConfig;
 use crate::led::{EnhanceParams, Precision};
 use crate::schedule::ScheduleConfig;
@@ -11,13 +12,15 @@ use crate::unet::UNetConfig;
 use crate::{Error, Result};
 
 /// The names [`by_name`] knows.
-pub const NAMES: [&str; 3] = ["tiny", "small", "default"];
+pub const NAMES: [&str; 5] = ["tiny", "tiny-paired", "small", "cpu", "default"];
 
 /// A manifest for the named preset.
 pub fn by_name(name: &str) -> Result<BundleManifest> {
     match name {
         "tiny" => Ok(tiny()),
+        "tiny-paired" => Ok(tiny_paired()),
         "small" => Ok(small()),
+        "cpu" => Ok(cpu()),
         "default" => Ok(default()),
         other => Err(Error::InvalidParams(format!("unknown preset {other:?}; known presets: {NAMES:?}"))),
     }
@@ -35,6 +38,7 @@ pub fn tiny() -> BundleManifest {
             .into(),
         normalisation: Normalisation::default(),
         generator: GeneratorConfig { image_channels: 1, base_channels: 4, residual_blocks: 1 },
+        enhancer: None,
         unet: UNetConfig {
             image_channels: 1,
             condition_channels: 1,
@@ -57,6 +61,39 @@ pub fn tiny() -> BundleManifest {
         metrics: Default::default(),
         hallucination: None,
         files: Default::default(),
+    }
+}
+
+/// [`tiny`] with a minimal paired enhancer as its first stage, for tests of
+/// the paired stage.
+pub fn tiny_paired() -> BundleManifest {
+    BundleManifest {
+        name: "cxr-led-tiny-paired".into(),
+        enhancer: Some(EnhancerConfig { widths: vec![4, 8], convs_per_level: 1 }),
+        ..tiny()
+    }
+}
+
+/// What a 2-core CPU trains well (the default bundle since 0.2.0): the paired
+/// enhancer (32-64-128 channels after a 2x pixel unshuffle, 0.47 M
+/// parameters) as the first stage, [`small`]'s G_BA and UNet beside it, and
+/// 512-px tiles with a 64-px overlap (the enhancer's receptive radius is
+/// about 40 px; its global tone statistics are the whole image's).
+pub fn cpu() -> BundleManifest {
+    BundleManifest {
+        name: "cxr-led-cpu".into(),
+        description: "LED for under-exposed chest X-rays, trainable on a 2-core CPU: a paired first-stage \
+                      enhancer (global tone statistics plus a pixel-unshuffled UNet, trained on simulator pairs) \
+                      whose estimate the conditional diffusion model may refine."
+            .into(),
+        enhancer: Some(EnhancerConfig::default()),
+        inference: EnhanceParams {
+            t0: 0,
+            steps: 1,
+            tiles: TileConfig { tile: 512, overlap: 64, batch: 2 },
+            precision: Precision::F32,
+        },
+        ..small()
     }
 }
 

@@ -111,8 +111,41 @@ fn the_checked_in_tiny_bundle_verifies_and_is_what_init_bundle_writes() {
 }
 
 #[test]
-fn half_precision_is_refused_on_cpu() {
+fn f16_is_refused_on_cpu_and_bf16_runs_close_to_f32() {
     let bundle = Bundle::load(common::tiny_bundle_dir()).unwrap();
     let error = model_from(&bundle, Precision::F16).unwrap_err().to_string();
-    assert!(error.contains("needs a CUDA device"), "{error}");
+    assert!(error.contains("needs a CUDA device") && error.contains("bf16"), "{error}");
+    let image = common::test_image(40, 44);
+    let tiles = &bundle.manifest.inference.tiles;
+    let f32_estimate = model_from(&bundle, Precision::F32).unwrap().estimate(&image, tiles).unwrap();
+    let bf16_estimate = model_from(&bundle, Precision::Bf16).unwrap().estimate(&image, tiles).unwrap();
+    let mean_difference = (f32_estimate - bf16_estimate.to_kind(tch::Kind::Float)).abs().mean(tch::Kind::Float);
+    let mean_difference = mean_difference.double_value(&[]);
+    // bf16 keeps 8 bits of mantissa: well under a percent of the range on average.
+    assert!(mean_difference < 0.01, "bf16 differs from f32 by {mean_difference} on average");
+}
+
+#[test]
+fn a_paired_bundle_keeps_its_enhancer_across_save_and_load_and_needs_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = presets::tiny_paired();
+    let model = {
+        let _rng = common::global_rng();
+        tch::manual_seed(7);
+        LedModel::build(&manifest, Device::Cpu).unwrap()
+    };
+    let bundle = Bundle::save(dir.path(), &manifest, &model).unwrap();
+    assert_eq!(bundle.manifest.networks(), ["enhancer", "g_ba", "unet"]);
+    assert!(dir.path().join("enhancer.safetensors").exists() && !dir.path().join("g_ab.safetensors").exists());
+    let reloaded = model_from(&bundle, Precision::F32).unwrap();
+    assert_eq!(reloaded.first_stage_name(), "paired enhancer");
+    let image = common::test_image(37, 50);
+    let tiles = &bundle.manifest.inference.tiles;
+    let (before, after) = (model.estimate(&image, tiles).unwrap(), reloaded.estimate(&image, tiles).unwrap());
+    assert_eq!(common::max_abs_diff(&before, &after), 0.0);
+    assert_eq!(after.size(), vec![1, 1, 37, 50]);
+    // The manifest names the file it needs.
+    fs::remove_file(dir.path().join("enhancer.safetensors")).unwrap();
+    let error = Bundle::load(dir.path()).unwrap_err().to_string();
+    assert!(error.contains("enhancer.safetensors"), "{error}");
 }

@@ -5,6 +5,10 @@
 //! run), and each method's output is compared with the ground truth (PSNR,
 //! SSIM) and classified by the evaluation classifier (accuracy, and the
 //! fraction of the high/low-quality accuracy gap it closes), with its speed.
+//! Every figure carries a 95% bootstrap interval, and every method its paired
+//! difference to NLM + stretch (the bar) with its interval. `--native DIR`
+//! adds PSNR and SSIM at the images' own matrix size (e.g. 1024 px), through
+//! the daemon's tiled path.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -12,11 +16,12 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Args;
 use cxr_led_models::noise::NoiseSource;
-use cxr_led_models::{device, Bundle, LedModel, Precision};
+use cxr_led_models::{device, hallucination, Bundle, LedModel, Precision};
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
 use crate::baselines::{self, ClaheParams, NlmParams};
+use crate::bootstrap::{self, Interval};
 use crate::classifier::{self, Classifier, LabelledSet};
 use crate::data::{self, Split};
 use crate::degrade::DegradationRanges;
@@ -57,9 +62,21 @@ pub struct EvaluateArgs {
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: String,
-    /// TOML file with the simulator's parameter ranges (keys of DegradationRanges); default: the built-in ranges.
+    /// The simulator's parameter ranges: training, held-out (a setting training never sees), or a TOML file.
+    #[arg(long, default_value = "training")]
+    pub ranges: String,
+    /// Refinement start instead of the bundle's (0: the first stage alone).
     #[arg(long)]
-    pub ranges: Option<PathBuf>,
+    pub t0: Option<usize>,
+    /// DDIM steps instead of the bundle's.
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Also measure PSNR and SSIM on every image of this folder at its own size (e.g. nih1024).
+    #[arg(long)]
+    pub native: Option<PathBuf>,
+    /// Use at most this many images of --native (name-hashed); 0: all.
+    #[arg(long, default_value_t = 0)]
+    pub native_limit: usize,
     /// Training metrics CSVs to draw as loss curves (first column: step).
     #[arg(long, num_args = 1..)]
     pub curves: Vec<PathBuf>,
@@ -69,15 +86,30 @@ pub struct EvaluateArgs {
 }
 
 /// The methods every report compares, in table order.
-pub const METHODS: [(&str, &str); 7] = [
+pub const METHODS: [(&str, &str); 8] = [
     ("high-quality", "High quality (ground truth)"),
     ("low-quality", "Low quality (simulated, no enhancement)"),
     ("clahe", "CLAHE (8x8 tiles, clip 2.0)"),
     ("histeq", "Histogram equalisation"),
+    ("nlm", "NLM denoise"),
     ("nlm-stretch", "NLM denoise + 1-99% stretch"),
-    ("g-ab", "G_AB alone (CycleGAN)"),
-    ("led", "LED (G_AB + diffusion)"),
+    ("first-stage", "First stage alone"),
+    ("led", "LED (first stage + diffusion refinement)"),
 ];
+
+/// The method every other is compared with, pairwise.
+pub const BAR: &str = "nlm-stretch";
+
+/// A method's paired differences to [`BAR`] on the same images (method minus bar).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct Differences {
+    /// PSNR difference in dB.
+    pub psnr_db: Option<Interval>,
+    /// SSIM difference.
+    pub ssim: Option<Interval>,
+    /// Accuracy difference (fraction of images).
+    pub accuracy: Option<Interval>,
+}
 
 /// One row of the table.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -100,6 +132,57 @@ pub struct MethodResult {
     pub gap_closed: Option<f64>,
     /// Images per second of the method alone (null for the inputs).
     pub images_per_second: Option<f64>,
+    /// 95% bootstrap interval of the mean PSNR.
+    #[serde(default)]
+    pub psnr_interval: Option<Interval>,
+    /// 95% bootstrap interval of the mean SSIM.
+    #[serde(default)]
+    pub ssim_interval: Option<Interval>,
+    /// 95% bootstrap interval of the accuracy.
+    #[serde(default)]
+    pub accuracy_interval: Option<Interval>,
+    /// Paired differences to NLM + stretch.
+    #[serde(default)]
+    pub versus_bar: Option<Differences>,
+    /// Mean hallucination-check score of the output against its low-quality
+    /// input (the daemon's check, the bundle's calibration), for the model's rows.
+    #[serde(default)]
+    pub hallucination_score: Option<Interval>,
+    /// Share of the outputs the check would hold at the bundle's threshold.
+    #[serde(default)]
+    pub held: Option<f64>,
+}
+
+/// One method at the images' own matrix size (`--native`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NativeRow {
+    /// Key (see [`METHODS`]).
+    pub method: String,
+    /// Human-readable name.
+    pub label: String,
+    /// Mean PSNR (dB) with its interval.
+    pub psnr: Interval,
+    /// Mean SSIM with its interval.
+    pub ssim: Interval,
+    /// Paired differences to NLM + stretch.
+    pub versus_bar: Differences,
+    /// Seconds per image of the method alone (null for the input).
+    pub seconds_per_image: Option<f64>,
+}
+
+/// PSNR and SSIM at the images' own matrix size.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NativeReport {
+    /// The folder.
+    pub folder: String,
+    /// Images measured.
+    pub images: usize,
+    /// Their sizes (width x height), as found.
+    pub sizes: Vec<String>,
+    /// Deviation Index of the simulated images: min, mean, max.
+    pub deviation_index: [f64; 3],
+    /// The rows.
+    pub methods: Vec<NativeRow>,
 }
 
 /// Everything `report.json` holds.
@@ -115,6 +198,18 @@ pub struct EvaluationReport {
     pub size: u32,
     /// Seed of the diffusion noise.
     pub seed: u64,
+    /// The refinement start the LED row used (0: none).
+    #[serde(default)]
+    pub t0: usize,
+    /// The DDIM steps the LED row used.
+    #[serde(default)]
+    pub steps: usize,
+    /// What the first stage is.
+    #[serde(default)]
+    pub first_stage: String,
+    /// Which built-in ranges, or the file, the simulator drew from.
+    #[serde(default)]
+    pub ranges_name: String,
     /// Test images per class.
     pub test_images: Vec<(String, usize)>,
     /// Images per class and split of the whole labelled set.
@@ -133,6 +228,9 @@ pub struct EvaluationReport {
     pub nlm: NlmParams,
     /// The table.
     pub methods: Vec<MethodResult>,
+    /// The same at the images' own size, on `--native` (PSNR, SSIM).
+    #[serde(default)]
+    pub native: Option<NativeReport>,
     /// Figures written beside report.json.
     pub figures: Vec<String>,
 }
@@ -196,12 +294,11 @@ pub fn evaluate(args: &EvaluateArgs, command_line: &str) -> anyhow::Result<Evalu
         "--size {} must be a multiple of {multiple} for this bundle's networks",
         args.size
     );
-    let ranges: DegradationRanges = match &args.ranges {
-        Some(path) => toml::from_str(&std::fs::read_to_string(path)?)
-            .with_context(|| format!("reading degradation ranges {}", path.display()))?,
-        None => Default::default(),
-    };
-    ranges.validate()?;
+    let ranges = DegradationRanges::from_arg(&args.ranges)?;
+    let mut enhance_params = bundle.manifest.inference.clone();
+    enhance_params.t0 = args.t0.unwrap_or(enhance_params.t0);
+    enhance_params.steps = args.steps.unwrap_or(enhance_params.steps);
+    enhance_params.sampler(model.schedule())?;
 
     let mut summary = Vec::new();
     for class in &classes {
@@ -242,12 +339,7 @@ pub fn evaluate(args: &EvaluateArgs, command_line: &str) -> anyhow::Result<Evalu
     let mut outputs: Vec<(Vec<Plane>, Option<f64>)> = vec![(hq_planes.clone(), None), (lq_planes.clone(), None)];
     let clahe_params = ClaheParams::default();
     let nlm_params = NlmParams::default();
-    type Classical<'a> = (&'a str, Box<dyn Fn(&Plane) -> Plane + 'a>);
-    let classical: [Classical; 3] = [
-        ("clahe", Box::new(|p: &Plane| baselines::clahe(p, &clahe_params))),
-        ("histeq", Box::new(baselines::histogram_equalise)),
-        ("nlm-stretch", Box::new(|p: &Plane| baselines::nlm_stretch(p, &nlm_params))),
-    ];
+    let classical = classical_methods(&clahe_params, &nlm_params);
     for (name, method) in &classical {
         let mut progress = Progress::new(&format!("evaluate {name}"), 0, n, "images");
         let started = Instant::now();
@@ -261,17 +353,17 @@ pub fn evaluate(args: &EvaluateArgs, command_line: &str) -> anyhow::Result<Evalu
     let (mut estimates, mut refined) = (Vec::with_capacity(n), Vec::with_capacity(n));
     let (mut estimate_seconds, mut led_seconds) = (0.0, 0.0);
     let mut noise = NoiseSource::new(args.seed);
-    let params = bundle.manifest.inference.clone();
+    let params = &enhance_params;
     let mut progress = Progress::new("evaluate led", 0, n, "images");
     for start in (0..n as i64).step_by(args.batch.max(1) as usize) {
         let count = args.batch.max(1).min(n as i64 - start);
         // Images no larger than the training tile go through in batches; larger ones
         // through the daemon's tiled path (full-image attention would not fit).
         let results = if i64::from(args.size) <= params.tiles.tile {
-            vec![model.enhance_batch(&low_quality.narrow(0, start, count), &params, &mut noise)?]
+            vec![model.enhance_batch(&low_quality.narrow(0, start, count), params, &mut noise)?]
         } else {
             (start..start + count)
-                .map(|i| model.enhance(&low_quality.narrow(0, i, 1), &params, &mut noise))
+                .map(|i| model.enhance(&low_quality.narrow(0, i, 1), params, &mut noise))
                 .collect::<Result<Vec<_>, _>>()?
         };
         for result in results {
@@ -284,20 +376,48 @@ pub fn evaluate(args: &EvaluateArgs, command_line: &str) -> anyhow::Result<Evalu
         }
         progress.update((start + count) as usize, "");
     }
+    // The hallucination check on the model's outputs, as the daemon scores them.
+    let check = hallucination::bundle_config(&bundle.manifest);
+    let threshold = hallucination::hold_threshold(&bundle.manifest);
+    let mut scores: Vec<Vec<f64>> = Vec::new();
+    for planes in [&estimates, &refined] {
+        let mut progress = Progress::new("evaluate check", 0, n, "images");
+        let mut row = Vec::with_capacity(n);
+        for (i, plane) in planes.iter().enumerate() {
+            let output = plane.to_model_tensor();
+            let report =
+                hallucination::score(&model, &low_quality.narrow(0, i as i64, 1), &output, &params.tiles, &check)?;
+            row.push(report.score);
+            progress.update(i + 1, "");
+        }
+        scores.push(row);
+    }
     outputs.push((estimates, Some(estimate_seconds)));
     outputs.push((refined, Some(led_seconds)));
 
     let stack = |planes: &[Plane]| Tensor::cat(&planes.iter().map(Plane::to_model_tensor).collect::<Vec<_>>(), 0);
+    // Per image: PSNR, SSIM (none for the ground truth) and 1.0 where the classifier is right.
+    let mut per_image: Vec<(Option<Quality>, Vec<f64>)> = Vec::new();
+    for ((key, _), (planes, _)) in METHODS.iter().zip(&outputs) {
+        let predicted = classifier.predict(&stack(planes), 64)?;
+        let correct: Vec<f64> = predicted.iter().zip(&truth).map(|(p, t)| f64::from(u8::from(p == t))).collect();
+        let quality = (*key != "high-quality").then(|| quality_of(planes, &hq_planes));
+        per_image.push((quality, correct));
+    }
+    let bar = METHODS.iter().position(|(key, _)| *key == BAR).expect("the bar is a method");
     let mut methods = Vec::new();
-    for ((key, label), (planes, seconds)) in METHODS.iter().zip(&outputs) {
-        let accuracy = classifier::accuracy(&classifier.predict(&stack(planes), 64)?, &truth);
-        let (psnr, ssim) = if *key == "high-quality" {
-            (None, None)
-        } else {
-            let psnr: Vec<f64> = planes.iter().zip(&hq_planes).map(|(p, t)| metrics::psnr(p, t)).collect();
-            let ssim: Vec<f64> = planes.iter().zip(&hq_planes).map(|(p, t)| metrics::ssim(p, t)).collect();
-            (Some(mean_std(&psnr)), Some(mean_std(&ssim)))
-        };
+    for (((key, label), (_, seconds)), (quality, correct)) in METHODS.iter().zip(&outputs).zip(&per_image) {
+        let psnr = quality.as_ref().map(|q| mean_std(&q.0));
+        let ssim = quality.as_ref().map(|q| mean_std(&q.1));
+        let (bar_quality, bar_correct) = &per_image[bar];
+        let versus_bar = (*key != BAR).then(|| Differences {
+            psnr_db: quality
+                .as_ref()
+                .zip(bar_quality.as_ref())
+                .map(|(q, b)| bootstrap::paired_difference(&q.0, &b.0, 1)),
+            ssim: quality.as_ref().zip(bar_quality.as_ref()).map(|(q, b)| bootstrap::paired_difference(&q.1, &b.1, 2)),
+            accuracy: Some(bootstrap::paired_difference(correct, bar_correct, 3)),
+        });
         methods.push(MethodResult {
             method: key.to_string(),
             label: label.to_string(),
@@ -305,15 +425,29 @@ pub fn evaluate(args: &EvaluateArgs, command_line: &str) -> anyhow::Result<Evalu
             psnr_std: psnr.map(|p| p.1),
             ssim_mean: ssim.map(|s| s.0),
             ssim_std: ssim.map(|s| s.1),
-            accuracy,
+            accuracy: correct.iter().sum::<f64>() / correct.len().max(1) as f64,
             gap_closed: None,
             images_per_second: seconds.map(|s| n as f64 / s.max(1e-9)),
+            psnr_interval: quality.as_ref().map(|q| bootstrap::mean_interval(&q.0, 4)),
+            ssim_interval: quality.as_ref().map(|q| bootstrap::mean_interval(&q.1, 5)),
+            accuracy_interval: Some(bootstrap::mean_interval(correct, 6)),
+            versus_bar,
+            hallucination_score: None,
+            held: None,
         });
+    }
+    for (method, row) in methods.iter_mut().rev().take(2).rev().zip(&scores) {
+        method.hallucination_score = Some(bootstrap::mean_interval(row, 11));
+        method.held = Some(row.iter().filter(|&&s| hallucination::held(s, threshold)).count() as f64 / n.max(1) as f64);
     }
     let (high, low) = (methods[0].accuracy, methods[1].accuracy);
     for method in &mut methods {
         method.gap_closed = ((high - low).abs() > 1e-9).then(|| (method.accuracy - low) / (high - low));
     }
+    let native = match &args.native {
+        Some(folder) => Some(native_report(folder, args.native_limit, &ranges, &model, params, &classical, args.seed)?),
+        None => None,
+    };
 
     let method = bundle.manifest.training.get("method").and_then(|v| v.as_str()).unwrap_or("not recorded").to_string();
     let mut report = EvaluationReport {
@@ -322,6 +456,10 @@ pub fn evaluate(args: &EvaluateArgs, command_line: &str) -> anyhow::Result<Evalu
         threads: tch::get_num_threads().into(),
         size: args.size,
         seed: args.seed,
+        t0: enhance_params.t0,
+        steps: enhance_params.steps,
+        first_stage: model.first_stage_name().into(),
+        ranges_name: args.ranges.clone(),
         test_images,
         data: summary,
         bundle: BundleSummary {
@@ -339,12 +477,118 @@ pub fn evaluate(args: &EvaluateArgs, command_line: &str) -> anyhow::Result<Evalu
         clahe: clahe_params,
         nlm: nlm_params,
         methods,
+        native,
         figures: Vec::new(),
     };
     let examples: Vec<Vec<&Plane>> =
         (0..args.examples.min(n)).map(|i| outputs.iter().map(|(planes, _)| &planes[i]).collect()).collect();
     report::write(&args.out, &mut report, &examples, &args.curves)?;
     Ok(report)
+}
+
+/// A classical baseline: its key and what it does to a plane.
+type Classical<'a> = (&'a str, Box<dyn Fn(&Plane) -> Plane + 'a>);
+
+/// The classical rows of [`METHODS`], in table order.
+fn classical_methods<'a>(clahe: &'a ClaheParams, nlm: &'a NlmParams) -> [Classical<'a>; 4] {
+    [
+        ("clahe", Box::new(|p: &Plane| baselines::clahe(p, clahe))),
+        ("histeq", Box::new(baselines::histogram_equalise)),
+        ("nlm", Box::new(|p: &Plane| baselines::non_local_means(p, nlm))),
+        ("nlm-stretch", Box::new(|p: &Plane| baselines::nlm_stretch(p, nlm))),
+    ]
+}
+
+/// Per-image PSNR and SSIM.
+type Quality = (Vec<f64>, Vec<f64>);
+
+/// Per-image PSNR and SSIM of `planes` against `truth`.
+fn quality_of(planes: &[Plane], truth: &[Plane]) -> Quality {
+    planes.iter().zip(truth).map(|(p, t)| (metrics::psnr(p, t), metrics::ssim(p, t))).unzip()
+}
+
+/// PSNR and SSIM of every method on the images of `folder` at their own size,
+/// each degraded with parameters seeded by its file name; LED through the
+/// daemon's tiled path.
+fn native_report(
+    folder: &Path,
+    limit: usize,
+    ranges: &DegradationRanges,
+    model: &LedModel,
+    params: &cxr_led_models::EnhanceParams,
+    classical: &[Classical],
+    seed: u64,
+) -> anyhow::Result<NativeReport> {
+    let mut paths = data::list_images(&[folder.to_owned()])?;
+    paths.sort_by(|a, b| data::name_fraction(a, "subset").total_cmp(&data::name_fraction(b, "subset")));
+    if limit > 0 {
+        paths.truncate(limit);
+    }
+    // Rows: low quality, the classical methods, first stage, LED; each (planes' quality, seconds).
+    let keys: Vec<&str> =
+        std::iter::once("low-quality").chain(classical.iter().map(|(k, _)| *k)).chain(["first-stage", "led"]).collect();
+    let mut psnr: Vec<Vec<f64>> = vec![Vec::new(); keys.len()];
+    let mut ssim: Vec<Vec<f64>> = vec![Vec::new(); keys.len()];
+    let mut seconds = vec![0.0f64; keys.len()];
+    let (mut sizes, mut dis) = (Vec::new(), Vec::new());
+    let mut noise = NoiseSource::new(seed);
+    let mut progress = Progress::new("evaluate native", 0, paths.len(), "images");
+    for (i, path) in paths.iter().enumerate() {
+        let image = data::read_image(path, None)?;
+        let size = format!("{}x{}", image.size()[3], image.size()[2]);
+        if !sizes.contains(&size) {
+            sizes.push(size);
+        }
+        let (low_quality, drawn) = data::degrade_stack(&image, std::slice::from_ref(path), ranges)?;
+        dis.push(drawn[0].deviation_index());
+        let truth = Plane::from_model_tensor(&image.get(0))?;
+        let lq_plane = Plane::from_model_tensor(&low_quality.get(0))?;
+        let mut outputs = vec![lq_plane.clone()];
+        for (row, (_, method)) in classical.iter().enumerate() {
+            let started = Instant::now();
+            outputs.push(method(&lq_plane));
+            seconds[row + 1] += started.elapsed().as_secs_f64();
+        }
+        let result = model.enhance(&low_quality, params, &mut noise)?;
+        seconds[keys.len() - 2] += result.timings.estimate.as_secs_f64();
+        seconds[keys.len() - 1] += (result.timings.estimate + result.timings.refinement).as_secs_f64();
+        outputs.push(Plane::from_model_tensor(&result.estimate.get(0).clamp(-1.0, 1.0))?);
+        outputs.push(Plane::from_model_tensor(&result.output.get(0))?);
+        for (row, plane) in outputs.iter().enumerate() {
+            psnr[row].push(metrics::psnr(plane, &truth));
+            ssim[row].push(metrics::ssim(plane, &truth));
+        }
+        progress.update(i + 1, "");
+    }
+    let bar = keys.iter().position(|k| *k == BAR).expect("the bar is a classical method");
+    let n = paths.len().max(1) as f64;
+    let methods = keys
+        .iter()
+        .enumerate()
+        .map(|(row, key)| NativeRow {
+            method: key.to_string(),
+            label: METHODS.iter().find(|(k, _)| k == key).map_or(key.to_string(), |(_, l)| l.to_string()),
+            psnr: bootstrap::mean_interval(&psnr[row], 7),
+            ssim: bootstrap::mean_interval(&ssim[row], 8),
+            versus_bar: Differences {
+                psnr_db: Some(bootstrap::paired_difference(&psnr[row], &psnr[bar], 9)),
+                ssim: Some(bootstrap::paired_difference(&ssim[row], &ssim[bar], 10)),
+                accuracy: None,
+            },
+            seconds_per_image: (row > 0).then(|| seconds[row] / n),
+        })
+        .collect();
+    Ok(NativeReport {
+        folder: folder.display().to_string(),
+        images: paths.len(),
+        sizes,
+        deviation_index: [
+            dis.iter().copied().fold(f64::INFINITY, f64::min),
+            mean_std(&dis).0,
+            dis.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        ],
+        methods,
+    })
 }
 
 /// Reads a `report.json` written by `evaluate`.

@@ -45,6 +45,9 @@ pub struct BenchArgs {
     /// Images to use (fewer if the split holds fewer).
     #[arg(long, default_value_t = 150)]
     count: usize,
+    /// The simulator's ranges for the low-quality inputs: training, held-out, or a TOML file.
+    #[arg(long, default_value = "training")]
+    ranges: String,
     /// Side the images are resized to.
     #[arg(long, default_value_t = 256)]
     size: u32,
@@ -361,7 +364,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         std::fs::create_dir_all(folder).with_context(|| format!("creating {}", folder.display()))?;
     }
 
-    let ranges = DegradationRanges::default();
+    let ranges = DegradationRanges::from_arg(&args.ranges)?;
     let mut records: Vec<Record> = Vec::new();
     let mut examples: Vec<(String, String, String, Tensor, Tensor)> = Vec::new();
     let started = std::time::Instant::now();
@@ -637,10 +640,11 @@ fn summarise(
         );
     }
     let command = format!(
-        "cxr-led-train hallucination-bench --data {} --split {} --count {} --size {} --bundle {} --faithful {} --seed {}{}{} --out {}",
+        "cxr-led-train hallucination-bench --data {} --split {} --count {} --ranges {} --size {} --bundle {} --faithful {} --seed {}{}{} --out {}",
         args.data.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" "),
         args.split,
         args.count,
+        args.ranges,
         args.size,
         args.bundle.display(),
         args.faithful.join(","),

@@ -42,11 +42,6 @@ pub fn read_image_resized(path: &Path, side: Option<u32>) -> anyhow::Result<Tens
     }
 }
 
-/// Reads a PNG as a `[1, 1, H, W]` float tensor in [-1, 1].
-pub fn read_png(path: &Path) -> anyhow::Result<Tensor> {
-    read_png_resized(path, None)
-}
-
 /// Reads a PNG as a `[1, 1, H, W]` float tensor in [-1, 1], resized to
 /// `side` x `side` when given (aspect ratio not kept: chest X-ray sets are near square).
 pub fn read_png_resized(path: &Path, side: Option<u32>) -> anyhow::Result<Tensor> {

@@ -8,10 +8,12 @@ mod degrade;
 mod diffusion;
 mod hallucination_bench;
 mod image_io;
+mod paired;
 mod pipeline;
 
 // Evaluation (issue 6): classifier, baselines, metrics, report.
 mod baselines;
+mod bootstrap;
 mod classifier;
 mod evaluate;
 mod metrics;
@@ -51,6 +53,9 @@ enum Command {
     /// Train the CycleGAN (G_AB, G_BA, D_A, D_B) on unpaired pools made from
     /// high-quality images: a disjoint half is degraded by the simulator into the low-quality pool.
     Cyclegan(pipeline::CycleGanArgs),
+    /// Train the paired first-stage enhancer on simulator pairs: random patches,
+    /// the degradation drawn afresh every step (what a 2-core CPU trains well).
+    Paired(pipeline::PairedArgs),
     /// Build the paired set (high quality, G_BA or simulator low quality) for diffusion training.
     Pairs(pipeline::PairsArgs),
     /// Train the conditional diffusion UNet on the pairs.
@@ -59,7 +64,7 @@ enum Command {
     Export(pipeline::ExportArgs),
     /// Simulate a low-dose acquisition of a PNG (see the degrade module) and print its parameters.
     Degrade {
-        /// Well-exposed input image (PNG).
+        /// Well-exposed input image (PNG or DICOM).
         #[arg(long)]
         input: PathBuf,
         /// Degraded output (16-bit PNG).
@@ -71,9 +76,9 @@ enum Command {
         /// Fix the dose fraction instead of drawing it (0.2 = a fifth of the dose, DI -7).
         #[arg(long)]
         dose: Option<f64>,
-        /// TOML file with the parameter ranges (keys of DegradationRanges); default: the built-in ranges.
-        #[arg(long)]
-        ranges: Option<PathBuf>,
+        /// Parameter ranges: training, held-out, or a TOML file with the keys of DegradationRanges.
+        #[arg(long, default_value = "training")]
+        ranges: String,
     },
     /// Score an enhanced image against its low-quality input with the
     /// hallucination check (the daemon's code path) and print JSON.
@@ -106,13 +111,13 @@ enum Command {
         /// The bundle folder.
         #[arg(long)]
         bundle: PathBuf,
-        /// Input image (PNG, grayscale or colour, 8 or 16 bit).
+        /// Input image (PNG, grayscale or colour, 8 or 16 bit, or DICOM).
         #[arg(long)]
         input: PathBuf,
         /// Output PNG.
         #[arg(long)]
         output: PathBuf,
-        /// Also write G_AB's estimate (before diffusion refinement) here.
+        /// Also write the first stage's estimate (before diffusion refinement) here.
         #[arg(long)]
         estimate: Option<PathBuf>,
         /// Seed of the diffusion noise (the daemon derives it from the SOP Instance UID).
@@ -121,6 +126,21 @@ enum Command {
         /// auto, cpu, cuda or cuda:N.
         #[arg(long, default_value = "auto")]
         device: String,
+        /// Precision instead of the bundle's: f32, bf16 (CPU or CUDA) or f16 (CUDA).
+        #[arg(long)]
+        precision: Option<String>,
+        /// Refinement start instead of the bundle's (0: the first stage alone).
+        #[arg(long)]
+        t0: Option<usize>,
+        /// DDIM steps instead of the bundle's.
+        #[arg(long)]
+        steps: Option<usize>,
+        /// Tile side instead of the bundle's.
+        #[arg(long)]
+        tile: Option<i64>,
+        /// Tiles per batch instead of the bundle's.
+        #[arg(long)]
+        tile_batch: Option<i64>,
     },
 }
 
@@ -138,6 +158,7 @@ fn main() -> anyhow::Result<()> {
             println!("wrote bundle {} to {} (sha256 {})", manifest.name, out.display(), bundle.sha256);
         }
         Command::Cyclegan(args) => pipeline::cyclegan(&args)?,
+        Command::Paired(args) => pipeline::paired(&args)?,
         Command::Pairs(args) => pipeline::pairs(&args)?,
         Command::Diffusion(args) => pipeline::diffusion(&args)?,
         Command::Export(args) => pipeline::export(&args)?,
@@ -151,13 +172,8 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Degrade { input, output, seed, dose, ranges } => {
             use rand::SeedableRng;
-            let image = image_io::read_png(&input)?;
-            let ranges: degrade::DegradationRanges = match ranges {
-                Some(path) => toml::from_str(&std::fs::read_to_string(&path)?)
-                    .with_context(|| format!("reading degradation ranges {}", path.display()))?,
-                None => Default::default(),
-            };
-            ranges.validate()?;
+            let image = image_io::read_image(&input)?;
+            let ranges = degrade::DegradationRanges::from_arg(&ranges)?;
             let mut params = ranges.sample(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
             if let Some(dose) = dose {
                 anyhow::ensure!(dose > 0.0 && dose <= 1.0, "--dose must lie in (0, 1], got {dose}");
@@ -198,14 +214,23 @@ fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&json)?);
         }
         Command::HallucinationBench(args) => hallucination_bench::run(&args)?,
-        Command::Enhance { bundle, input, output, estimate, seed, device } => {
+        Command::Enhance { bundle, input, output, estimate, seed, device, precision, t0, steps, tile, tile_batch } => {
             let device = device::parse_device(&device)?;
             let started = Instant::now();
             let bundle = Bundle::load(&bundle).with_context(|| format!("loading bundle {}", bundle.display()))?;
-            let params = bundle.manifest.inference.clone();
+            let mut params = bundle.manifest.inference.clone();
+            if let Some(precision) = precision {
+                params.precision = toml::Value::String(precision.clone())
+                    .try_into()
+                    .with_context(|| format!("--precision {precision:?}: use f32, bf16 or f16"))?;
+            }
+            params.t0 = t0.unwrap_or(params.t0);
+            params.steps = steps.unwrap_or(params.steps);
+            params.tiles.tile = tile.unwrap_or(params.tiles.tile);
+            params.tiles.batch = tile_batch.unwrap_or(params.tiles.batch);
             let model = LedModel::from_bundle(&bundle, device, params.precision)?;
             let loaded = started.elapsed();
-            let low_quality = image_io::read_png(&input)?;
+            let low_quality = image_io::read_image(&input)?;
             let (height, width) = (low_quality.size()[2], low_quality.size()[3]);
             let enhanced = model.enhance(&low_quality, &params, &mut NoiseSource::new(seed))?;
             image_io::write_png(&output, &enhanced.output)?;
@@ -223,7 +248,8 @@ fn main() -> anyhow::Result<()> {
                 "t0": params.t0,
                 "ddim_steps": params.steps,
                 "seconds_load_bundle": loaded.as_secs_f64(),
-                "seconds_g_ab_estimate": enhanced.timings.estimate.as_secs_f64(),
+                "first_stage": model.first_stage_name(),
+                "seconds_first_stage_estimate": enhanced.timings.estimate.as_secs_f64(),
                 "seconds_diffusion_refinement": enhanced.timings.refinement.as_secs_f64(),
                 "seconds_total": started.elapsed().as_secs_f64(),
             });

@@ -7,6 +7,15 @@
 //! cxr-led-train diffusion --pairs runs/pairs.safetensors --out runs/diffusion --steps 50000
 //! cxr-led-train export    --cyclegan runs/cyclegan --diffusion runs/diffusion --out bundles/default
 //! ```
+//!
+//! The paired first stage (what a 2-core CPU trains well) replaces the
+//! CycleGAN's G_AB where pairs exist; its G_BA and UNet can come from an
+//! earlier bundle:
+//!
+//! ```text
+//! cxr-led-train paired    --high-quality DIR... --out runs/paired --steps 16000
+//! cxr-led-train export    --preset cpu --enhancer runs/paired --base-bundle OLD --out bundles/default
+//! ```
 
 use std::path::{Path, PathBuf};
 
@@ -23,6 +32,7 @@ use crate::cyclegan::{self, CycleGanConfig};
 use crate::data::{self, Split};
 use crate::degrade::DegradationRanges;
 use crate::diffusion::{self, DiffusionConfig};
+use crate::paired::{self, PairedConfig, ValidationSet};
 
 /// Options every stage shares.
 #[derive(Debug, Args)]
@@ -242,18 +252,144 @@ pub fn diffusion(args: &DiffusionArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Kind of the activations in paired training.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Activations {
+    /// 32-bit float.
+    F32,
+    /// bfloat16 activations with f32 master weights (about 2x faster on a CPU with AVX-512 BF16).
+    Bf16,
+}
+
+/// `paired` options.
+#[derive(Debug, Args)]
+pub struct PairedArgs {
+    /// Architecture preset with an `[enhancer]`: cpu (the default bundle's) or tiny-paired (tests).
+    #[arg(long, default_value = "cpu")]
+    preset: String,
+    /// Folders of high-quality images (searched recursively; the train split is used, validation images validate).
+    #[arg(long, required = true, num_args = 1..)]
+    high_quality: Vec<PathBuf>,
+    /// Checkpoint folder (resumed when it holds a checkpoint).
+    #[arg(long)]
+    out: PathBuf,
+    /// Total optimiser steps.
+    #[arg(long, default_value_t = 16_000)]
+    steps: usize,
+    /// Patches per step.
+    #[arg(long, default_value_t = 16)]
+    batch: i64,
+    /// Source images per step (each degraded afresh, cut into batch / sources patches).
+    #[arg(long, default_value_t = 4)]
+    sources: i64,
+    /// Patch side in pixels (a multiple of 8).
+    #[arg(long, default_value_t = 96)]
+    patch: i64,
+    /// Peak Adam learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    learning_rate: f64,
+    /// Steps between validations and checkpoints.
+    #[arg(long, default_value_t = 500)]
+    validate_every: usize,
+    /// Validation images (whole, with fixed degradations).
+    #[arg(long, default_value_t = 48)]
+    validation_images: usize,
+    /// Kind of the activations.
+    #[arg(long, value_enum, default_value = "bf16")]
+    activations: Activations,
+    /// Degradation ranges: training, held-out, or a TOML file (the held-out setting is for evaluation).
+    #[arg(long, default_value = "training")]
+    ranges: String,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Seed of image choice, crops and degradations.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+/// The file in a paired checkpoint folder that records the degradation ranges it trains with.
+const RANGES_FILE: &str = "ranges.toml";
+
+/// Runs the `paired` stage.
+pub fn paired(args: &PairedArgs) -> anyhow::Result<()> {
+    let device = device::parse_device(&args.device)?;
+    let manifest = presets::by_name(&args.preset)?;
+    let enhancer = manifest.enhancer.clone().with_context(|| {
+        format!("preset {:?} has no [enhancer]; the paired stage trains the cpu or tiny-paired preset", args.preset)
+    })?;
+    let ranges = DegradationRanges::from_arg(&args.ranges)?;
+    let recorded = args.out.join(RANGES_FILE);
+    let ranges_text = toml::to_string_pretty(&ranges)?;
+    match std::fs::read_to_string(&recorded) {
+        Ok(previous) if previous != ranges_text => anyhow::bail!(
+            "{} was trained with other degradation ranges ({}): resume with the same --ranges or use a new --out",
+            args.out.display(),
+            recorded.display()
+        ),
+        Ok(_) => {}
+        Err(_) => {
+            std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+            std::fs::write(&recorded, &ranges_text).with_context(|| format!("writing {}", recorded.display()))?;
+        }
+    }
+    let (train, skipped_train) = paired::load_images(&split_images(&args.high_quality, Split::Train)?, args.patch);
+    let mut validation_paths = split_images(&args.high_quality, Split::Validation)?;
+    validation_paths
+        .sort_by(|a, b| data::name_fraction(a, "validation").total_cmp(&data::name_fraction(b, "validation")));
+    validation_paths.truncate(args.validation_images.max(1));
+    let (validation, skipped_validation) = paired::load_images(&validation_paths, 16);
+    anyhow::ensure!(!validation.is_empty(), "no usable validation images under {:?}", args.high_quality);
+    let skipped = skipped_train.len() + skipped_validation.len();
+    eprintln!(
+        "paired: {} training and {} validation images at their own size, {skipped} skipped",
+        train.len(),
+        validation.len()
+    );
+    let validation = ValidationSet::new(&validation, &ranges, args.seed.wrapping_add(1))?;
+    let config = PairedConfig {
+        steps: args.steps,
+        batch: args.batch,
+        sources: args.sources,
+        patch: args.patch,
+        learning_rate: args.learning_rate,
+        validate_every: args.validate_every.max(1),
+        activations: match args.activations {
+            Activations::F32 => tch::Kind::Float,
+            Activations::Bf16 => tch::Kind::BFloat16,
+        },
+        seed: args.seed,
+        ..Default::default()
+    };
+    let state = paired::train(&enhancer, &train, &validation, &ranges, &config, &args.out, device)?;
+    let skipped_json: Vec<_> = skipped_train.iter().chain(&skipped_validation).collect();
+    std::fs::write(args.out.join("skipped.json"), serde_json::to_vec_pretty(&skipped_json)?)?;
+    println!(
+        "{}",
+        serde_json::json!({ "step": state.step, "best_validation_psnr": state.best_validation_psnr,
+        "patches_per_second": state.patches_per_second, "seconds": state.seconds, "skipped": skipped })
+    );
+    Ok(())
+}
+
 /// `export` options.
 #[derive(Debug, Args)]
 pub struct ExportArgs {
     /// Architecture preset the checkpoints were trained with.
     #[arg(long, default_value = "default")]
     preset: String,
-    /// CycleGAN checkpoint folder.
+    /// CycleGAN checkpoint folder (G_AB, G_BA).
     #[arg(long)]
-    cyclegan: PathBuf,
+    cyclegan: Option<PathBuf>,
     /// Diffusion checkpoint folder (its best EMA weights are exported).
     #[arg(long)]
-    diffusion: PathBuf,
+    diffusion: Option<PathBuf>,
+    /// Paired checkpoint folder (its best weights become the first stage; the preset needs an `[enhancer]`).
+    #[arg(long)]
+    enhancer: Option<PathBuf>,
+    /// A bundle whose networks (G_BA, UNet, G_AB) are taken where no checkpoint folder gives them.
+    #[arg(long)]
+    base_bundle: Option<PathBuf>,
     /// Bundle folder to write.
     #[arg(long)]
     out: PathBuf,
@@ -263,12 +399,36 @@ pub struct ExportArgs {
     /// report.json of `cxr-led-train evaluate` on these weights: its figures go into `[metrics]`.
     #[arg(long)]
     report: Option<PathBuf>,
+    /// Keep the `[hallucination]` calibration of the bundle already at --out
+    /// (refused unless its networks are the same weights, byte for byte).
+    #[arg(long)]
+    keep_calibration: bool,
 }
 
-fn load_into(dir: &Path, name: &str, build: impl FnOnce(&nn::Path)) -> anyhow::Result<nn::VarStore> {
+/// Where one network of the exported bundle comes from.
+enum Source<'a> {
+    Checkpoint(&'a Path, &'static str),
+    Bundle(&'a Bundle),
+}
+
+/// Builds `network` (as `build` lays it out) and fills it from `source`.
+fn network_from(
+    source: Option<Source>,
+    network: &str,
+    build: impl FnOnce(&nn::Path) -> anyhow::Result<()>,
+) -> anyhow::Result<nn::VarStore> {
     let mut store = nn::VarStore::new(tch::Device::Cpu);
-    build(&store.root());
-    checkpoint::load_store(dir, name, &mut store)?;
+    build(&store.root())?;
+    match source {
+        Some(Source::Checkpoint(dir, name)) => checkpoint::load_store(dir, name, &mut store)?,
+        Some(Source::Bundle(bundle)) => bundle
+            .load_weights(network, &store)
+            .with_context(|| format!("taking {network} from the base bundle {}", bundle.dir.display()))?,
+        None => anyhow::bail!(
+            "no source for the bundle's {network}: give its checkpoint folder (--cyclegan, --diffusion or --enhancer) \
+             or --base-bundle"
+        ),
+    }
     Ok(store)
 }
 
@@ -276,19 +436,107 @@ fn load_into(dir: &Path, name: &str, build: impl FnOnce(&nn::Path)) -> anyhow::R
 pub fn export(args: &ExportArgs) -> anyhow::Result<()> {
     let mut manifest = presets::by_name(&args.preset)?;
     manifest.version = args.version.clone();
-    let generator = manifest.generator.clone();
-    let g_ab = load_into(&args.cyclegan, "g_ab", |p| drop(ResnetGenerator::new(p, &generator)))?;
-    let g_ba = load_into(&args.cyclegan, "g_ba", |p| drop(ResnetGenerator::new(p, &generator)))?;
-    let mut unet_error = None;
-    let unet = load_into(&args.diffusion, "unet-best", |p| {
-        unet_error = cxr_led_models::unet::ConditionalUNet::new(p, &manifest.unet).err();
-    })?;
-    if let Some(error) = unet_error {
-        return Err(error.into());
+    let base = match &args.base_bundle {
+        Some(dir) => Some(Bundle::load(dir).with_context(|| format!("loading the base bundle {}", dir.display()))?),
+        None => None,
+    };
+    if let Some(base) = &base {
+        anyhow::ensure!(
+            base.manifest.generator == manifest.generator && base.manifest.unet == manifest.unet,
+            "the base bundle {}'s G_BA or UNet architecture differs from the {} preset's",
+            base.manifest.name,
+            args.preset
+        );
     }
-    let diffusion_state = std::fs::read_to_string(args.diffusion.join("state.json")).unwrap_or_default();
-    let cyclegan_state = std::fs::read_to_string(args.cyclegan.join("state.json")).unwrap_or_default();
-    manifest.training.insert("method".into(), "cxr-led-train cyclegan, pairs, diffusion, export".into());
+    let from_base =
+        |network: &str| base.as_ref().filter(|b| b.manifest.networks().contains(&network)).map(Source::Bundle);
+    let generator = manifest.generator.clone();
+    let build_generator = |p: &nn::Path| {
+        ResnetGenerator::new(p, &generator);
+        Ok(())
+    };
+    let first_stage = match (&manifest.enhancer, &args.enhancer) {
+        (Some(config), dir) => {
+            let source =
+                dir.as_deref().map(|d| Source::Checkpoint(d, "enhancer-best")).or_else(|| from_base("enhancer"));
+            network_from(source, "enhancer", |p| {
+                cxr_led_models::enhancer::Enhancer::new(p, config)?;
+                Ok(())
+            })?
+        }
+        (None, Some(_)) => anyhow::bail!("--enhancer needs a preset with an [enhancer] (cpu or tiny-paired)"),
+        (None, None) => {
+            let source = args.cyclegan.as_deref().map(|d| Source::Checkpoint(d, "g_ab")).or_else(|| from_base("g_ab"));
+            network_from(source, "g_ab", build_generator)?
+        }
+    };
+    let source = args.cyclegan.as_deref().map(|d| Source::Checkpoint(d, "g_ba")).or_else(|| from_base("g_ba"));
+    let g_ba = network_from(source, "g_ba", build_generator)?;
+    let source = args.diffusion.as_deref().map(|d| Source::Checkpoint(d, "unet-best")).or_else(|| from_base("unet"));
+    let unet = network_from(source, "unet", |p| {
+        cxr_led_models::unet::ConditionalUNet::new(p, &manifest.unet)?;
+        Ok(())
+    })?;
+
+    let read_state = |dir: &Option<PathBuf>, key: &str| -> String {
+        match dir {
+            Some(dir) => std::fs::read_to_string(dir.join("state.json")).unwrap_or_default(),
+            None => base
+                .as_ref()
+                .and_then(|b| b.manifest.training.get(key))
+                .and_then(toml::Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+        }
+    };
+    let diffusion_state = read_state(&args.diffusion, "diffusion-state");
+    let cyclegan_state = read_state(&args.cyclegan, "cyclegan-state");
+    let mut stages = Vec::new();
+    if let Some(dir) = &args.enhancer {
+        stages.push("paired");
+        manifest.training.insert("paired-state".into(), std::fs::read_to_string(dir.join("state.json"))?.into());
+        let ranges = std::fs::read_to_string(dir.join(RANGES_FILE)).map_err(anyhow::Error::from).and_then(|text| {
+            let ranges: DegradationRanges = toml::from_str(&text)?;
+            Ok(ranges)
+        });
+        manifest.training.insert(
+            "degradation-ranges".into(),
+            toml::Value::try_from(ranges.with_context(|| format!("reading {}", dir.join(RANGES_FILE).display()))?)?,
+        );
+    }
+    stages.extend(args.cyclegan.as_ref().map(|_| "cyclegan"));
+    stages.extend(args.diffusion.as_ref().map(|_| "pairs, diffusion"));
+    let mut method =
+        format!("cxr-led-train {}, export", if stages.is_empty() { "export".into() } else { stages.join(", ") });
+    if let Some(base) = &base {
+        let carried: Vec<&str> = [
+            (args.cyclegan.is_none() && manifest.enhancer.is_none(), "g_ab"),
+            (args.cyclegan.is_none(), "g_ba"),
+            (args.diffusion.is_none(), "unet"),
+            (args.enhancer.is_none() && manifest.enhancer.is_some(), "enhancer"),
+        ]
+        .into_iter()
+        .filter_map(|(carried, name)| carried.then_some(name))
+        .collect();
+        method.push_str(&format!(
+            "; {} carried over from bundle {} {} (sha256 {})",
+            carried.join(", "),
+            base.manifest.name,
+            base.manifest.version,
+            base.sha256
+        ));
+        if args.diffusion.is_none() {
+            if let Some(limit) = base.manifest.training.get("diffusion-max-timestep") {
+                manifest.training.insert("diffusion-max-timestep".into(), limit.clone());
+            }
+        }
+        if args.enhancer.is_none() && !manifest.training.contains_key("degradation-ranges") {
+            if let Some(ranges) = base.manifest.training.get("degradation-ranges") {
+                manifest.training.insert("degradation-ranges".into(), ranges.clone());
+            }
+        }
+    }
+    manifest.training.insert("method".into(), method.into());
     manifest.training.insert("cyclegan-state".into(), cyclegan_state.into());
     if let Ok(state) = serde_json::from_str::<crate::diffusion::DiffusionState>(&diffusion_state) {
         if let Some(limit) = state.max_timestep {
@@ -304,11 +552,41 @@ pub fn export(args: &ExportArgs) -> anyhow::Result<()> {
         }
     }
     manifest.training.insert("diffusion-state".into(), diffusion_state.into());
-    manifest.training.insert("degradation-ranges".into(), toml::Value::try_from(DegradationRanges::default())?);
+    if !manifest.training.contains_key("degradation-ranges") {
+        manifest.training.insert("degradation-ranges".into(), toml::Value::try_from(DegradationRanges::default())?);
+    }
     if let Some(path) = &args.report {
         manifest.metrics = crate::report::metrics_table(&crate::evaluate::read_report(path)?)?;
     }
-    let bundle = Bundle::save_stores(&args.out, &manifest, [("g_ab", &g_ab), ("g_ba", &g_ba), ("unet", &unet)])?;
+    let previous = if args.keep_calibration {
+        let previous = Bundle::load(&args.out)
+            .with_context(|| format!("--keep-calibration: no bundle to keep it from at {}", args.out.display()))?;
+        anyhow::ensure!(
+            previous.manifest.hallucination.is_some(),
+            "--keep-calibration: {} is not calibrated",
+            args.out.display()
+        );
+        Some(previous.manifest)
+    } else {
+        None
+    };
+    let [first_name, g_ba_name, unet_name] = manifest.networks();
+    let mut bundle = Bundle::save_stores(
+        &args.out,
+        &manifest,
+        [(first_name, &first_stage), (g_ba_name, &g_ba), (unet_name, &unet)],
+    )?;
+    if let Some(previous) = previous {
+        anyhow::ensure!(
+            previous.files == bundle.manifest.files,
+            "--keep-calibration: the networks differ from the calibrated bundle's, so its calibration does not hold; \
+             {} is written uncalibrated: run hallucination-bench --write-bundle on it",
+            args.out.display()
+        );
+        let mut calibrated = bundle.manifest.clone();
+        calibrated.hallucination = previous.hallucination;
+        bundle = Bundle::save_manifest(&args.out, &calibrated)?;
+    }
     println!(
         "wrote bundle {} {} to {} (sha256 {})",
         manifest.name,

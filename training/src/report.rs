@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use image::{GrayImage, Luma, Rgb, RgbImage};
 
-use crate::evaluate::{EvaluationReport, METHODS};
+use crate::bootstrap::Interval;
+use crate::evaluate::{EvaluationReport, NativeReport, METHODS};
 use crate::metrics::Plane;
 
 /// The LED study's Table 1 (PadChest, ResNet-18): high quality, low quality, enhanced.
@@ -257,38 +258,89 @@ fn optional(value: Option<f64>, digits: usize) -> String {
     value.map_or("–".into(), |v| format!("{v:.digits$}"))
 }
 
+/// A mean with its interval, `digits` decimals, scaled by `scale` (100 for percent).
+fn interval(value: Option<Interval>, digits: usize, scale: f64) -> String {
+    value.map_or("–".into(), |i| {
+        format!("{:.digits$} [{:.digits$}, {:.digits$}]", i.mean * scale, i.low * scale, i.high * scale)
+    })
+}
+
+/// A paired difference, bold where its whole interval lies above zero.
+fn difference(value: Option<Interval>, digits: usize, scale: f64) -> String {
+    match value {
+        Some(i) if i.above_zero() => {
+            format!("**{:+.digits$}** [{:.digits$}, {:.digits$}]", i.mean * scale, i.low * scale, i.high * scale)
+        }
+        Some(i) => format!("{:+.digits$} [{:.digits$}, {:.digits$}]", i.mean * scale, i.low * scale, i.high * scale),
+        None => "–".into(),
+    }
+}
+
 /// The table as Markdown (used in report.md and the README).
 pub fn markdown_table(report: &EvaluationReport) -> String {
     let mut table = String::from(
-        "| Method | PSNR (dB) | SSIM | Accuracy | Gap closed | Images/s |\n| --- | --- | --- | --- | --- | --- |\n",
+        "| Method | PSNR (dB) | SSIM | Accuracy (%) | Gap closed | ΔPSNR vs NLM + stretch | ΔSSIM | Δaccuracy (points) | Images/s |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );
     for m in &report.methods {
-        let psnr = match (m.psnr_mean, m.psnr_std) {
-            (Some(mean), Some(std)) => format!("{mean:.2} ± {std:.2}"),
+        let psnr = match (m.psnr_interval, m.psnr_mean) {
+            (Some(i), _) => interval(Some(i), 2, 1.0),
+            (None, Some(mean)) => format!("{mean:.2}"),
             _ => "–".into(),
         };
-        let ssim = match (m.ssim_mean, m.ssim_std) {
-            (Some(mean), Some(std)) => format!("{mean:.3} ± {std:.3}"),
+        let ssim = match (m.ssim_interval, m.ssim_mean) {
+            (Some(i), _) => interval(Some(i), 3, 1.0),
+            (None, Some(mean)) => format!("{mean:.3}"),
             _ => "–".into(),
+        };
+        let accuracy = match m.accuracy_interval {
+            Some(i) => interval(Some(i), 1, 100.0),
+            None => format!("{:.1}", m.accuracy * 100.0),
         };
         let gap = m.gap_closed.map_or("–".into(), |g| format!("{:.0}%", g * 100.0));
+        let (dp, ds, da) = match &m.versus_bar {
+            Some(d) => (difference(d.psnr_db, 2, 1.0), difference(d.ssim, 3, 1.0), difference(d.accuracy, 1, 100.0)),
+            None => ("(the bar)".into(), "–".into(), "–".into()),
+        };
         let _ = writeln!(
             table,
-            "| {} | {psnr} | {ssim} | {:.1}% | {gap} | {} |",
+            "| {} | {psnr} | {ssim} | {accuracy} | {gap} | {dp} | {ds} | {da} | {} |",
             m.label,
-            m.accuracy * 100.0,
             optional(m.images_per_second, if m.images_per_second.is_some_and(|r| r < 1.0) { 3 } else { 1 })
         );
     }
     let [hq, lq, enhanced] = SEED_STUDY_ACCURACY;
     let _ = writeln!(
         table,
-        "| *LED study, Table 1 (PadChest): HQ / LQ / enhanced* | – | – | *{:.1}% / {:.1}% / {:.1}%* | *{:.0}%* | – |",
+        "| *LED study, Table 1 (PadChest): HQ / LQ / enhanced* | – | – | *{:.1} / {:.1} / {:.1}* | *{:.0}%* | – | – | – | – |",
         hq * 100.0,
         lq * 100.0,
         enhanced * 100.0,
         (enhanced - lq) / (hq - lq) * 100.0
     );
+    table
+}
+
+/// The `--native` table as Markdown.
+pub fn native_table(native: &NativeReport) -> String {
+    let mut table = String::from(
+        "| Method | PSNR (dB) | SSIM | ΔPSNR vs NLM + stretch | ΔSSIM | s/image |\n| --- | --- | --- | --- | --- | --- |\n",
+    );
+    for m in &native.methods {
+        let (dp, ds) = if m.method == crate::evaluate::BAR {
+            ("(the bar)".into(), "–".into())
+        } else {
+            (difference(m.versus_bar.psnr_db, 2, 1.0), difference(m.versus_bar.ssim, 3, 1.0))
+        };
+        let _ = writeln!(
+            table,
+            "| {} | {} | {} | {dp} | {ds} | {} |",
+            m.label,
+            interval(Some(m.psnr), 2, 1.0),
+            interval(Some(m.ssim), 3, 1.0),
+            optional(m.seconds_per_image, 2)
+        );
+    }
     table
 }
 
@@ -320,7 +372,45 @@ fn markdown(report: &EvaluationReport) -> String {
         report.deviation_index[1],
         report.device
     );
+    let refinement = if report.t0 == 0 {
+        "LED row: t0 = 0, no diffusion refinement (the first stage's estimate is the output)".to_string()
+    } else {
+        format!("LED row: refinement from t0 = {} in {} DDIM steps", report.t0, report.steps)
+    };
+    let _ = writeln!(
+        md,
+        "First stage: {}. {refinement}. Simulator ranges: `{}`. Intervals: 95% bootstrap ({} resamples) of the mean over \
+         images; Δ columns: paired difference to NLM + stretch on the same images, **bold** where the whole interval is \
+         above zero.\n",
+        report.first_stage,
+        report.ranges_name,
+        crate::bootstrap::RESAMPLES
+    );
     md += &markdown_table(report);
+    let _ = writeln!(md, "\nThe hallucination check on the model's outputs (the daemon's score against the low-quality input, the bundle's calibration):\n\n| Method | Mean score | Held at the bundle's threshold |\n| --- | --- | --- |");
+    for m in report.methods.iter().filter(|m| m.hallucination_score.is_some()) {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} |",
+            m.label,
+            interval(m.hallucination_score, 3, 1.0),
+            m.held.map_or("–".into(), |h| format!("{:.1}%", h * 100.0))
+        );
+    }
+    if let Some(native) = &report.native {
+        let _ = writeln!(
+            md,
+            "\n## At the images' own size\n\n{} images of `{}` ({}), each degraded with the same ranges (Deviation Index \
+             {:.1} to {:.1} dB, mean {:.1}); LED through the daemon's tiled path.\n",
+            native.images,
+            native.folder,
+            native.sizes.join(", "),
+            native.deviation_index[0],
+            native.deviation_index[2],
+            native.deviation_index[1]
+        );
+        md += &native_table(native);
+    }
     let _ =
         writeln!(md, "\n![Examples: HQ, LQ, then each method](examples.png)\n\n![Accuracy per method](accuracy.png)\n");
     if report.figures.iter().any(|f| f == "curves.png") {
@@ -360,10 +450,13 @@ fn markdown(report: &EvaluationReport) -> String {
     let r = &report.simulator_ranges;
     let _ = writeln!(
         md,
-        "\n## Degradation simulator\n\nPer image, drawn from these ranges (dose and quanta log-uniform, the rest uniform), seeded by the file name:\n\n\
+        "\n## Degradation simulator\n\nPer image, drawn from these ranges (dose and quanta log-uniform, bits from the list, the rest uniform), seeded by the file name:\n\n\
          | Parameter | Range |\n| --- | --- |\n| dose fraction | {:?} |\n| full-dose quanta per pixel | {:?} |\n| attenuation max (mu) | {:?} |\n\
-         | blur sigma (px) | {:?} |\n| electronic noise (quanta) | {:?} |\n| contrast | {:?} |\n",
-        r.dose_fraction, r.full_dose_quanta, r.attenuation_max, r.blur_sigma, r.electronic_noise, r.contrast
+         | blur sigma (px) | {:?} |\n| electronic noise (quanta) | {:?} |\n| contrast | {:?} |\n| noise correlation sigma (px) | {:?} |\n\
+         | resampling factor | {:?} |\n| gamma | {:?} |\n| offset (lift) | {:?} |\n| window clip low | {:?} |\n| window clip high | {:?} |\n\
+         | bits | {:?} |\n",
+        r.dose_fraction, r.full_dose_quanta, r.attenuation_max, r.blur_sigma, r.electronic_noise, r.contrast,
+        r.noise_correlation, r.resample, r.gamma, r.offset, r.clip_low, r.clip_high, r.bits
     );
     let _ = writeln!(
         md,

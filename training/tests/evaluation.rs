@@ -54,6 +54,7 @@ fn classifier_evaluate_and_export_write_a_complete_report() {
 
     let bundle = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/bundles/tiny");
     let report = path("report");
+    let native = data.clone() + "/two";
     let csv_path = Path::new(&classifier).join("metrics.csv").to_string_lossy().into_owned();
     let evaluate = [
         "evaluate",
@@ -73,6 +74,12 @@ fn classifier_evaluate_and_export_write_a_complete_report() {
         "cpu",
         "--curves",
         &csv_path,
+        "--native",
+        &native,
+        "--native-limit",
+        "2",
+        "--ranges",
+        "held-out",
     ];
     let (stdout, _) = train(&evaluate);
     assert!(stdout.contains("| NLM denoise + 1-99% stretch |"), "{stdout}");
@@ -81,7 +88,7 @@ fn classifier_evaluate_and_export_write_a_complete_report() {
         serde_json::from_str(&std::fs::read_to_string(Path::new(&report).join("report.json")).unwrap()).unwrap();
     let methods = json["methods"].as_array().unwrap();
     let keys: Vec<&str> = methods.iter().map(|m| m["method"].as_str().unwrap()).collect();
-    assert_eq!(keys, ["high-quality", "low-quality", "clahe", "histeq", "nlm-stretch", "g-ab", "led"]);
+    assert_eq!(keys, ["high-quality", "low-quality", "clahe", "histeq", "nlm", "nlm-stretch", "first-stage", "led"]);
     for method in methods {
         assert!((0.0..=1.0).contains(&number(&method["accuracy"])), "{method}");
         if method["method"] != "high-quality" {
@@ -91,7 +98,22 @@ fn classifier_evaluate_and_export_write_a_complete_report() {
         if !["high-quality", "low-quality"].contains(&method["method"].as_str().unwrap()) {
             assert!(number(&method["images_per_second"]) > 0.0, "{method}");
         }
+        // Every figure has its 95% interval around its mean; every method but the bar its paired difference.
+        let accuracy = &method["accuracy_interval"];
+        assert!(number(&accuracy["low"]) <= number(&method["accuracy"]), "{method}");
+        assert!(number(&method["accuracy"]) <= number(&accuracy["high"]), "{method}");
+        if method["method"] == "nlm-stretch" {
+            assert!(method["versus_bar"].is_null(), "{method}");
+        } else {
+            let difference = &method["versus_bar"]["accuracy"];
+            assert!(number(&difference["low"]) <= number(&difference["high"]), "{method}");
+        }
     }
+    let native = &json["native"];
+    assert_eq!(native["images"], 2, "{native}");
+    let rows: Vec<&str> = native["methods"].as_array().unwrap().iter().map(|m| m["method"].as_str().unwrap()).collect();
+    assert_eq!(rows, ["low-quality", "clahe", "histeq", "nlm", "nlm-stretch", "first-stage", "led"]);
+    assert!(number(&native["methods"][0]["psnr"]["mean"]) > 0.0, "{native}");
     assert_eq!(json["bundle"]["random_weights"], true);
     assert_eq!(json["bundle"]["sha256"].as_str().unwrap().len(), 64);
     let markdown = std::fs::read_to_string(Path::new(&report).join("report.md")).unwrap();
@@ -99,6 +121,7 @@ fn classifier_evaluate_and_export_write_a_complete_report() {
         markdown.contains("untrained, random weights") && markdown.contains("cxr-led-train evaluate"),
         "{markdown}"
     );
+    assert!(markdown.contains("At the images' own size") && markdown.contains("`held-out`"), "{markdown}");
     assert!(markdown.contains("cxr-led-train classifier"), "the classifier's command is missing:\n{markdown}");
     for figure in ["examples.png", "accuracy.png", "curves.png"] {
         let image = image::open(Path::new(&report).join(figure)).unwrap();
@@ -153,7 +176,7 @@ fn classifier_evaluate_and_export_write_a_complete_report() {
         toml::from_str(&std::fs::read_to_string(Path::new(&exported).join("bundle.toml")).unwrap()).unwrap();
     let metrics = manifest["metrics"].as_table().unwrap();
     assert!(metrics["evaluation-command"].as_str().unwrap().contains("cxr-led-train evaluate"));
-    for key in ["low-quality", "clahe", "histeq", "nlm-stretch", "g-ab", "led"] {
+    for key in ["low-quality", "clahe", "histeq", "nlm", "nlm-stretch", "first-stage", "led"] {
         let row = metrics[key].as_table().unwrap_or_else(|| panic!("no [metrics.{key}]"));
         assert!(row["accuracy"].as_float().is_some() && row["ssim"].as_float().is_some(), "{key}: {row:?}");
     }

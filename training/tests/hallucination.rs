@@ -97,10 +97,22 @@ fn score_prints_the_library_number_and_the_bench_calibrates_a_bundle() {
     }
     assert_eq!(image::open(&map).unwrap().into_luma8().dimensions(), (61, 61));
 
-    // The benchmark on the phantoms, calibrating the copied bundle.
+    // The benchmark on the phantoms, calibrating the copied bundle. The tiny
+    // bundle's stored check configuration (blur tolerance up to 2 px) was
+    // calibrated on the simulator before its resampling, light-spread and
+    // tone steps, so the phantoms are degraded with those earlier ranges.
     let out = work.path().join("bench");
+    let ranges = work.path().join("ranges.toml");
+    std::fs::write(
+        &ranges,
+        "dose-fraction = [0.05, 0.4]\nfull-dose-quanta = [3000.0, 30000.0]\nattenuation-max = [2.5, 4.0]\n\
+         blur-sigma = [0.3, 1.5]\nelectronic-noise = [2.0, 8.0]\ncontrast = [0.6, 1.0]\n",
+    )
+    .unwrap();
     let stdout = train(&[
         "hallucination-bench",
+        "--ranges",
+        &s(&ranges),
         "--data",
         &s(&images),
         "--split",

@@ -1,0 +1,280 @@
+//! The paired first stage: a small UNet trained with (high-quality,
+//! simulated low-quality) pairs, the CPU-trainable alternative to CycleGAN's
+//! G_AB (issue 16).
+//!
+//! An under-exposed image differs from a well-exposed one in two ways that
+//! live at different scales, so the network splits them:
+//!
+//! - **Tone is global.** Contrast, lift and the tone curve of the whole image
+//!   moved; a 64-px patch cannot see that. [`ToneStats`] measures it once per
+//!   image (the 1st and 99th percentiles, seven inner quantiles, the noise
+//!   level): the input is stretched linearly from its 1st..99th percentile to
+//!   [0, 1], and the inner quantiles and the noise level reach every pixel of
+//!   the network as constant input planes, so it can learn the rest of the
+//!   tone correction per image.
+//! - **Noise and blur are local.** A UNet on the pixel-unshuffled input (2x2
+//!   pixels to 4 channels, as FFDNet does: a quarter of the positions for the
+//!   same receptive field) predicts a residual on the stretched input.
+//!
+//! The statistics are always those of the whole image, also when the network
+//! runs in tiles, so a tile is enhanced exactly as it would be in the whole
+//! image. Weights stay in f32; [`Enhancer::forward`] casts them to the
+//! activation kind, which gives mixed precision in training (bf16 activations
+//! with f32 master weights) and plain bf16 when the store itself is converted.
+
+use serde::{Deserialize, Serialize};
+use tch::nn;
+use tch::{Kind, Tensor};
+
+use crate::{Error, Result};
+
+/// Quantiles of the input passed to the network as constant planes (besides
+/// the 1st and 99th percentiles, which fix the stretch).
+pub const TONE_QUANTILES: [f64; 7] = [0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95];
+/// The stretch maps this quantile to 0 ...
+pub const STRETCH_LOW: f64 = 0.01;
+/// ... and this one to 1.
+pub const STRETCH_HIGH: f64 = 0.99;
+/// Constant planes: the inner quantiles and the noise level.
+pub const STAT_PLANES: i64 = TONE_QUANTILES.len() as i64 + 1;
+/// At most this many pixels are sorted for the quantiles (a regular subsample beyond).
+const QUANTILE_SAMPLES: i64 = 1 << 20;
+/// The noise plane is the estimated noise sigma times this, to bring it near the quantiles' range.
+const NOISE_PLANE_GAIN: f64 = 10.0;
+
+/// Architecture of an [`Enhancer`], as written in `bundle.toml` (`[enhancer]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct EnhancerConfig {
+    /// Channels at each level after the 2x pixel unshuffle, finest first
+    /// (each further level halves the resolution).
+    pub widths: Vec<i64>,
+    /// 3x3 convolutions per level on each side of the UNet.
+    pub convs_per_level: usize,
+}
+
+impl Default for EnhancerConfig {
+    fn default() -> Self {
+        Self { widths: vec![32, 64, 128], convs_per_level: 2 }
+    }
+}
+
+impl EnhancerConfig {
+    /// Checks the numbers.
+    pub fn validate(&self) -> Result<()> {
+        if self.widths.is_empty() || self.widths.len() > 5 || self.widths.iter().any(|&w| w < 1) {
+            return Err(Error::InvalidParams(format!(
+                "enhancer widths {:?}: give 1 to 5 positive channel counts, finest level first",
+                self.widths
+            )));
+        }
+        if self.convs_per_level == 0 || self.convs_per_level > 8 {
+            return Err(Error::InvalidParams(format!(
+                "enhancer convs-per-level {} must lie in 1..=8",
+                self.convs_per_level
+            )));
+        }
+        Ok(())
+    }
+
+    /// The multiple height and width are padded to internally.
+    pub fn size_multiple(&self) -> i64 {
+        2 << (self.widths.len() - 1)
+    }
+}
+
+/// The global tone and noise of one image, measured once on the whole image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToneStats {
+    /// The 1st percentile: maps to 0.
+    pub low: f64,
+    /// The 99th percentile: maps to 1.
+    pub high: f64,
+    /// The planes' values: [`TONE_QUANTILES`] after the stretch, then the noise level.
+    pub planes: Vec<f32>,
+}
+
+impl ToneStats {
+    /// Measures an image `[1, 1, H, W]` of display intensity in [0, 1].
+    pub fn measure(image: &Tensor) -> Result<Self> {
+        let size = image.size();
+        let &[1, 1, h, w] = size.as_slice() else {
+            return Err(Error::InvalidParams(format!("tone statistics need one image [1, 1, H, W], got {size:?}")));
+        };
+        let _no_grad = tch::no_grad_guard();
+        let image = image.to_kind(Kind::Float);
+        let stride = ((h * w) as f64 / QUANTILE_SAMPLES as f64).sqrt().ceil().max(1.0) as i64;
+        let samples = image.slice(2, 0, h, stride).slice(3, 0, w, stride).flatten(0, -1);
+        let (sorted, _) = samples.sort(0, false);
+        let count = sorted.size()[0];
+        let quantile = |q: f64| sorted.double_value(&[((count - 1) as f64 * q).round() as i64]);
+        let (low, high) = (quantile(STRETCH_LOW), quantile(STRETCH_HIGH));
+        let span = (high - low).max(1e-3);
+        let mut planes: Vec<f32> = TONE_QUANTILES.iter().map(|&q| ((quantile(q) - low) / span) as f32).collect();
+        // Noise from the median absolute diagonal difference (robust to edges).
+        let noise = if h > 1 && w > 1 {
+            let diagonal =
+                image.slice(2, 1, h, 1).slice(3, 1, w, 1) - image.slice(2, 0, h - 1, 1).slice(3, 0, w - 1, 1);
+            diagonal.abs().median().double_value(&[]) / (0.6745 * std::f64::consts::SQRT_2)
+        } else {
+            0.0
+        };
+        planes.push((noise / span * NOISE_PLANE_GAIN) as f32);
+        Ok(Self { low, high, planes })
+    }
+
+    /// The linear stretch of `image` (any shape) that maps `low` to 0 and `high` to 1.
+    pub fn stretch(&self, image: &Tensor) -> Tensor {
+        (image - self.low) / (self.high - self.low).max(1e-3)
+    }
+
+    /// The plane values as a `[1, STAT_PLANES]` tensor (stack several for a
+    /// batch of patches from different images).
+    pub fn planes(&self) -> Tensor {
+        Tensor::from_slice(&self.planes).view([1, STAT_PLANES])
+    }
+}
+
+/// A 3x3 convolution whose f32 weights are cast to the activation kind.
+#[derive(Debug)]
+struct Conv {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Conv {
+    fn new(vs: nn::Path, c_in: i64, c_out: i64) -> Self {
+        let conv = nn::conv2d(vs, c_in, c_out, 3, nn::ConvConfig { padding: 1, ..Default::default() });
+        Self { weight: conv.ws, bias: conv.bs.expect("conv2d has a bias by default") }
+    }
+
+    fn forward(&self, xs: &Tensor) -> Tensor {
+        let kind = xs.kind();
+        xs.conv2d(&self.weight.to_kind(kind), Some(&self.bias.to_kind(kind)), [1, 1], [1, 1], [1, 1], 1)
+    }
+}
+
+/// The convolutions of one level on one side, each followed by a ReLU.
+#[derive(Debug)]
+struct Level(Vec<Conv>);
+
+impl Level {
+    fn new(vs: nn::Path, c_in: i64, c_out: i64, convs: usize) -> Self {
+        Self((0..convs).map(|i| Conv::new(&vs / i, if i == 0 { c_in } else { c_out }, c_out)).collect())
+    }
+
+    fn forward(&self, xs: &Tensor) -> Tensor {
+        self.0.iter().fold(xs.shallow_clone(), |ys, conv| conv.forward(&ys).relu())
+    }
+}
+
+/// The paired first-stage network (see the module documentation).
+#[derive(Debug)]
+pub struct Enhancer {
+    config: EnhancerConfig,
+    down: Vec<Level>,
+    up: Vec<Level>,
+    head: Conv,
+}
+
+impl Enhancer {
+    /// Creates the network's variables under `vs`.
+    pub fn new(vs: &nn::Path, config: &EnhancerConfig) -> Result<Self> {
+        config.validate()?;
+        let widths = &config.widths;
+        let convs = config.convs_per_level;
+        let down = widths
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| {
+                let c_in = if i == 0 { 4 + STAT_PLANES } else { widths[i - 1] };
+                Level::new(vs / "down" / i, c_in, w, convs)
+            })
+            .collect();
+        // up[i] joins level i + 1 (upsampled) with level i's skip.
+        let up = (0..widths.len() - 1)
+            .map(|i| Level::new(vs / "up" / i, widths[i + 1] + widths[i], widths[i], convs))
+            .collect();
+        let head = Conv::new(vs / "head", widths[0], 4);
+        Ok(Self { config: config.clone(), down, up, head })
+    }
+
+    /// The architecture.
+    pub fn config(&self) -> &EnhancerConfig {
+        &self.config
+    }
+
+    /// Enhances stretched images `[N, 1, H, W]` (see [`ToneStats::stretch`])
+    /// whose statistics' planes are `planes` (`[N, STAT_PLANES]`, or
+    /// `[1, STAT_PLANES]` for tiles of one image), computing in the kind of
+    /// `stretched`; returns the enhanced display intensity (about [0, 1], not
+    /// clamped) in f32.
+    pub fn forward(&self, stretched: &Tensor, planes: &Tensor) -> Tensor {
+        let (n, h, w) = (stretched.size()[0], stretched.size()[2], stretched.size()[3]);
+        let kind = stretched.kind();
+        let multiple = self.config.size_multiple();
+        let padded = crate::generator::pad_to_multiple(stretched, multiple, multiple);
+        let (ph, pw) = (padded.size()[2], padded.size()[3]);
+        let unshuffled = padded.pixel_unshuffle(2);
+        let planes = planes
+            .to_device(stretched.device())
+            .to_kind(kind)
+            .view([-1, STAT_PLANES, 1, 1])
+            .expand([n, STAT_PLANES, ph / 2, pw / 2], false);
+        let mut ys = Tensor::cat(&[unshuffled, planes], 1);
+        let mut skips = Vec::with_capacity(self.down.len());
+        for (i, level) in self.down.iter().enumerate() {
+            if i > 0 {
+                ys = ys.avg_pool2d([2, 2], [2, 2], [0, 0], false, true, None::<i64>);
+            }
+            ys = level.forward(&ys);
+            skips.push(ys.shallow_clone());
+        }
+        for (i, level) in self.up.iter().enumerate().rev() {
+            let skip = &skips[i];
+            let upsampled = ys.upsample_nearest2d([skip.size()[2], skip.size()[3]], None, None);
+            ys = level.forward(&Tensor::cat(&[upsampled, skip.shallow_clone()], 1));
+        }
+        let residual = self.head.forward(&ys).pixel_shuffle(2).to_kind(Kind::Float);
+        (padded.to_kind(Kind::Float) + residual).narrow(2, 0, h).narrow(3, 0, w)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stretch_maps_the_percentiles_and_planes_hold_the_inner_quantiles() {
+        let ramp = Tensor::arange(10_000, (Kind::Float, tch::Device::Cpu)).view([1, 1, 100, 100]) / 9_999.0 * 0.5;
+        let stats = ToneStats::measure(&ramp).unwrap();
+        assert!((stats.low - 0.005).abs() < 1e-3 && (stats.high - 0.495).abs() < 1e-3, "{stats:?}");
+        assert_eq!(stats.planes.len() as i64, STAT_PLANES);
+        // A uniform ramp: each inner quantile lands at its own rank after the stretch.
+        for (value, q) in stats.planes.iter().zip(TONE_QUANTILES) {
+            assert!((f64::from(*value) - (q - 0.01) / 0.98).abs() < 0.01, "{value} for {q}");
+        }
+        let stretched = stats.stretch(&ramp);
+        assert!(stretched.min().double_value(&[]) < 0.0 && stretched.max().double_value(&[]) > 1.0);
+    }
+
+    #[test]
+    fn any_size_goes_through_and_comes_back_at_its_size() {
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let net = Enhancer::new(&vs.root(), &EnhancerConfig { widths: vec![4, 8, 8], convs_per_level: 1 }).unwrap();
+        for (h, w) in [(7, 5), (64, 64), (37, 90)] {
+            let image = Tensor::rand([2, 1, h, w], (Kind::Float, tch::Device::Cpu));
+            let stats = ToneStats::measure(&image.get(0).unsqueeze(0)).unwrap();
+            assert_eq!(net.forward(&stats.stretch(&image), &stats.planes()).size(), vec![2, 1, h, w]);
+            let bf16 = net.forward(&stats.stretch(&image).to_kind(Kind::BFloat16), &stats.planes());
+            assert_eq!(bf16.kind(), Kind::Float);
+        }
+    }
+
+    #[test]
+    fn bad_architectures_are_refused() {
+        assert!(EnhancerConfig { widths: vec![], convs_per_level: 2 }.validate().is_err());
+        assert!(EnhancerConfig { widths: vec![8], convs_per_level: 0 }.validate().is_err());
+        assert_eq!(EnhancerConfig::default().size_multiple(), 8);
+    }
+}

@@ -1,0 +1,337 @@
+//! The paired first stage: supervised training of the [`Enhancer`] on random
+//! patches of high-quality images at their own pixel scale, each source image
+//! degraded afresh by the simulator at every step (new parameters, new
+//! noise), so the network never sees the same low-quality patch twice.
+//!
+//! Per step: `sources` training images are drawn, each optionally upsampled
+//! (a coarser pixel pitch relative to the noise, as at a native detector
+//! matrix) and flipped, degraded whole, measured whole ([`ToneStats`], as
+//! inference measures a whole image) and cut into `batch / sources` random
+//! patches. Loss: L1 plus `ssim_weight` (1 - SSIM) against the high-quality
+//! patch. Adam with a linear warm-up and a cosine decay. Every
+//! `validate_every` steps the network enhances fixed validation pairs (whole
+//! images, fixed degradations) and the best PSNR's weights are kept as
+//! `enhancer-best`. Checkpoints as every stage: resumable, stoppable.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use cxr_led_models::enhancer::{Enhancer, EnhancerConfig, ToneStats};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, OptimizerConfig};
+use tch::{Device, Kind, Tensor};
+
+use crate::checkpoint;
+use crate::data;
+use crate::degrade::{degrade, DegradationRanges};
+use crate::metrics::{self, Plane};
+use crate::progress::{append_csv, Progress, StopFlag};
+
+/// Hyper-parameters of a paired run.
+#[derive(Debug, Clone)]
+pub struct PairedConfig {
+    /// Optimiser steps to reach (a resumed run continues to this count).
+    pub steps: usize,
+    /// Patches per step.
+    pub batch: i64,
+    /// Source images per step (each gives `batch / sources` patches).
+    pub sources: i64,
+    /// Side of a square patch in pixels.
+    pub patch: i64,
+    /// Peak Adam learning rate.
+    pub learning_rate: f64,
+    /// Linear warm-up steps before the cosine decay.
+    pub warmup: usize,
+    /// Weight of the structure term (1 - SSIM) beside L1.
+    pub ssim_weight: f64,
+    /// Scale factors a source image is upsampled by, one drawn per source.
+    pub scales: Vec<f64>,
+    /// Steps between validations (and checkpoints).
+    pub validate_every: usize,
+    /// Kind of the activations (bf16: mixed precision with f32 weights).
+    pub activations: Kind,
+    /// Seed of image choice, crops, flips and degradations.
+    pub seed: u64,
+}
+
+impl Default for PairedConfig {
+    fn default() -> Self {
+        Self {
+            steps: 20_000,
+            batch: 16,
+            sources: 4,
+            patch: 96,
+            learning_rate: 1e-3,
+            warmup: 200,
+            ssim_weight: 0.2,
+            scales: vec![1.0, 1.0, 1.5, 2.0],
+            validate_every: 500,
+            activations: Kind::Float,
+            seed: 0,
+        }
+    }
+}
+
+/// What a checkpoint records besides the weights.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct PairedState {
+    /// Steps done.
+    pub step: usize,
+    /// Best validation PSNR (dB) so far, and its step.
+    pub best_validation_psnr: Option<(f64, usize)>,
+    /// (step, mean training loss, validation PSNR dB, validation SSIM) at each validation.
+    pub history: Vec<(usize, f64, f64, f64)>,
+    /// Training patches per second of the last chunk.
+    pub patches_per_second: f64,
+    /// Seconds spent training, summed over chunks.
+    pub seconds: f64,
+}
+
+fn learning_rate(config: &PairedConfig, step: usize) -> f64 {
+    if step < config.warmup {
+        return config.learning_rate * (step + 1) as f64 / config.warmup as f64;
+    }
+    let progress = (step - config.warmup) as f64 / (config.steps.saturating_sub(config.warmup)).max(1) as f64;
+    config.learning_rate * (0.02 + 0.98 * 0.5 * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos()))
+}
+
+/// A training or validation image that could not be used, and why.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Skipped {
+    /// The file.
+    pub path: PathBuf,
+    /// What was wrong with it.
+    pub reason: String,
+}
+
+/// Reads images at their own size as `[1, 1, H, W]` display intensity in
+/// [0, 1]. A file that cannot be read or is smaller than `min_side` is named
+/// on stderr and skipped; colour and 16-bit files are converted on reading.
+pub fn load_images(paths: &[PathBuf], min_side: i64) -> (Vec<Tensor>, Vec<Skipped>) {
+    let (mut images, mut skipped) = (Vec::new(), Vec::new());
+    for path in paths {
+        let reason = match data::read_image(path, None) {
+            Ok(image) if image.size()[2] >= min_side && image.size()[3] >= min_side => {
+                images.push((image + 1.0) / 2.0);
+                continue;
+            }
+            Ok(image) => format!("{}x{} is smaller than {min_side} px", image.size()[3], image.size()[2]),
+            Err(error) => format!("{error:#}"),
+        };
+        eprintln!("paired: skipping {}: {reason}", path.display());
+        skipped.push(Skipped { path: path.clone(), reason });
+    }
+    (images, skipped)
+}
+
+/// Degrades one `[1, 1, H, W]` image in [0, 1] with parameters drawn from `ranges`.
+fn degrade_image(image: &Tensor, ranges: &DegradationRanges, rng: &mut impl Rng) -> anyhow::Result<Tensor> {
+    let (h, w) = (image.size()[2], image.size()[3]);
+    let params = ranges.sample(rng);
+    let plane = Vec::<f32>::try_from(image.flatten(0, -1))?;
+    let degraded = degrade(&plane, w as usize, h as usize, &params, rng.gen());
+    Ok(Tensor::from_slice(&degraded).view([1, 1, h, w]))
+}
+
+/// Fixed validation pairs: (stretched low quality, its planes, high quality), each `[1, 1, H, W]`.
+pub struct ValidationSet {
+    pairs: Vec<(Tensor, Tensor, Tensor)>,
+}
+
+impl ValidationSet {
+    /// Degrades each image once with parameters seeded by `seed` and its index.
+    pub fn new(images: &[Tensor], ranges: &DegradationRanges, seed: u64) -> anyhow::Result<Self> {
+        let mut pairs = Vec::with_capacity(images.len());
+        for (i, hq) in images.iter().enumerate() {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let lq = degrade_image(hq, ranges, &mut rng)?;
+            let stats = ToneStats::measure(&lq)?;
+            pairs.push((stats.stretch(&lq), stats.planes(), hq.shallow_clone()));
+        }
+        Ok(Self { pairs })
+    }
+
+    /// Mean PSNR (dB) and SSIM of the network's output against the high-quality images.
+    pub fn score(&self, net: &Enhancer, kind: Kind, device: Device) -> anyhow::Result<(f64, f64)> {
+        let _no_grad = tch::no_grad_guard();
+        let (mut psnr, mut ssim) = (0.0, 0.0);
+        for (stretched, planes, hq) in &self.pairs {
+            let output = net.forward(&stretched.to_device(device).to_kind(kind), planes).clamp(0.0, 1.0);
+            let output = Plane::from_model_tensor(&(output.to_device(Device::Cpu) * 2.0 - 1.0).squeeze_dim(0))?;
+            let truth = Plane::from_model_tensor(&(hq * 2.0 - 1.0).squeeze_dim(0))?;
+            psnr += metrics::psnr(&output, &truth);
+            ssim += metrics::ssim(&output, &truth);
+        }
+        let n = self.pairs.len().max(1) as f64;
+        Ok((psnr / n, ssim / n))
+    }
+}
+
+/// A normalised 11x11 Gaussian window (sigma 1.5), `[1, 1, 11, 11]`.
+fn ssim_window(device: Device) -> Tensor {
+    let g = Tensor::arange(11, (Kind::Float, device)) - 5.0;
+    let g = (-(&g * &g) / (2.0 * 1.5 * 1.5)).exp();
+    let g = &g / g.sum(Kind::Float);
+    g.unsqueeze(1).matmul(&g.unsqueeze(0)).view([1, 1, 11, 11])
+}
+
+/// Mean SSIM of two batches `[N, 1, H, W]` in [0, 1] (valid windows only).
+fn ssim(a: &Tensor, b: &Tensor, window: &Tensor) -> Tensor {
+    let filter = |x: &Tensor| x.conv2d(window, None::<Tensor>, [1, 1], [0, 0], [1, 1], 1);
+    let (c1, c2) = (0.01f64.powi(2), 0.03f64.powi(2));
+    let (mu_a, mu_b) = (filter(a), filter(b));
+    let var_a = filter(&(a * a)) - &mu_a * &mu_a;
+    let var_b = filter(&(b * b)) - &mu_b * &mu_b;
+    let cov = filter(&(a * b)) - &mu_a * &mu_b;
+    let numerator = (&mu_a * &mu_b * 2.0 + c1) * (cov * 2.0 + c2);
+    let denominator = (&mu_a * &mu_a + &mu_b * &mu_b + c1) * (var_a + var_b + c2);
+    (numerator / denominator).mean(Kind::Float)
+}
+
+/// One step's batch: stretched low-quality patches, their planes, high-quality patches.
+fn draw_batch(
+    images: &[Tensor],
+    ranges: &DegradationRanges,
+    config: &PairedConfig,
+    rng: &mut impl Rng,
+) -> anyhow::Result<(Tensor, Tensor, Tensor)> {
+    let per_source = (config.batch / config.sources).max(1);
+    let (mut lq, mut planes, mut hq) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..config.sources {
+        let mut image = images[rng.gen_range(0..images.len())].shallow_clone();
+        let scale = config.scales[rng.gen_range(0..config.scales.len())];
+        if scale > 1.0 {
+            let (h, w) = (image.size()[2], image.size()[3]);
+            let size = [(h as f64 * scale).round() as i64, (w as f64 * scale).round() as i64];
+            image = image.upsample_bilinear2d(size, false, None, None);
+        }
+        if rng.gen_bool(0.5) {
+            image = image.flip([3]);
+        }
+        if rng.gen_bool(0.5) {
+            image = image.flip([2]);
+        }
+        let degraded = degrade_image(&image, ranges, rng)?;
+        let stats = ToneStats::measure(&degraded)?;
+        let stretched = stats.stretch(&degraded);
+        let (h, w) = (image.size()[2], image.size()[3]);
+        for _ in 0..per_source {
+            let (y, x) = (rng.gen_range(0..=h - config.patch), rng.gen_range(0..=w - config.patch));
+            let crop = |t: &Tensor| t.narrow(2, y, config.patch).narrow(3, x, config.patch);
+            lq.push(crop(&stretched));
+            hq.push(crop(&image));
+            planes.push(stats.planes());
+        }
+    }
+    Ok((Tensor::cat(&lq, 0), Tensor::cat(&planes, 0), Tensor::cat(&hq, 0)))
+}
+
+/// Trains the enhancer on `train` images, validating on `validation`,
+/// checkpointing into `dir` (`enhancer`, `enhancer-best`, `state.json`,
+/// `metrics.csv`) and resuming from it.
+pub fn train(
+    net_config: &EnhancerConfig,
+    train: &[Tensor],
+    validation: &ValidationSet,
+    ranges: &DegradationRanges,
+    config: &PairedConfig,
+    dir: &Path,
+    device: Device,
+) -> anyhow::Result<PairedState> {
+    anyhow::ensure!(!train.is_empty(), "paired training needs at least one usable training image");
+    anyhow::ensure!(
+        config.patch >= 16 && config.patch % net_config.size_multiple() == 0,
+        "--patch {} must be at least 16 and a multiple of {}",
+        config.patch,
+        net_config.size_multiple()
+    );
+    anyhow::ensure!(
+        config.sources >= 1 && config.batch >= config.sources,
+        "--batch ({}) must be at least --sources ({}) and both positive",
+        config.batch,
+        config.sources
+    );
+    let mut store = nn::VarStore::new(device);
+    let net = Enhancer::new(&store.root(), net_config)?;
+    let mut state: PairedState = checkpoint::load_state(dir)?.unwrap_or_default();
+    if state.step > 0 {
+        checkpoint::load_store(dir, "enhancer", &mut store)?;
+        eprintln!("paired: resuming at step {}", state.step);
+    }
+    let mut optimizer = nn::Adam::default().build(&store, config.learning_rate)?;
+    let window = ssim_window(device);
+    let mut rng = ChaCha8Rng::seed_from_u64(config.seed ^ (state.step as u64).rotate_left(17));
+    let (mut loss_sum, mut count) = (0.0, 0usize);
+    let stop = StopFlag::install()?;
+    let mut progress = Progress::new("paired", state.step, config.steps, "steps");
+    let (chunk_start, chunk_step) = (Instant::now(), state.step);
+    let save = |state: &mut PairedState, store: &nn::VarStore| -> anyhow::Result<()> {
+        let done = (state.step - chunk_step) as f64 * config.batch as f64;
+        state.patches_per_second = done / chunk_start.elapsed().as_secs_f64().max(1e-9);
+        checkpoint::save_store(dir, "enhancer", store)?;
+        checkpoint::save_state(dir, state)
+    };
+    let mut last_save = Instant::now();
+    // Time spent simulating and cutting patches, against the whole step.
+    let mut data_seconds = 0.0;
+    while state.step < config.steps {
+        if stop.raised() {
+            progress.finish();
+            state.seconds += last_save.elapsed().as_secs_f64();
+            save(&mut state, &store)?;
+            eprintln!("paired: stopped at step {}; run the same command again to resume", state.step);
+            return Ok(state);
+        }
+        let drawing = Instant::now();
+        let (lq, planes, hq) = draw_batch(train, ranges, config, &mut rng)?;
+        data_seconds += drawing.elapsed().as_secs_f64();
+        let (lq, hq) = (lq.to_device(device), hq.to_device(device));
+        let output = net.forward(&lq.to_kind(config.activations), &planes);
+        let structure: Tensor = ssim(&output.clamp(0.0, 1.0), &hq, &window);
+        let loss = (&output - &hq).abs().mean(Kind::Float) + (structure.neg() + 1.0) * config.ssim_weight;
+        optimizer.set_lr(learning_rate(config, state.step));
+        optimizer.zero_grad();
+        loss.backward();
+        optimizer.clip_grad_norm(1.0);
+        optimizer.step();
+        let value = loss.double_value(&[]);
+        anyhow::ensure!(value.is_finite(), "paired training diverged at step {}: loss {value}", state.step);
+        (loss_sum, count) = (loss_sum + value, count + 1);
+        state.step += 1;
+
+        if state.step % config.validate_every == 0 || state.step == config.steps {
+            let (psnr, ssim_value) = validation.score(&net, config.activations, device)?;
+            let train_loss = loss_sum / count.max(1) as f64;
+            (loss_sum, count) = (0.0, 0);
+            state.history.push((state.step, train_loss, psnr, ssim_value));
+            append_csv(
+                &dir.join("metrics.csv"),
+                "step,learning_rate,train_loss,validation_psnr_db,validation_ssim",
+                &format!(
+                    "{},{:.7},{train_loss:.6},{psnr:.4},{ssim_value:.5}",
+                    state.step,
+                    learning_rate(config, state.step)
+                ),
+            )?;
+            progress.finish();
+            eprintln!("paired: step {} train {train_loss:.5} validation {psnr:.3} dB SSIM {ssim_value:.4}", state.step);
+            if state.best_validation_psnr.is_none_or(|(best, _)| psnr > best) {
+                state.best_validation_psnr = Some((psnr, state.step));
+                checkpoint::save_store(dir, "enhancer-best", &store)?;
+            }
+            state.seconds += last_save.elapsed().as_secs_f64();
+            last_save = Instant::now();
+            save(&mut state, &store)?;
+        }
+        let rate = (state.step - chunk_step) as f64 * config.batch as f64 / chunk_start.elapsed().as_secs_f64();
+        let data_share = data_seconds / chunk_start.elapsed().as_secs_f64();
+        progress.update(
+            state.step,
+            &format!("loss {value:.4} {rate:.1} patches/s ({:.0}% simulating)", data_share * 100.0),
+        );
+    }
+    progress.finish();
+    Ok(state)
+}

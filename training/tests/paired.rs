@@ -1,0 +1,163 @@
+//! The paired first stage end to end on CPU with the tiny-paired preset: bad
+//! files in the training folder named and skipped or converted, training
+//! with validation and checkpoints, a resume, wrong options refused with
+//! their reason, export with the base bundle's G_BA and UNet, and the
+//! exported bundle enhancing with and without refinement.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use cxr_led_models::noise::NoiseSource;
+use cxr_led_models::{Bundle, LedModel, Precision};
+use image::{ImageBuffer, Luma, Rgb};
+
+use common::train;
+
+/// Runs `cxr-led-train` expecting failure; returns stderr.
+fn train_fails(args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_cxr-led-train")).args(args).output().expect("run cxr-led-train");
+    assert!(!output.status.success(), "cxr-led-train {args:?} should have failed");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Smooth synthetic chest-like images (two dark lungs in a bright body), plus
+/// one colour, one 16-bit, one tiny, one truncated and one non-image `.png`.
+fn write_images(dir: &Path, count: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    let value = |x: u32, y: u32, i: usize| {
+        let (u, v) = (x as f32 / 48.0, y as f32 / 48.0);
+        let lung = |cx: f32| (-((u - cx - (i % 5) as f32 * 0.02).powi(2) + (v - 0.5).powi(2)) * 20.0).exp();
+        (0.8 - 0.5 * (lung(0.3) + lung(0.7)) + 0.05 * (u * 30.0 + i as f32).sin()).clamp(0.0, 1.0)
+    };
+    for i in 0..count {
+        let image = ImageBuffer::from_fn(48, 48, |x, y| Luma([(value(x, y, i) * 255.0) as u8]));
+        image.save(dir.join(format!("phantom-{i:03}.png"))).unwrap();
+    }
+    let colour = ImageBuffer::from_fn(48, 48, |x, y| {
+        let v = (value(x, y, 1) * 255.0) as u8;
+        Rgb([v, v, v / 2])
+    });
+    colour.save(dir.join("colour.png")).unwrap();
+    let deep = ImageBuffer::from_fn(48, 48, |x, y| Luma([(value(x, y, 2) * 65535.0) as u16]));
+    deep.save(dir.join("sixteen-bit.png")).unwrap();
+    ImageBuffer::from_fn(8, 8, |_, _| Luma([128u8])).save(dir.join("tiny.png")).unwrap();
+    let whole = std::fs::read(dir.join("phantom-000.png")).unwrap();
+    std::fs::write(dir.join("truncated.png"), &whole[..whole.len() / 2]).unwrap();
+    std::fs::write(dir.join("not-an-image.png"), b"hello").unwrap();
+}
+
+#[test]
+fn paired_training_resumes_skips_bad_files_and_exports_a_working_bundle() {
+    let work = tempfile::tempdir().unwrap();
+    let images = work.path().join("images");
+    write_images(&images, 60);
+    let path = |name: &str| work.path().join(name).to_string_lossy().into_owned();
+    let images = images.to_string_lossy().into_owned();
+    let out = path("paired");
+    let args = [
+        "paired",
+        "--preset",
+        "tiny-paired",
+        "--high-quality",
+        &images,
+        "--out",
+        &out,
+        "--patch",
+        "16",
+        "--batch",
+        "4",
+        "--sources",
+        "2",
+        "--validate-every",
+        "2",
+        "--validation-images",
+        "4",
+        "--device",
+        "cpu",
+    ];
+    let (stdout, stderr) = train(&[&args[..], &["--steps", "4"]].concat());
+    assert!(stdout.contains("\"step\":4"), "{stdout}");
+    assert!(stderr.contains("paired [") && stderr.contains("patches/s"), "a progress line with the rate: {stderr}");
+    let (stdout, stderr) = train(&[&args[..], &["--steps", "6"]].concat());
+    assert!(stderr.contains("resuming at step 4"), "{stderr}");
+    assert!(stdout.contains("\"step\":6"), "{stdout}");
+    let csv = std::fs::read_to_string(work.path().join("paired/metrics.csv")).unwrap();
+    let steps: Vec<&str> = csv.lines().map(|l| l.split(',').next().unwrap()).collect();
+    assert_eq!(steps, ["step", "2", "4", "6"], "one row per validation across the resume: {csv}");
+    assert!(csv.starts_with("step,learning_rate,train_loss,validation_psnr_db,validation_ssim"), "{csv}");
+
+    // Bad files are named by path with their reason and counted; colour and 16-bit ones are read.
+    let skipped: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(work.path().join("paired/skipped.json")).unwrap()).unwrap();
+    let mut named: Vec<String> = skipped
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| Path::new(s["path"].as_str().unwrap()).file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    named.sort();
+    named.dedup();
+    assert!(
+        named.iter().all(|n| ["not-an-image.png", "tiny.png", "truncated.png"].contains(&n.as_str())),
+        "only the unreadable and tiny files are skipped: {named:?}"
+    );
+    for name in &named {
+        assert!(stderr.contains(name.as_str()), "{name} is not named on stderr: {stderr}");
+    }
+    assert!(stdout.contains(&format!("\"skipped\":{}", skipped.as_array().unwrap().len())), "{stdout}");
+
+    // Wrong options: said plainly.
+    let error = train_fails(&[&args[..], &["--steps", "8", "--ranges", "held-out"]].concat());
+    assert!(error.contains("other degradation ranges"), "{error}");
+    let fresh = path("fresh");
+    let error = train_fails(&["paired", "--preset", "tiny", "--high-quality", &images, "--out", &fresh]);
+    assert!(error.contains("has no [enhancer]"), "{error}");
+    let error = train_fails(&[
+        "paired",
+        "--preset",
+        "tiny-paired",
+        "--high-quality",
+        &images,
+        "--out",
+        &fresh,
+        "--patch",
+        "18",
+        "--device",
+        "cpu",
+    ]);
+    assert!(error.contains("multiple of 4"), "{error}");
+
+    // Export: the enhancer from the checkpoint, G_BA and the UNet from the tiny bundle.
+    let tiny = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/bundles/tiny");
+    let bundle_dir = path("bundle");
+    let export = ["export", "--preset", "tiny-paired", "--enhancer", &out, "--base-bundle", tiny, "--out", &bundle_dir];
+    train(&export);
+    let bundle = Bundle::load(&bundle_dir).unwrap();
+    let method = bundle.manifest.training["method"].as_str().unwrap();
+    assert!(
+        method.contains("paired") && method.contains("g_ba, unet carried over from bundle cxr-led-tiny"),
+        "{method}"
+    );
+    assert!(bundle.manifest.training.contains_key("paired-state"));
+    let ranges = bundle.manifest.training["degradation-ranges"].as_table().unwrap();
+    assert!(ranges.contains_key("gamma") && ranges.contains_key("bits"), "{ranges:?}");
+    assert!(bundle.manifest.files.contains_key("enhancer") && !bundle.manifest.files.contains_key("g_ab"));
+    let base = Bundle::load(tiny).unwrap();
+    assert_eq!(bundle.manifest.files["unet"].sha256, base.manifest.files["unet"].sha256);
+
+    let model = LedModel::from_bundle(&bundle, tch::Device::Cpu, Precision::F32).unwrap();
+    let input = tch::Tensor::rand([1, 1, 40, 36], (tch::Kind::Float, tch::Device::Cpu)) * 2.0 - 1.0;
+    let refined = model.enhance(&input, &bundle.manifest.inference, &mut NoiseSource::new(0)).unwrap();
+    assert_eq!(refined.output.size(), vec![1, 1, 40, 36]);
+    // t0 = 0: the first stage alone, no noise drawn, the estimate is the output.
+    let first_stage = cxr_led_models::EnhanceParams { t0: 0, ..bundle.manifest.inference.clone() };
+    let alone = model.enhance(&input, &first_stage, &mut NoiseSource::new(0)).unwrap();
+    assert!(alone.output.equal(&alone.estimate.clamp(-1.0, 1.0)));
+    assert!(alone.estimate.equal(&refined.estimate), "the first stage does not depend on the refinement");
+
+    // Without a base bundle the missing networks are named.
+    let error = train_fails(&["export", "--preset", "tiny-paired", "--enhancer", &out, "--out", &path("nothing")]);
+    assert!(error.contains("no source for the bundle's g_ba"), "{error}");
+}
