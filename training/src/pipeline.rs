@@ -525,6 +525,13 @@ pub fn export(args: &ExportArgs) -> anyhow::Result<()> {
             base.manifest.version,
             base.sha256
         ));
+        // Keep the chain: where the base bundle's own networks came from.
+        if let Some(base_method) = base.manifest.training.get("method").and_then(toml::Value::as_str) {
+            let origin = base_method.split_once("; ").map_or(base_method, |(_, carried)| carried);
+            if origin != base_method || !carried.is_empty() {
+                method.push_str(&format!(" [the base's method: {origin}]"));
+            }
+        }
         if args.diffusion.is_none() {
             if let Some(limit) = base.manifest.training.get("diffusion-max-timestep") {
                 manifest.training.insert("diffusion-max-timestep".into(), limit.clone());

@@ -29,7 +29,7 @@ const PALETTE: [[u8; 3]; 8] = [
 ];
 
 /// Short labels for the figures (the font has upper case only).
-const SHORT: [&str; 7] = ["HQ", "LQ", "CLAHE", "HISTEQ", "NLM", "G_AB", "LED"];
+const SHORT: [&str; 8] = ["HQ", "LQ", "CLAHE", "HISTEQ", "NLM", "NLMS", "FIRST", "LED"];
 
 fn glyph(c: char) -> [&'static str; 5] {
     match c.to_ascii_uppercase() {

@@ -114,19 +114,8 @@ fn paired_training_resumes_skips_bad_files_and_exports_a_working_bundle() {
     let fresh = path("fresh");
     let error = train_fails(&["paired", "--preset", "tiny", "--high-quality", &images, "--out", &fresh]);
     assert!(error.contains("has no [enhancer]"), "{error}");
-    let error = train_fails(&[
-        "paired",
-        "--preset",
-        "tiny-paired",
-        "--high-quality",
-        &images,
-        "--out",
-        &fresh,
-        "--patch",
-        "18",
-        "--device",
-        "cpu",
-    ]);
+    let bad_patch = ["paired", "--preset", "tiny-paired", "--high-quality", &images, "--out", &fresh, "--patch", "18"];
+    let error = train_fails(&bad_patch);
     assert!(error.contains("multiple of 4"), "{error}");
 
     // Export: the enhancer from the checkpoint, G_BA and the UNet from the tiny bundle.
