@@ -351,7 +351,7 @@ fn markdown(report: &EvaluationReport) -> String {
     if b.random_weights {
         let _ = writeln!(
             md,
-            "> **The bundle has untrained, random weights** ({}). Its G_AB and LED rows measure the pipeline, not an \
+            "> **The bundle has untrained, random weights** ({}). Its first-stage and LED rows measure the pipeline, not an \
              enhancement: they are no result. The NLM + stretch row is the bar a trained bundle must beat.\n",
             b.training_method
         );
