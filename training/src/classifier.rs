@@ -268,20 +268,39 @@ pub struct LabelledSet {
     pub labels: Tensor,
     /// The files, in row order.
     pub paths: Vec<PathBuf>,
+    /// Files of the split that could not be read (named on stderr), not in the set.
+    pub skipped: Vec<data::Skipped>,
 }
 
 impl LabelledSet {
-    /// Loads `items` at `side`, keeping at most `limit` (0: all) chosen by name hash.
+    /// Smallest side of a usable image (a smaller one would be mostly interpolation).
+    pub const MIN_SIDE: u32 = 32;
+
+    /// Loads `items` at `side`, keeping at most `limit` (0: all) chosen by name
+    /// hash; unreadable or tiny files are named, skipped and listed in `skipped`.
     pub fn load(mut items: Vec<(PathBuf, i64)>, side: u32, limit: usize) -> anyhow::Result<Self> {
         if limit > 0 && items.len() > limit {
             items.sort_by(|a, b| data::name_fraction(&a.0, "subset").total_cmp(&data::name_fraction(&b.0, "subset")));
             items.truncate(limit);
             items.sort();
         }
-        anyhow::ensure!(!items.is_empty(), "no images in this split");
         let paths: Vec<PathBuf> = items.iter().map(|(p, _)| p.clone()).collect();
-        let labels: Vec<i64> = items.iter().map(|(_, l)| *l).collect();
-        Ok(Self { images: data::load_stack(&paths, side)?, labels: Tensor::from_slice(&labels), paths })
+        let (read, skipped) = data::read_images(&paths, Some(side), Self::MIN_SIDE, "images");
+        anyhow::ensure!(
+            !read.is_empty(),
+            "no usable images in this split ({} listed, {} skipped)",
+            items.len(),
+            skipped.len()
+        );
+        let label_of: std::collections::HashMap<&PathBuf, i64> = items.iter().map(|(p, l)| (p, *l)).collect();
+        let labels: Vec<i64> = read.iter().map(|(p, _)| label_of[p]).collect();
+        let images: Vec<Tensor> = read.iter().map(|(_, image)| image.shallow_clone()).collect();
+        Ok(Self {
+            images: Tensor::cat(&images, 0),
+            labels: Tensor::from_slice(&labels),
+            paths: read.into_iter().map(|(p, _)| p).collect(),
+            skipped,
+        })
     }
 
     /// Labels as a vector.

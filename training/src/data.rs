@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use rand::Rng;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tch::{Kind, Tensor};
 
@@ -86,10 +87,58 @@ pub fn split_of(path: &Path, validation: f64, test: f64) -> Split {
     }
 }
 
-/// Loads images, resized to `size` x `size`, into one `[N, 1, size, size]` tensor.
-pub fn load_stack(paths: &[PathBuf], size: u32) -> anyhow::Result<Tensor> {
-    let images = paths.iter().map(|p| read_image(p, Some(size))).collect::<anyhow::Result<Vec<_>>>()?;
-    Ok(Tensor::cat(&images, 0))
+/// A file of a training or evaluation folder that could not be used, and why.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Skipped {
+    /// The file.
+    pub path: PathBuf,
+    /// What was wrong with it.
+    pub reason: String,
+}
+
+/// Reads each file as [`read_image`] does (resized to `side` x `side` when
+/// given), keeping the readable ones with their paths. A file that cannot be
+/// read, or whose own size is below `min_side` pixels, is named on stderr
+/// with the reason (prefixed by `stage`) and returned among the skipped;
+/// colour and 16-bit files are converted on reading.
+pub fn read_images(
+    paths: &[PathBuf],
+    side: Option<u32>,
+    min_side: u32,
+    stage: &str,
+) -> (Vec<(PathBuf, Tensor)>, Vec<Skipped>) {
+    let (mut images, mut skipped) = (Vec::new(), Vec::new());
+    for path in paths {
+        let reason = match image_io::image_size(path) {
+            Ok((w, h)) if w >= min_side && h >= min_side => match read_image(path, side) {
+                Ok(image) => {
+                    images.push((path.clone(), image));
+                    continue;
+                }
+                Err(error) => format!("{error:#}"),
+            },
+            Ok((w, h)) => format!("{w}x{h} is smaller than {min_side} px"),
+            Err(error) => format!("{error:#}"),
+        };
+        eprintln!("{stage}: skipping {}: {reason}", path.display());
+        skipped.push(Skipped { path: path.clone(), reason });
+    }
+    (images, skipped)
+}
+
+/// Loads images, resized to `size` x `size`, into one `[N, 1, size, size]`
+/// tensor, with the paths of its rows: unreadable or tiny files are named on
+/// stderr (by `stage`) and skipped, as [`read_images`] does.
+pub fn load_stack(paths: &[PathBuf], size: u32, stage: &str) -> anyhow::Result<(Tensor, Vec<PathBuf>)> {
+    let (read, skipped) = read_images(paths, Some(size), 16, stage);
+    anyhow::ensure!(
+        !read.is_empty(),
+        "{stage}: none of the {} images could be used ({} skipped)",
+        paths.len(),
+        skipped.len()
+    );
+    let (kept, images): (Vec<PathBuf>, Vec<Tensor>) = read.into_iter().unzip();
+    Ok((Tensor::cat(&images, 0), kept))
 }
 
 /// Degrades each image `[N, 1, H, W]` with its own parameters drawn from

@@ -183,6 +183,9 @@ pub struct NativeReport {
     pub deviation_index: [f64; 3],
     /// The rows.
     pub methods: Vec<NativeRow>,
+    /// Files of the folder that could not be used (not measured).
+    #[serde(default)]
+    pub skipped: Vec<data::Skipped>,
 }
 
 /// Everything `report.json` holds.
@@ -231,6 +234,9 @@ pub struct EvaluationReport {
     /// The same at the images' own size, on `--native` (PSNR, SSIM).
     #[serde(default)]
     pub native: Option<NativeReport>,
+    /// Test-split files that could not be read (not in the table).
+    #[serde(default)]
+    pub skipped: Vec<data::Skipped>,
     /// Figures written beside report.json.
     pub figures: Vec<String>,
 }
@@ -380,7 +386,9 @@ pub fn evaluate(args: &EvaluateArgs, command_line: &str) -> anyhow::Result<Evalu
     let check = hallucination::bundle_config(&bundle.manifest);
     let threshold = hallucination::hold_threshold(&bundle.manifest);
     let mut scores: Vec<Vec<f64>> = Vec::new();
-    for planes in [&estimates, &refined] {
+    // Without refinement the LED output is the estimate: scored once.
+    let scored: &[&Vec<Plane>] = if params.refines() { &[&estimates, &refined] } else { &[&estimates] };
+    for planes in scored {
         let mut progress = Progress::new("evaluate check", 0, n, "images");
         let mut row = Vec::with_capacity(n);
         for (i, plane) in planes.iter().enumerate() {
@@ -391,6 +399,9 @@ pub fn evaluate(args: &EvaluateArgs, command_line: &str) -> anyhow::Result<Evalu
             progress.update(i + 1, "");
         }
         scores.push(row);
+    }
+    if !params.refines() {
+        scores.push(scores[0].clone());
     }
     outputs.push((estimates, Some(estimate_seconds)));
     outputs.push((refined, Some(led_seconds)));
@@ -478,6 +489,7 @@ pub fn evaluate(args: &EvaluateArgs, command_line: &str) -> anyhow::Result<Evalu
         nlm: nlm_params,
         methods,
         native,
+        skipped: test.skipped.clone(),
         figures: Vec::new(),
     };
     let examples: Vec<Vec<&Plane>> =
@@ -533,8 +545,14 @@ fn native_report(
     let (mut sizes, mut dis) = (Vec::new(), Vec::new());
     let mut noise = NoiseSource::new(seed);
     let mut progress = Progress::new("evaluate native", 0, paths.len(), "images");
+    let (mut skipped, mut measured) = (Vec::new(), 0usize);
     for (i, path) in paths.iter().enumerate() {
-        let image = data::read_image(path, None)?;
+        // One at a time: a folder of 1024-px images need not fit in memory at once.
+        let (mut read, unusable) =
+            data::read_images(std::slice::from_ref(path), None, LabelledSet::MIN_SIDE, "evaluate native");
+        skipped.extend(unusable);
+        let Some((_, image)) = read.pop() else { continue };
+        measured += 1;
         let size = format!("{}x{}", image.size()[3], image.size()[2]);
         if !sizes.contains(&size) {
             sizes.push(size);
@@ -560,8 +578,9 @@ fn native_report(
         }
         progress.update(i + 1, "");
     }
+    anyhow::ensure!(measured > 0, "no usable images under {} ({} skipped)", folder.display(), skipped.len());
     let bar = keys.iter().position(|k| *k == BAR).expect("the bar is a classical method");
-    let n = paths.len().max(1) as f64;
+    let n = measured as f64;
     let methods = keys
         .iter()
         .enumerate()
@@ -580,7 +599,7 @@ fn native_report(
         .collect();
     Ok(NativeReport {
         folder: folder.display().to_string(),
-        images: paths.len(),
+        images: measured,
         sizes,
         deviation_index: [
             dis.iter().copied().fold(f64::INFINITY, f64::min),
@@ -588,6 +607,7 @@ fn native_report(
             dis.iter().copied().fold(f64::NEG_INFINITY, f64::max),
         ],
         methods,
+        skipped,
     })
 }
 

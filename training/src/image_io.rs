@@ -42,6 +42,16 @@ pub fn read_image_resized(path: &Path, side: Option<u32>) -> anyhow::Result<Tens
     }
 }
 
+/// An image file's own (width, height): from the header for PNG, from the
+/// decoded pixels for DICOM.
+pub fn image_size(path: &Path) -> anyhow::Result<(u32, u32)> {
+    if path.extension().and_then(|e| e.to_str()).is_some_and(|e| e.eq_ignore_ascii_case("png")) {
+        return image::image_dimensions(path).with_context(|| format!("reading image {}", path.display()));
+    }
+    let size = read_image_resized(path, None)?.size();
+    Ok((size[3] as u32, size[2] as u32))
+}
+
 /// Reads a PNG as a `[1, 1, H, W]` float tensor in [-1, 1], resized to
 /// `side` x `side` when given (aspect ratio not kept: chest X-ray sets are near square).
 pub fn read_png_resized(path: &Path, side: Option<u32>) -> anyhow::Result<Tensor> {

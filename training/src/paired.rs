@@ -54,6 +54,10 @@ pub struct PairedConfig {
     pub activations: Kind,
     /// Seed of image choice, crops, flips and degradations.
     pub seed: u64,
+    /// Weights a fresh run starts from (fine-tuning): a paired checkpoint
+    /// folder (its `enhancer-best`) or a bundle folder (its `enhancer`).
+    /// Ignored when the run resumes.
+    pub init: Option<PathBuf>,
 }
 
 impl Default for PairedConfig {
@@ -70,6 +74,7 @@ impl Default for PairedConfig {
             validate_every: 500,
             activations: Kind::Float,
             seed: 0,
+            init: None,
         }
     }
 }
@@ -97,33 +102,14 @@ fn learning_rate(config: &PairedConfig, step: usize) -> f64 {
     config.learning_rate * (0.02 + 0.98 * 0.5 * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos()))
 }
 
-/// A training or validation image that could not be used, and why.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Skipped {
-    /// The file.
-    pub path: PathBuf,
-    /// What was wrong with it.
-    pub reason: String,
-}
+pub use crate::data::Skipped;
 
 /// Reads images at their own size as `[1, 1, H, W]` display intensity in
 /// [0, 1]. A file that cannot be read or is smaller than `min_side` is named
 /// on stderr and skipped; colour and 16-bit files are converted on reading.
-pub fn load_images(paths: &[PathBuf], min_side: i64) -> (Vec<Tensor>, Vec<Skipped>) {
-    let (mut images, mut skipped) = (Vec::new(), Vec::new());
-    for path in paths {
-        let reason = match data::read_image(path, None) {
-            Ok(image) if image.size()[2] >= min_side && image.size()[3] >= min_side => {
-                images.push((image + 1.0) / 2.0);
-                continue;
-            }
-            Ok(image) => format!("{}x{} is smaller than {min_side} px", image.size()[3], image.size()[2]),
-            Err(error) => format!("{error:#}"),
-        };
-        eprintln!("paired: skipping {}: {reason}", path.display());
-        skipped.push(Skipped { path: path.clone(), reason });
-    }
-    (images, skipped)
+pub fn load_images(paths: &[PathBuf], min_side: u32) -> (Vec<Tensor>, Vec<Skipped>) {
+    let (images, skipped) = data::read_images(paths, None, min_side, "paired");
+    (images.into_iter().map(|(_, image)| (image + 1.0) / 2.0).collect(), skipped)
 }
 
 /// Degrades one `[1, 1, H, W]` image in [0, 1] with parameters drawn from `ranges`.
@@ -228,6 +214,28 @@ fn draw_batch(
     Ok((Tensor::cat(&lq, 0), Tensor::cat(&planes, 0), Tensor::cat(&hq, 0)))
 }
 
+/// Fills `store` from a bundle folder's `enhancer` or a paired checkpoint
+/// folder's `enhancer-best`; the architectures must match.
+fn load_initial_weights(init: &Path, store: &mut nn::VarStore) -> anyhow::Result<()> {
+    use anyhow::Context;
+    if init.join("bundle.toml").is_file() {
+        let bundle = cxr_led_models::bundle::Bundle::load(init)
+            .with_context(|| format!("loading the --init bundle {}", init.display()))?;
+        anyhow::ensure!(
+            bundle.manifest.enhancer.is_some(),
+            "the --init bundle {} has no [enhancer] to start from",
+            init.display()
+        );
+        bundle
+            .load_weights("enhancer", store)
+            .with_context(|| format!("taking the enhancer of {} (is its [enhancer] the preset's?)", init.display()))
+    } else {
+        checkpoint::load_store(init, "enhancer-best", store).with_context(|| {
+            format!("--init {}: give a bundle folder or a paired checkpoint folder of the same preset", init.display())
+        })
+    }
+}
+
 /// Trains the enhancer on `train` images, validating on `validation`,
 /// checkpointing into `dir` (`enhancer`, `enhancer-best`, `state.json`,
 /// `metrics.csv`) and resuming from it.
@@ -259,6 +267,9 @@ pub fn train(
     if state.step > 0 {
         checkpoint::load_store(dir, "enhancer", &mut store)?;
         eprintln!("paired: resuming at step {}", state.step);
+    } else if let Some(init) = &config.init {
+        load_initial_weights(init, &mut store)?;
+        eprintln!("paired: starting from the weights in {}", init.display());
     }
     let mut optimizer = nn::Adam::default().build(&store, config.learning_rate)?;
     let window = ssim_window(device);

@@ -99,9 +99,9 @@ pub fn cyclegan(args: &CycleGanArgs) -> anyhow::Result<()> {
     // Disjoint halves: A is degraded into the low-quality pool, B stays high quality.
     let (source_a, source_b): (Vec<_>, Vec<_>) = train.into_iter().partition(|p| data::name_fraction(p, "pool") < 0.5);
     anyhow::ensure!(!source_a.is_empty() && !source_b.is_empty(), "too few training images for two pools");
-    let (pool_a, _) =
-        data::degrade_stack(&data::load_stack(&source_a, size)?, &source_a, &DegradationRanges::default())?;
-    let pool_b = data::load_stack(&source_b, size)?;
+    let (hq_a, source_a) = data::load_stack(&source_a, size, "cyclegan")?;
+    let (pool_a, _) = data::degrade_stack(&hq_a, &source_a, &DegradationRanges::default())?;
+    let (pool_b, source_b) = data::load_stack(&source_b, size, "cyclegan")?;
     eprintln!("cyclegan: {} low-quality and {} high-quality images at {size}px", source_a.len(), source_b.len());
     let config = CycleGanConfig {
         steps: args.steps,
@@ -173,7 +173,7 @@ pub fn pairs(args: &PairsArgs) -> anyhow::Result<()> {
     for (name, split) in [("train", Split::Train), ("val", Split::Validation)] {
         let paths = split_images(&args.high_quality, split)?;
         anyhow::ensure!(!paths.is_empty(), "no {name} images");
-        let hq = data::load_stack(&paths, size)?;
+        let (hq, paths) = data::load_stack(&paths, size, "pairs")?;
         let lq = degrade_with(args, &hq, &paths, device)?;
         tensors.push((format!("{name}_hq"), hq));
         tensors.push((format!("{name}_lq"), lq));
@@ -306,6 +306,9 @@ pub struct PairedArgs {
     /// Seed of image choice, crops and degradations.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Start a fresh run from these weights (fine-tuning): a bundle folder or a paired checkpoint folder.
+    #[arg(long)]
+    init: Option<PathBuf>,
 }
 
 /// The file in a paired checkpoint folder that records the degradation ranges it trains with.
@@ -333,7 +336,8 @@ pub fn paired(args: &PairedArgs) -> anyhow::Result<()> {
             std::fs::write(&recorded, &ranges_text).with_context(|| format!("writing {}", recorded.display()))?;
         }
     }
-    let (train, skipped_train) = paired::load_images(&split_images(&args.high_quality, Split::Train)?, args.patch);
+    let (train, skipped_train) =
+        paired::load_images(&split_images(&args.high_quality, Split::Train)?, args.patch.max(0) as u32);
     let mut validation_paths = split_images(&args.high_quality, Split::Validation)?;
     validation_paths
         .sort_by(|a, b| data::name_fraction(a, "validation").total_cmp(&data::name_fraction(b, "validation")));
@@ -359,6 +363,7 @@ pub fn paired(args: &PairedArgs) -> anyhow::Result<()> {
             Activations::Bf16 => tch::Kind::BFloat16,
         },
         seed: args.seed,
+        init: args.init.clone(),
         ..Default::default()
     };
     let state = paired::train(&enhancer, &train, &validation, &ranges, &config, &args.out, device)?;

@@ -344,6 +344,16 @@ pub fn native_table(native: &NativeReport) -> String {
     table
 }
 
+/// A line naming the files that were skipped (none: empty).
+fn skipped_note(skipped: &[crate::data::Skipped]) -> String {
+    if skipped.is_empty() {
+        return String::new();
+    }
+    let named: Vec<String> =
+        skipped.iter().map(|s| format!("`{}` ({})", s.path.display(), s.reason.replace('\n', " "))).collect();
+    format!("\n{} file(s) could not be read and are not in the table: {}.\n", skipped.len(), named.join("; "))
+}
+
 fn markdown(report: &EvaluationReport) -> String {
     let mut md = String::new();
     let b = &report.bundle;
@@ -387,6 +397,7 @@ fn markdown(report: &EvaluationReport) -> String {
         crate::bootstrap::RESAMPLES
     );
     md += &markdown_table(report);
+    md += &skipped_note(&report.skipped);
     let _ = writeln!(md, "\nThe hallucination check on the model's outputs (the daemon's score against the low-quality input, the bundle's calibration):\n\n| Method | Mean score | Held at the bundle's threshold |\n| --- | --- | --- |");
     for m in report.methods.iter().filter(|m| m.hallucination_score.is_some()) {
         let _ = writeln!(
@@ -410,6 +421,7 @@ fn markdown(report: &EvaluationReport) -> String {
             native.deviation_index[1]
         );
         md += &native_table(native);
+        md += &skipped_note(&native.skipped);
     }
     let _ =
         writeln!(md, "\n![Examples: HQ, LQ, then each method](examples.png)\n\n![Accuracy per method](accuracy.png)\n");

@@ -36,6 +36,20 @@ fn classifier_evaluate_and_export_write_a_complete_report() {
     let data = work.path().join("data");
     write_class(&data.join("one"), "one", &[0.5], 30);
     write_class(&data.join("two"), "two", &[0.3, 0.7], 30);
+    // Bad files among the good (truncated, not an image, tiny): named, skipped and counted, by
+    // the classifier's training and by the evaluation. Enough of them that the test split has some.
+    let whole = std::fs::read(data.join("one/one-000.png")).unwrap();
+    for i in 0..30 {
+        std::fs::write(data.join(format!("one/broken-{i:02}.png")), &whole[..whole.len() / 2]).unwrap();
+        std::fs::write(data.join(format!("two/text-{i:02}.png")), b"not a PNG").unwrap();
+        ImageBuffer::from_fn(8, 8, |_, _| Luma([128u8])).save(data.join(format!("two/tiny-{i:02}.png"))).unwrap();
+    }
+    let native_folder = work.path().join("native");
+    std::fs::create_dir_all(&native_folder).unwrap();
+    for name in ["two-000.png", "two-001.png"] {
+        std::fs::copy(data.join("two").join(name), native_folder.join(name)).unwrap();
+    }
+    std::fs::write(native_folder.join("truncated.png"), &whole[..whole.len() / 2]).unwrap();
     let path = |name: &str| work.path().join(name).to_string_lossy().into_owned();
     let (data, classifier) = (data.to_string_lossy().into_owned(), path("classifier"));
     let tiny =
@@ -54,7 +68,7 @@ fn classifier_evaluate_and_export_write_a_complete_report() {
 
     let bundle = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/bundles/tiny");
     let report = path("report");
-    let native = data.clone() + "/two";
+    let native = native_folder.to_string_lossy().into_owned();
     let csv_path = Path::new(&classifier).join("metrics.csv").to_string_lossy().into_owned();
     let evaluate = [
         "evaluate",
@@ -77,7 +91,7 @@ fn classifier_evaluate_and_export_write_a_complete_report() {
         "--native",
         &native,
         "--native-limit",
-        "2",
+        "0",
         "--ranges",
         "held-out",
     ];
@@ -111,6 +125,16 @@ fn classifier_evaluate_and_export_write_a_complete_report() {
     }
     let native = &json["native"];
     assert_eq!(native["images"], 2, "{native}");
+    let native_skipped = native["skipped"].as_array().unwrap();
+    assert_eq!(native_skipped.len(), 1, "{native}");
+    assert!(native_skipped[0]["path"].as_str().unwrap().ends_with("truncated.png"), "{native}");
+    let skipped = json["skipped"].as_array().unwrap();
+    assert!(!skipped.is_empty(), "some of the 90 bad files are in the test split");
+    for file in skipped {
+        let name = Path::new(file["path"].as_str().unwrap()).file_name().unwrap().to_string_lossy().into_owned();
+        assert!(["broken-", "text-", "tiny-"].iter().any(|p| name.starts_with(p)), "{file}");
+        assert!(!file["reason"].as_str().unwrap().is_empty(), "{file}");
+    }
     let rows: Vec<&str> = native["methods"].as_array().unwrap().iter().map(|m| m["method"].as_str().unwrap()).collect();
     assert_eq!(rows, ["low-quality", "clahe", "histeq", "nlm", "nlm-stretch", "first-stage", "led"]);
     assert!(number(&native["methods"][0]["psnr"]["mean"]) > 0.0, "{native}");
@@ -122,6 +146,7 @@ fn classifier_evaluate_and_export_write_a_complete_report() {
         "{markdown}"
     );
     assert!(markdown.contains("At the images' own size") && markdown.contains("`held-out`"), "{markdown}");
+    assert!(markdown.contains("could not be read and are not in the table"), "{markdown}");
     assert!(markdown.contains("cxr-led-train classifier"), "the classifier's command is missing:\n{markdown}");
     for figure in ["examples.png", "accuracy.png", "curves.png"] {
         let image = image::open(Path::new(&report).join(figure)).unwrap();

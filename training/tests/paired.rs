@@ -146,6 +146,29 @@ fn paired_training_resumes_skips_bad_files_and_exports_a_working_bundle() {
     assert!(alone.output.equal(&alone.estimate.clamp(-1.0, 1.0)));
     assert!(alone.estimate.equal(&refined.estimate), "the first stage does not depend on the refinement");
 
+    // Fine-tuning: a fresh run starts from the bundle's enhancer (or a checkpoint's best weights).
+    // With a vanishing learning rate its first validation is the source's best validation.
+    let best = |dir: &str| -> f64 {
+        let state: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(Path::new(dir).join("state.json")).unwrap()).unwrap();
+        state["best_validation_psnr"][0].as_f64().unwrap()
+    };
+    for (init, name) in [(&bundle_dir, "tuned-from-bundle"), (&out, "tuned-from-checkpoint")] {
+        let tuned = path(name);
+        let mut tune = args.to_vec();
+        tune[6] = tuned.as_str();
+        let (stdout, stderr) =
+            train(&[&tune[..], &["--steps", "2", "--learning-rate", "1e-12", "--init", init]].concat());
+        assert!(stderr.contains("starting from the weights in"), "{stderr}");
+        assert!(stdout.contains("\"step\":2"), "{stdout}");
+        assert!((best(&tuned) - best(&out)).abs() < 1e-3, "{} against {}", best(&tuned), best(&out));
+    }
+    let refused = path("tuned-from-tiny");
+    let mut tune = args.to_vec();
+    tune[6] = refused.as_str();
+    let error = train_fails(&[&tune[..], &["--steps", "2", "--init", tiny]].concat());
+    assert!(error.contains("has no [enhancer] to start from"), "{error}");
+
     // Without a base bundle the missing networks are named.
     let error = train_fails(&["export", "--preset", "tiny-paired", "--enhancer", &out, "--out", &path("nothing")]);
     assert!(error.contains("no source for the bundle's g_ba"), "{error}");
