@@ -95,7 +95,8 @@ fn main() -> anyhow::Result<()> {
         );
     }
     println!(
-        "demo: Orthanc forwards each study once it is stable ({} s); cxr-led enhances the under-exposed ones...",
+        "demo: Orthanc forwards each study once it is stable ({} s); cxr-led enhances the under-exposed ones \
+         (each one's stage follows; minutes on a CPU)",
         options.stable_age_secs
     );
     let under: Vec<&Sample> = samples.iter().filter(|s| s.deviation_index < -3.0).collect();
@@ -188,17 +189,60 @@ fn held(pacs: &mut PacsLoop, sample: &Sample) -> anyhow::Result<Option<(f64, f64
     Ok(rows.first().map(|row| (row.get::<f64, _>(0), row.get::<f64, _>(1))))
 }
 
+/// Where a sample is in the loop, from cxr-led's tables: received, queued,
+/// enhancing, scored, sent or held.
+fn stage(pacs: &mut PacsLoop, sample: &Sample) -> anyhow::Result<String> {
+    let sop = sample.sop_uid.replace('\'', "");
+    let rows = pacs.db.rows(&format!(
+        "SELECT (SELECT count(*) FROM instance WHERE sop_instance_uid = '{sop}'), \
+         (SELECT j.state FROM job j JOIN instance i USING (study_instance_uid) WHERE i.sop_instance_uid = '{sop}'), \
+         (SELECT held FROM enhancement WHERE source_sop_instance_uid = '{sop}'), \
+         (SELECT round(score::numeric, 3)::float8 FROM enhancement WHERE source_sop_instance_uid = '{sop}'), \
+         (SELECT bool_and(o.state = 'sent') FROM outbox o JOIN enhancement e \
+            ON o.sop_instance_uid = e.derived_sop_instance_uid WHERE e.source_sop_instance_uid = '{sop}')"
+    ))?;
+    let row = rows.first().context("no row from the stage query")?;
+    let received: i64 = row.try_get(0)?;
+    let job: Option<String> = row.try_get(1)?;
+    let held: Option<bool> = row.try_get(2)?;
+    let score: Option<f64> = row.try_get(3)?;
+    let sent: Option<bool> = row.try_get(4)?;
+    Ok(match (received, job.as_deref(), held, sent) {
+        (0, ..) => "waiting for Orthanc to forward it".into(),
+        (_, None, ..) => "received, waiting for the study to go quiet".into(),
+        (_, _, Some(true), _) => format!("scored {:.3}: HELD for review", score.unwrap_or_default()),
+        (_, _, Some(false), Some(true)) => format!("scored {:.3}, sent to the PACS", score.unwrap_or_default()),
+        (_, _, Some(false), _) => format!("scored {:.3}, sending", score.unwrap_or_default()),
+        (_, Some("queued"), None, _) => "queued".into(),
+        (_, Some("running"), None, _) => "enhancing".into(),
+        (_, Some(state), None, _) => format!("job {state}"),
+    })
+}
+
 /// Seconds from the upload until each under-exposed sample's derived series
-/// is in Orthanc, or its result was held by the hallucination check.
+/// is in Orthanc, or its result was held by the hallucination check. Prints
+/// each sample's stage and the elapsed time whenever the stage changes.
 fn wait_for_results(pacs: &mut PacsLoop, under: &[&Sample], since: Instant) -> anyhow::Result<Vec<f64>> {
     let mut seconds = vec![None; under.len()];
+    let mut stages = vec![String::new(); under.len()];
     cxr_led_e2e::wait::wait_until(
         Duration::from_secs(1800),
         "each under-exposed study to come back or be held",
         || {
-            for (sample, done) in under.iter().zip(seconds.iter_mut()) {
-                if done.is_none() && (pacs.derived_series(sample)?.is_some() || held(pacs, sample)?.is_some()) {
+            for ((sample, done), last) in under.iter().zip(seconds.iter_mut()).zip(stages.iter_mut()) {
+                if done.is_some() {
+                    continue;
+                }
+                let mut now = stage(pacs, sample)?;
+                if pacs.derived_series(sample)?.is_some() {
+                    now = "back in its study in the PACS".into();
                     *done = Some(since.elapsed().as_secs_f64());
+                } else if held(pacs, sample)?.is_some() {
+                    *done = Some(since.elapsed().as_secs_f64());
+                }
+                if now != *last {
+                    println!("demo: [{:>6.1} s] {:<26} {now}", since.elapsed().as_secs_f64(), sample.label);
+                    *last = now;
                 }
             }
             Ok(seconds.iter().all(Option::is_some))
