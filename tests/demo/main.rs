@@ -190,8 +190,8 @@ fn held(pacs: &mut PacsLoop, sample: &Sample) -> anyhow::Result<Option<(f64, f64
 }
 
 /// Where a sample is in the loop, from cxr-led's tables: received, queued,
-/// enhancing, scored, sent or held.
-fn stage(pacs: &mut PacsLoop, sample: &Sample) -> anyhow::Result<String> {
+/// enhancing, scored, sent or held; and whether the check held its result.
+fn stage(pacs: &mut PacsLoop, sample: &Sample) -> anyhow::Result<(String, bool)> {
     let sop = sample.sop_uid.replace('\'', "");
     let rows = pacs.db.rows(&format!(
         "SELECT (SELECT count(*) FROM instance WHERE sop_instance_uid = '{sop}'), \
@@ -207,7 +207,7 @@ fn stage(pacs: &mut PacsLoop, sample: &Sample) -> anyhow::Result<String> {
     let held: Option<bool> = row.try_get(2)?;
     let score: Option<f64> = row.try_get(3)?;
     let sent: Option<bool> = row.try_get(4)?;
-    Ok(match (received, job.as_deref(), held, sent) {
+    let text = match (received, job.as_deref(), held, sent) {
         (0, ..) => "waiting for Orthanc to forward it".into(),
         (_, None, ..) => "received, waiting for the study to go quiet".into(),
         (_, _, Some(true), _) => format!("scored {:.3}: HELD for review", score.unwrap_or_default()),
@@ -216,7 +216,8 @@ fn stage(pacs: &mut PacsLoop, sample: &Sample) -> anyhow::Result<String> {
         (_, Some("queued"), None, _) => "queued".into(),
         (_, Some("running"), None, _) => "enhancing".into(),
         (_, Some(state), None, _) => format!("job {state}"),
-    })
+    };
+    Ok((text, held == Some(true)))
 }
 
 /// Seconds from the upload until each under-exposed sample's derived series
@@ -233,11 +234,11 @@ fn wait_for_results(pacs: &mut PacsLoop, under: &[&Sample], since: Instant) -> a
                 if done.is_some() {
                     continue;
                 }
-                let mut now = stage(pacs, sample)?;
+                let (mut now, held) = stage(pacs, sample)?;
                 if pacs.derived_series(sample)?.is_some() {
                     now = "back in its study in the PACS".into();
                     *done = Some(since.elapsed().as_secs_f64());
-                } else if held(pacs, sample)?.is_some() {
+                } else if held {
                     *done = Some(since.elapsed().as_secs_f64());
                 }
                 if now != *last {

@@ -2,7 +2,7 @@
 //! unpaired pools and paired sets the LED stages train on, and labelled
 //! class folders for the evaluation classifier.
 //!
-//! Every image file goes through [`read_image`], which dispatches on the file
+//! Every image file goes through [`read_images`], which dispatches on the file
 //! extension: PNG today; DICOM joins there (through the daemon's pixel
 //! decoding to display intensity) without touching any caller.
 //!
@@ -21,21 +21,14 @@ use tch::{Kind, Tensor};
 use crate::degrade::{degrade_tensor, DegradationParams, DegradationRanges};
 use crate::image_io;
 
-/// File extensions [`read_image`] can decode (lower case).
+/// File extensions [`read_images`] can decode (lower case).
 pub use crate::image_io::IMAGE_EXTENSIONS;
 
-/// Whether `path` names a file [`read_image`] can decode.
+/// Whether `path` names a file [`read_images`] can decode.
 pub fn is_image(path: &Path) -> bool {
     path.extension()
         .and_then(|e| e.to_str())
         .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
-}
-
-/// Reads one image as a `[1, 1, H, W]` float tensor in [-1, 1] (display
-/// intensity 0..1), resized to `side` x `side` when given. The one place that
-/// knows file formats.
-pub fn read_image(path: &Path, side: Option<u32>) -> anyhow::Result<Tensor> {
-    image_io::read_image_resized(path, side)
 }
 
 /// Every image under the given folders (recursively), sorted.
@@ -96,8 +89,9 @@ pub struct Skipped {
     pub reason: String,
 }
 
-/// Reads each file as [`read_image`] does (resized to `side` x `side` when
-/// given), keeping the readable ones with their paths. A file that cannot be
+/// Reads each file (PNG or DICOM, through [`image_io`], the one place that
+/// knows file formats) as a `[1, 1, H, W]` tensor in [-1, 1], resized to
+/// `side` x `side` when given, keeping the readable ones with their paths. A file that cannot be
 /// read, or whose own size is below `min_side` pixels, is named on stderr
 /// with the reason (prefixed by `stage`) and returned among the skipped;
 /// colour and 16-bit files are converted on reading.
@@ -109,15 +103,12 @@ pub fn read_images(
 ) -> (Vec<(PathBuf, Tensor)>, Vec<Skipped>) {
     let (mut images, mut skipped) = (Vec::new(), Vec::new());
     for path in paths {
-        let reason = match image_io::image_size(path) {
-            Ok((w, h)) if w >= min_side && h >= min_side => match read_image(path, side) {
-                Ok(image) => {
-                    images.push((path.clone(), image));
-                    continue;
-                }
-                Err(error) => format!("{error:#}"),
-            },
-            Ok((w, h)) => format!("{w}x{h} is smaller than {min_side} px"),
+        let reason = match image_io::read_image_sized(path, side) {
+            Ok((image, (w, h))) if w >= min_side && h >= min_side => {
+                images.push((path.clone(), image));
+                continue;
+            }
+            Ok((_, (w, h))) => format!("{w}x{h} is smaller than {min_side} px"),
             Err(error) => format!("{error:#}"),
         };
         eprintln!("{stage}: skipping {}: {reason}", path.display());
@@ -241,7 +232,9 @@ mod tests {
 
     #[test]
     fn unknown_extensions_are_refused_with_a_hint() {
-        let error = read_image(Path::new("scan.jpg"), None).unwrap_err().to_string();
+        let (read, skipped) = read_images(&[PathBuf::from("scan.jpg")], None, 1, "test");
+        assert!(read.is_empty());
+        let error = &skipped[0].reason;
         assert!(error.contains("unsupported image type") && error.contains("png"), "{error}");
         assert!(is_image(Path::new("a/B.PNG")) && !is_image(Path::new("a/b.txt")));
     }

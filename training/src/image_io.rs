@@ -22,18 +22,25 @@ pub fn read_image(path: &Path) -> anyhow::Result<Tensor> {
 /// daemon's own code, so a DICOM file means here what it means to cxr-ledd
 /// (modality rescale, VOI window, MONOCHROME1 inverted).
 pub fn read_image_resized(path: &Path, side: Option<u32>) -> anyhow::Result<Tensor> {
+    Ok(read_image_sized(path, side)?.0)
+}
+
+/// [`read_image_resized`], with the file's own (width, height) before any
+/// resizing: one decode serves both the size check and the pixels.
+pub fn read_image_sized(path: &Path, side: Option<u32>) -> anyhow::Result<(Tensor, (u32, u32))> {
     match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
-        Some("png") => read_png_resized(path, side),
+        Some("png") => read_png_sized(path, side),
         Some("dcm") => {
             let object = dicom_object::open_file(path).with_context(|| format!("reading DICOM {}", path.display()))?;
             let image = cxr_led_daemon::pixels::decode_display(&object)
                 .with_context(|| format!("decoding the pixels of {}", path.display()))?;
             let (h, w) = (i64::from(image.rows), i64::from(image.columns));
             let tensor = Tensor::from_slice(&image.pixels).view([1, 1, h, w]) * 2.0 - 1.0;
-            Ok(match side {
+            let tensor = match side {
                 Some(side) => tensor.upsample_bilinear2d([i64::from(side), i64::from(side)], false, None, None),
                 None => tensor,
-            })
+            };
+            Ok((tensor, (image.columns, image.rows)))
         }
         _ => anyhow::bail!(
             "{}: unsupported image type; use PNG or DICOM (.dcm) (supported: {IMAGE_EXTENSIONS:?})",
@@ -42,27 +49,23 @@ pub fn read_image_resized(path: &Path, side: Option<u32>) -> anyhow::Result<Tens
     }
 }
 
-/// An image file's own (width, height): from the header for PNG, from the
-/// decoded pixels for DICOM.
-pub fn image_size(path: &Path) -> anyhow::Result<(u32, u32)> {
-    if path.extension().and_then(|e| e.to_str()).is_some_and(|e| e.eq_ignore_ascii_case("png")) {
-        return image::image_dimensions(path).with_context(|| format!("reading image {}", path.display()));
-    }
-    let size = read_image_resized(path, None)?.size();
-    Ok((size[3] as u32, size[2] as u32))
-}
-
 /// Reads a PNG as a `[1, 1, H, W]` float tensor in [-1, 1], resized to
 /// `side` x `side` when given (aspect ratio not kept: chest X-ray sets are near square).
 pub fn read_png_resized(path: &Path, side: Option<u32>) -> anyhow::Result<Tensor> {
+    Ok(read_png_sized(path, side)?.0)
+}
+
+/// [`read_png_resized`], with the file's own (width, height).
+fn read_png_sized(path: &Path, side: Option<u32>) -> anyhow::Result<(Tensor, (u32, u32))> {
     let decoded = image::open(path).with_context(|| format!("reading image {}", path.display()))?;
+    let own = (decoded.width(), decoded.height());
     let mut gray = decoded.into_luma16();
     if let Some(side) = side {
         gray = image::imageops::resize(&gray, side, side, image::imageops::FilterType::Triangle);
     }
     let (width, height) = gray.dimensions();
     let values: Vec<f32> = gray.into_raw().into_iter().map(|v| v as f32 / 65535.0 * 2.0 - 1.0).collect();
-    Ok(Tensor::from_slice(&values).view([1, 1, height as i64, width as i64]))
+    Ok((Tensor::from_slice(&values).view([1, 1, height as i64, width as i64]), own))
 }
 
 /// Writes a `[1, 1, H, W]` tensor in [-1, 1] as an 8-bit grayscale PNG (maps, previews).
