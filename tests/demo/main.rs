@@ -1,7 +1,8 @@
 //! `cxr-led-demo`: the README's main job. Starts a private Orthanc (the
 //! PACS) and cxr-ledd on loopback, uploads the sample studies to Orthanc,
 //! which forwards them to cxr-led; waits for the derived series to come back,
-//! prints where to look and what the audit trail says, and keeps both
+//! writes one PNG per enhanced study (input | enhanced | doubt map), prints
+//! where to look and what the audit trail says, and keeps both
 //! running until Ctrl-C. `.ci/demo` builds it and provides PostgreSQL.
 
 use std::path::PathBuf;
@@ -9,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
+use cxr_led_e2e::preview::{self, Panel};
 use cxr_led_e2e::studies::{self, Sample};
 use cxr_led_e2e::{tail, LoopOptions, PacsLoop};
 use sqlx::Row;
@@ -81,6 +83,9 @@ fn main() -> anyhow::Result<()> {
         t0: if tiny { 200 } else { 0 },
         steps: if tiny { 1 } else { 0 },
         ports: Some((args.orthanc_http_port, args.orthanc_dicom_port, args.cxrled_port)),
+        // The doubt map goes into the derived series too, and into each
+        // study's side-by-side picture.
+        doubt_map_instance: true,
     };
     println!("demo: starting cxr-led (bundle {}) and a private Orthanc in {}", bundle.display(), args.dir.display());
     let mut pacs = PacsLoop::start(&options)?;
@@ -107,7 +112,11 @@ fn main() -> anyhow::Result<()> {
 
     println!();
     println!("== results");
+    let pictures = args.dir.join("side-by-side");
     for sample in &samples {
+        if let Some(png) = side_by_side(&mut pacs, sample, &pictures)? {
+            println!("{:<26} input | enhanced | doubt map: {}", sample.label, png.display());
+        }
         let series = pacs.orthanc.series_of_study(&sample.study_uid)?;
         if let Some((score, threshold)) = held(&mut pacs, sample)? {
             println!(
@@ -177,6 +186,24 @@ fn main() -> anyhow::Result<()> {
     pacs.cxrled.stop()?;
     pacs.orthanc.stop()?;
     Ok(())
+}
+
+/// Writes the PNG of a sample's source, derived image and doubt map side by
+/// side into `dir` (none when the sample was not enhanced); returns its path.
+fn side_by_side(pacs: &mut PacsLoop, sample: &Sample, dir: &std::path::Path) -> anyhow::Result<Option<PathBuf>> {
+    let rows = pacs.db.rows(&format!(
+        "SELECT derived_file, derived_sop_instance_uid FROM enhancement WHERE source_sop_instance_uid = '{}'",
+        sample.sop_uid.replace('\'', "")
+    ))?;
+    let Some(row) = rows.first() else { return Ok(None) };
+    let derived = PathBuf::from(row.try_get::<String, _>(0)?);
+    let derived_uid: String = row.try_get(1)?;
+    let map_uid = cxr_led_daemon::derive::uid_from_parts(&[b"doubt-map", derived_uid.as_bytes()]);
+    let map = derived.with_file_name(cxr_led_daemon::spool::Spool::file_name(&map_uid));
+    let panels = [Panel::display_of(&sample.path)?, Panel::display_of(&derived)?, Panel::doubt_map_of(&map)?];
+    let png = dir.join(format!("{}.png", sample.label));
+    preview::write_side_by_side(&panels, 768, &png)?;
+    Ok(Some(png))
 }
 
 /// The score and threshold of a sample's enhancement if the hallucination

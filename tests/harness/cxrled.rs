@@ -39,6 +39,8 @@ pub struct CxrLedSettings {
     pub t0: u32,
     /// DDIM steps; 0 = the bundle's.
     pub steps: u32,
+    /// Also write (and send) the doubt map as a Secondary Capture.
+    pub doubt_map_instance: bool,
 }
 
 /// A running cxr-ledd (killed on drop).
@@ -172,6 +174,7 @@ retry-initial-secs = 2
 retry-max-secs = 10
 output-dir = {derived}
 drain-timeout-secs = {drain}
+doubt-map-instance = {doubt}
 
 [http]
 listen = "127.0.0.1:{http_port}"
@@ -198,6 +201,7 @@ connect-timeout-secs = 5
         workers = s.workers,
         derived = path("derived"),
         drain = s.drain_timeout_secs,
+        doubt = s.doubt_map_instance,
         pacs_ae = s.pacs_ae_title,
         pacs_port = s.pacs_port,
     )

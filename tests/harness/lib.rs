@@ -8,6 +8,7 @@ pub mod cxrled;
 pub mod database;
 pub mod http;
 pub mod orthanc;
+pub mod preview;
 pub mod studies;
 pub mod wait;
 
@@ -107,6 +108,8 @@ pub struct LoopOptions {
     pub steps: u32,
     /// Fixed ports (Orthanc HTTP, Orthanc DICOM, cxr-led DICOM); free ones when None.
     pub ports: Option<(u16, u16, u16)>,
+    /// Also send the hallucination check's doubt map in the derived series.
+    pub doubt_map_instance: bool,
 }
 
 impl LoopOptions {
@@ -129,6 +132,7 @@ impl LoopOptions {
             t0: 200,
             steps: 1,
             ports: None,
+            doubt_map_instance: false,
         }
     }
 }
@@ -165,6 +169,7 @@ impl PacsLoop {
             drain_timeout_secs: options.drain_timeout_secs,
             t0: options.t0,
             steps: options.steps,
+            doubt_map_instance: options.doubt_map_instance,
         };
         let cxrled = CxrLed::start(&options.dir.join("cxr-led"), &settings)?;
         let peer = CxrLedPeer { ae_title: CXRLED_AE.into(), port: cxrled_dicom };
