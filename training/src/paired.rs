@@ -12,6 +12,12 @@
 //! `validate_every` steps the network enhances fixed validation pairs (whole
 //! images, fixed degradations) and the best PSNR's weights are kept as
 //! `enhancer-best`. Checkpoints as every stage: resumable, stoppable.
+//!
+//! Where no simulator fits a site's detector, the pairs can be fixed ones
+//! instead ([`TrainingPairs::Fixed`]): G_BA's low-quality versions of the
+//! high-quality images (`pairs`, after `cyclegan` on the site's own unpaired
+//! under-exposed pool). Patches, flips, tone statistics and validation work
+//! the same; there is no upsampling (the pairs are at G_BA's size).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -104,6 +110,40 @@ fn learning_rate(config: &PairedConfig, step: usize) -> f64 {
 
 pub use crate::data::Skipped;
 
+/// Where each step's (low-quality, high-quality) pairs come from.
+pub enum TrainingPairs {
+    /// High-quality `[1, 1, H, W]` images in [0, 1], each degraded afresh by
+    /// the simulator with parameters drawn from `ranges` at every draw.
+    Simulated {
+        /// The high-quality images.
+        images: Vec<Tensor>,
+        /// The simulator's parameter ranges (boxed: far larger than the other variant).
+        ranges: Box<DegradationRanges>,
+    },
+    /// Fixed (low quality, high quality) pairs, each `[1, 1, H, W]` in [0, 1]
+    /// (G_BA's, from `pairs`).
+    Fixed(Vec<(Tensor, Tensor)>),
+}
+
+impl TrainingPairs {
+    fn is_empty(&self) -> bool {
+        match self {
+            TrainingPairs::Simulated { images, .. } => images.is_empty(),
+            TrainingPairs::Fixed(pairs) => pairs.is_empty(),
+        }
+    }
+
+    /// The smallest side of any training image.
+    fn smallest_side(&self) -> i64 {
+        let side = |t: &Tensor| t.size()[2].min(t.size()[3]);
+        match self {
+            TrainingPairs::Simulated { images, .. } => images.iter().map(side).min(),
+            TrainingPairs::Fixed(pairs) => pairs.iter().map(|(lq, hq)| side(lq).min(side(hq))).min(),
+        }
+        .unwrap_or(0)
+    }
+}
+
 /// Reads images at their own size as `[1, 1, H, W]` display intensity in
 /// [0, 1]. A file that cannot be read or is smaller than `min_side` is named
 /// on stderr and skipped; colour and 16-bit files are converted on reading.
@@ -136,6 +176,18 @@ impl ValidationSet {
             let stats = ToneStats::measure(&lq)?;
             pairs.push((stats.stretch(&lq), stats.planes(), hq.shallow_clone()));
         }
+        Ok(Self { pairs })
+    }
+
+    /// Fixed (low quality, high quality) pairs, each `[1, 1, H, W]` in [0, 1].
+    pub fn from_pairs(pairs: &[(Tensor, Tensor)]) -> anyhow::Result<Self> {
+        let pairs = pairs
+            .iter()
+            .map(|(lq, hq)| {
+                let stats = ToneStats::measure(lq)?;
+                Ok((stats.stretch(lq), stats.planes(), hq.shallow_clone()))
+            })
+            .collect::<anyhow::Result<_>>()?;
         Ok(Self { pairs })
     }
 
@@ -178,28 +230,40 @@ fn ssim(a: &Tensor, b: &Tensor, window: &Tensor) -> Tensor {
 
 /// One step's batch: stretched low-quality patches, their planes, high-quality patches.
 fn draw_batch(
-    images: &[Tensor],
-    ranges: &DegradationRanges,
+    train: &TrainingPairs,
     config: &PairedConfig,
     rng: &mut impl Rng,
 ) -> anyhow::Result<(Tensor, Tensor, Tensor)> {
     let per_source = (config.batch / config.sources).max(1);
     let (mut lq, mut planes, mut hq) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..config.sources {
-        let mut image = images[rng.gen_range(0..images.len())].shallow_clone();
-        let scale = config.scales[rng.gen_range(0..config.scales.len())];
-        if scale > 1.0 {
-            let (h, w) = (image.size()[2], image.size()[3]);
-            let size = [(h as f64 * scale).round() as i64, (w as f64 * scale).round() as i64];
-            image = image.upsample_bilinear2d(size, false, None, None);
-        }
-        if rng.gen_bool(0.5) {
-            image = image.flip([3]);
-        }
-        if rng.gen_bool(0.5) {
-            image = image.flip([2]);
-        }
-        let degraded = degrade_image(&image, ranges, rng)?;
+        let (flip_x, flip_y) = (rng.gen_bool(0.5), rng.gen_bool(0.5));
+        let flip = |mut image: Tensor| {
+            if flip_x {
+                image = image.flip([3]);
+            }
+            if flip_y {
+                image = image.flip([2]);
+            }
+            image
+        };
+        let (degraded, image) = match train {
+            TrainingPairs::Simulated { images, ranges } => {
+                let mut image = images[rng.gen_range(0..images.len())].shallow_clone();
+                let scale = config.scales[rng.gen_range(0..config.scales.len())];
+                if scale > 1.0 {
+                    let (h, w) = (image.size()[2], image.size()[3]);
+                    let size = [(h as f64 * scale).round() as i64, (w as f64 * scale).round() as i64];
+                    image = image.upsample_bilinear2d(size, false, None, None);
+                }
+                let image = flip(image);
+                (degrade_image(&image, ranges, rng)?, image)
+            }
+            TrainingPairs::Fixed(pairs) => {
+                let (low, high) = &pairs[rng.gen_range(0..pairs.len())];
+                (flip(low.shallow_clone()), flip(high.shallow_clone()))
+            }
+        };
         let stats = ToneStats::measure(&degraded)?;
         let stretched = stats.stretch(&degraded);
         let (h, w) = (image.size()[2], image.size()[3]);
@@ -236,19 +300,24 @@ fn load_initial_weights(init: &Path, store: &mut nn::VarStore) -> anyhow::Result
     }
 }
 
-/// Trains the enhancer on `train` images, validating on `validation`,
+/// Trains the enhancer on `train` pairs, validating on `validation`,
 /// checkpointing into `dir` (`enhancer`, `enhancer-best`, `state.json`,
 /// `metrics.csv`) and resuming from it.
 pub fn train(
     net_config: &EnhancerConfig,
-    train: &[Tensor],
+    train: &TrainingPairs,
     validation: &ValidationSet,
-    ranges: &DegradationRanges,
     config: &PairedConfig,
     dir: &Path,
     device: Device,
 ) -> anyhow::Result<PairedState> {
     anyhow::ensure!(!train.is_empty(), "paired training needs at least one usable training image");
+    anyhow::ensure!(
+        train.smallest_side() >= config.patch,
+        "--patch {} is larger than the smallest training image ({} px): pass a smaller --patch",
+        config.patch,
+        train.smallest_side()
+    );
     anyhow::ensure!(
         config.patch >= 16 && config.patch % net_config.size_multiple() == 0,
         "--patch {} must be at least 16 and a multiple of {}",
@@ -296,7 +365,7 @@ pub fn train(
             return Ok(state);
         }
         let drawing = Instant::now();
-        let (lq, planes, hq) = draw_batch(train, ranges, config, &mut rng)?;
+        let (lq, planes, hq) = draw_batch(train, config, &mut rng)?;
         data_seconds += drawing.elapsed().as_secs_f64();
         let (lq, hq) = (lq.to_device(device), hq.to_device(device));
         let output = net.forward(&lq.to_kind(config.activations), &planes);

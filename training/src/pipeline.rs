@@ -268,8 +268,12 @@ pub struct PairedArgs {
     #[arg(long, default_value = "cpu")]
     preset: String,
     /// Folders of high-quality images (searched recursively; the train split is used, validation images validate).
-    #[arg(long, required = true, num_args = 1..)]
+    #[arg(long, required_unless_present = "pairs", num_args = 1..)]
     high_quality: Vec<PathBuf>,
+    /// Train on the fixed pairs of this file (from `pairs`, e.g. G_BA's after
+    /// `cyclegan` on a site's own under-exposed images) instead of the simulator.
+    #[arg(long, conflicts_with_all = ["ranges", "high_quality"])]
+    pairs: Option<PathBuf>,
     /// Checkpoint folder (resumed when it holds a checkpoint).
     #[arg(long)]
     out: PathBuf,
@@ -313,6 +317,86 @@ pub struct PairedArgs {
 
 /// The file in a paired checkpoint folder that records the degradation ranges it trains with.
 const RANGES_FILE: &str = "ranges.toml";
+/// The file in a paired checkpoint folder that records the fixed pairs it trains on (file and sha256).
+const PAIRS_FILE: &str = "pairs.toml";
+
+/// What a paired run trains on, as recorded in its checkpoint folder.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct PairsRecord {
+    /// The pairs file as given.
+    file: PathBuf,
+    /// Its sha256 (what a resume compares).
+    sha256: String,
+}
+
+/// Records what a fresh run in `dir` trains on (`text` into `file`), or,
+/// resuming, refuses other training data than the checkpoint's.
+fn record_training_data(dir: &Path, file: &str, text: &str, same: impl Fn(&str) -> bool) -> anyhow::Result<()> {
+    let (what, other) = if file == RANGES_FILE { ("degradation ranges", PAIRS_FILE) } else { ("pairs", RANGES_FILE) };
+    anyhow::ensure!(
+        !dir.join(other).exists(),
+        "{} was trained on {}: resume it the same way or use a new --out",
+        dir.display(),
+        if other == PAIRS_FILE { "fixed pairs (--pairs)" } else { "simulator pairs (--ranges)" }
+    );
+    let recorded = dir.join(file);
+    match std::fs::read_to_string(&recorded) {
+        Ok(previous) if !same(&previous) => anyhow::bail!(
+            "{} was trained with other {what} ({}): resume with the same {} or use a new --out",
+            dir.display(),
+            recorded.display(),
+            if file == RANGES_FILE { "--ranges" } else { "--pairs" }
+        ),
+        Ok(_) => Ok(()),
+        Err(_) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            std::fs::write(&recorded, text).with_context(|| format!("writing {}", recorded.display()))
+        }
+    }
+}
+
+/// Hex sha256 of a file's bytes.
+fn file_sha256(path: &Path) -> anyhow::Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(cxr_led_models::bundle::sha256_hex(&bytes))
+}
+
+/// The (low quality, high quality) pairs of a `pairs` file, each
+/// `[1, 1, S, S]` in [0, 1]: training, and the first `validation_images` of
+/// the validation pairs.
+type FixedPairs = Vec<(Tensor, Tensor)>;
+fn read_fixed_pairs(file: &Path, validation_images: usize) -> anyhow::Result<(FixedPairs, FixedPairs)> {
+    let mut named: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(file)
+        .with_context(|| format!("reading --pairs {} (a file written by `cxr-led-train pairs`)", file.display()))?
+        .into_iter()
+        .collect();
+    let mut take = |split: &str, limit: usize| -> anyhow::Result<FixedPairs> {
+        let mut part = |which: &str| {
+            let key = format!("{split}_{which}");
+            let stack = named.remove(&key).with_context(|| {
+                format!("--pairs {} has no {key}: give a file written by `cxr-led-train pairs`", file.display())
+            })?;
+            anyhow::ensure!(
+                stack.dim() == 4 && stack.size()[1] == 1,
+                "--pairs {}: {key} is {:?}, not [N, 1, H, W] grayscale",
+                file.display(),
+                stack.size()
+            );
+            Ok(((stack.to_kind(tch::Kind::Float) + 1.0) / 2.0).clamp(0.0, 1.0).split(1, 0))
+        };
+        let (low, high) = (part("lq")?, part("hq")?);
+        anyhow::ensure!(
+            low.len() == high.len() && low.first().map(Tensor::size) == high.first().map(Tensor::size),
+            "--pairs {}: {split}_lq and {split}_hq differ in count or size",
+            file.display()
+        );
+        Ok(low.into_iter().zip(high).take(limit).collect())
+    };
+    let train = take("train", usize::MAX)?;
+    let validation = take("val", validation_images.max(1))?;
+    anyhow::ensure!(!validation.is_empty(), "--pairs {} has no validation pairs", file.display());
+    Ok((train, validation))
+}
 
 /// Runs the `paired` stage.
 pub fn paired(args: &PairedArgs) -> anyhow::Result<()> {
@@ -321,36 +405,47 @@ pub fn paired(args: &PairedArgs) -> anyhow::Result<()> {
     let enhancer = manifest.enhancer.clone().with_context(|| {
         format!("preset {:?} has no [enhancer]; the paired stage trains the cpu or tiny-paired preset", args.preset)
     })?;
-    let ranges = DegradationRanges::from_arg(&args.ranges)?;
-    let recorded = args.out.join(RANGES_FILE);
-    let ranges_text = toml::to_string_pretty(&ranges)?;
-    match std::fs::read_to_string(&recorded) {
-        Ok(previous) if previous != ranges_text => anyhow::bail!(
-            "{} was trained with other degradation ranges ({}): resume with the same --ranges or use a new --out",
-            args.out.display(),
-            recorded.display()
-        ),
-        Ok(_) => {}
-        Err(_) => {
-            std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
-            std::fs::write(&recorded, &ranges_text).with_context(|| format!("writing {}", recorded.display()))?;
+    let (train, validation, skipped_train, skipped_validation) = match &args.pairs {
+        Some(file) => {
+            let sha256 = file_sha256(file)
+                .with_context(|| format!("--pairs {}: give a file written by `cxr-led-train pairs`", file.display()))?;
+            let record = PairsRecord { file: file.clone(), sha256 };
+            let same = |text: &str| toml::from_str::<PairsRecord>(text).is_ok_and(|r| r.sha256 == record.sha256);
+            record_training_data(&args.out, PAIRS_FILE, &toml::to_string_pretty(&record)?, same)?;
+            let (train, validation) = read_fixed_pairs(file, args.validation_images)?;
+            eprintln!(
+                "paired: {} training and {} validation pairs from {}",
+                train.len(),
+                validation.len(),
+                file.display()
+            );
+            let validation = ValidationSet::from_pairs(&validation)?;
+            (paired::TrainingPairs::Fixed(train), validation, Vec::new(), Vec::new())
         }
-    }
-    let (train, skipped_train) =
-        paired::load_images(&split_images(&args.high_quality, Split::Train)?, args.patch.max(0) as u32);
-    let mut validation_paths = split_images(&args.high_quality, Split::Validation)?;
-    validation_paths
-        .sort_by(|a, b| data::name_fraction(a, "validation").total_cmp(&data::name_fraction(b, "validation")));
-    validation_paths.truncate(args.validation_images.max(1));
-    let (validation, skipped_validation) = paired::load_images(&validation_paths, 16);
-    anyhow::ensure!(!validation.is_empty(), "no usable validation images under {:?}", args.high_quality);
+        None => {
+            let ranges = DegradationRanges::from_arg(&args.ranges)?;
+            let ranges_text = toml::to_string_pretty(&ranges)?;
+            record_training_data(&args.out, RANGES_FILE, &ranges_text, |previous| previous == ranges_text)?;
+            let (train, skipped_train) =
+                paired::load_images(&split_images(&args.high_quality, Split::Train)?, args.patch.max(0) as u32);
+            let mut validation_paths = split_images(&args.high_quality, Split::Validation)?;
+            validation_paths
+                .sort_by(|a, b| data::name_fraction(a, "validation").total_cmp(&data::name_fraction(b, "validation")));
+            validation_paths.truncate(args.validation_images.max(1));
+            let (validation, skipped_validation) = paired::load_images(&validation_paths, 16);
+            anyhow::ensure!(!validation.is_empty(), "no usable validation images under {:?}", args.high_quality);
+            eprintln!(
+                "paired: {} training and {} validation images at their own size, {} skipped",
+                train.len(),
+                validation.len(),
+                skipped_train.len() + skipped_validation.len()
+            );
+            let validation = ValidationSet::new(&validation, &ranges, args.seed.wrapping_add(1))?;
+            let ranges = Box::new(ranges);
+            (paired::TrainingPairs::Simulated { images: train, ranges }, validation, skipped_train, skipped_validation)
+        }
+    };
     let skipped = skipped_train.len() + skipped_validation.len();
-    eprintln!(
-        "paired: {} training and {} validation images at their own size, {skipped} skipped",
-        train.len(),
-        validation.len()
-    );
-    let validation = ValidationSet::new(&validation, &ranges, args.seed.wrapping_add(1))?;
     let config = PairedConfig {
         steps: args.steps,
         batch: args.batch,
@@ -366,7 +461,7 @@ pub fn paired(args: &PairedArgs) -> anyhow::Result<()> {
         init: args.init.clone(),
         ..Default::default()
     };
-    let state = paired::train(&enhancer, &train, &validation, &ranges, &config, &args.out, device)?;
+    let state = paired::train(&enhancer, &train, &validation, &config, &args.out, device)?;
     let skipped_json: Vec<_> = skipped_train.iter().chain(&skipped_validation).collect();
     std::fs::write(args.out.join("skipped.json"), serde_json::to_vec_pretty(&skipped_json)?)?;
     println!(
@@ -500,14 +595,20 @@ pub fn export(args: &ExportArgs) -> anyhow::Result<()> {
     if let Some(dir) = &args.enhancer {
         stages.push("paired");
         manifest.training.insert("paired-state".into(), std::fs::read_to_string(dir.join("state.json"))?.into());
-        let ranges = std::fs::read_to_string(dir.join(RANGES_FILE)).map_err(anyhow::Error::from).and_then(|text| {
-            let ranges: DegradationRanges = toml::from_str(&text)?;
-            Ok(ranges)
-        });
-        manifest.training.insert(
-            "degradation-ranges".into(),
-            toml::Value::try_from(ranges.with_context(|| format!("reading {}", dir.join(RANGES_FILE).display()))?)?,
-        );
+        if let Ok(text) = std::fs::read_to_string(dir.join(PAIRS_FILE)) {
+            let record: PairsRecord =
+                toml::from_str(&text).with_context(|| format!("reading {}", dir.join(PAIRS_FILE).display()))?;
+            manifest.training.insert("first-stage-pairs".into(), toml::Value::try_from(record)?);
+        } else {
+            let ranges = std::fs::read_to_string(dir.join(RANGES_FILE)).map_err(anyhow::Error::from).and_then(|text| {
+                let ranges: DegradationRanges = toml::from_str(&text)?;
+                Ok(ranges)
+            });
+            manifest.training.insert(
+                "degradation-ranges".into(),
+                toml::Value::try_from(ranges.with_context(|| format!("reading {}", dir.join(RANGES_FILE).display()))?)?,
+            );
+        }
     }
     stages.extend(args.cyclegan.as_ref().map(|_| "cyclegan"));
     stages.extend(args.diffusion.as_ref().map(|_| "pairs, diffusion"));
@@ -564,7 +665,8 @@ pub fn export(args: &ExportArgs) -> anyhow::Result<()> {
         }
     }
     manifest.training.insert("diffusion-state".into(), diffusion_state.into());
-    if !manifest.training.contains_key("degradation-ranges") {
+    // A first stage trained on fixed pairs records those instead of ranges.
+    if !manifest.training.contains_key("degradation-ranges") && !manifest.training.contains_key("first-stage-pairs") {
         manifest.training.insert("degradation-ranges".into(), toml::Value::try_from(DegradationRanges::default())?);
     }
     if let Some(path) = &args.report {

@@ -1,6 +1,7 @@
 //! The training pipeline end to end on CPU with the tiny preset: CycleGAN
 //! (checkpoint, resume), pairs from G_BA and from the simulator, diffusion
-//! (validation, checkpoint), export, and the exported bundle enhancing an image.
+//! (validation, checkpoint), the paired first stage on G_BA's pairs (resume,
+//! refusals), export, and the exported bundles enhancing an image.
 
 mod common;
 
@@ -86,6 +87,61 @@ fn cyclegan_pairs_diffusion_and_export_make_a_working_bundle() {
     let csv = std::fs::read_to_string(work.path().join("diffusion/metrics.csv")).unwrap();
     assert_eq!(csv.lines().count(), 3, "a header and rows for steps 2 and 4: {csv}");
     assert!(csv.starts_with("step,learning_rate,train_loss,validation_loss_ema"), "{csv}");
+
+    // The paired first stage on G_BA's pairs (a site's way when no simulator fits its detector).
+    let first = path("paired-on-gba");
+    let paired = [
+        "paired",
+        "--preset",
+        "tiny-paired",
+        "--pairs",
+        &pairs,
+        "--out",
+        &first,
+        "--patch",
+        "16",
+        "--batch",
+        "4",
+        "--sources",
+        "2",
+        "--validate-every",
+        "2",
+        "--validation-images",
+        "2",
+        "--device",
+        "cpu",
+    ];
+    let (_, stderr) = train(&[&paired[..], &["--steps", "2"]].concat());
+    assert!(stderr.contains("training and 2 validation pairs from"), "{stderr}");
+    let (stdout, stderr) = train(&[&paired[..], &["--steps", "4"]].concat());
+    assert!(stderr.contains("resuming at step 2") && stdout.contains("\"step\":4"), "{stderr}{stdout}");
+    let refused = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_cxr-led-train")).args(args).output().unwrap();
+        assert!(!output.status.success(), "{args:?} should fail");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let mut other = paired.to_vec();
+    other[4] = simulated.as_str();
+    let error = refused(&[&other[..], &["--steps", "6"]].concat());
+    assert!(error.contains("other pairs") && error.contains("--pairs"), "{error}");
+    let error = refused(&["paired", "--preset", "tiny-paired", "--high-quality", &images, "--out", &first]);
+    assert!(error.contains("trained on fixed pairs (--pairs)"), "{error}");
+    let error = refused(&[&paired[..], &["--ranges", "held-out"]].concat());
+    assert!(error.contains("--ranges") && error.contains("cannot be used with"), "{error}");
+    let error = refused(&[&paired[..3], &["--pairs", &images, "--out", &path("not-pairs")]].concat());
+    assert!(error.contains("a file written by `cxr-led-train pairs`"), "{error}");
+    let first_bundle = path("first-bundle");
+    let tiny = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/bundles/tiny");
+    train(&["export", "--preset", "tiny-paired", "--enhancer", &first, "--base-bundle", tiny, "--out", &first_bundle]);
+    let bundle = Bundle::load(&first_bundle).unwrap();
+    let source = bundle.manifest.training["first-stage-pairs"].as_table().unwrap();
+    assert_eq!(source["sha256"].as_str().unwrap().len(), 64, "{source:?}");
+    assert!(!bundle.manifest.training.contains_key("degradation-ranges"), "no simulator was used");
+    let model = LedModel::from_bundle(&bundle, tch::Device::Cpu, Precision::F32).unwrap();
+    let input = tch::Tensor::rand([1, 1, 40, 36], (tch::Kind::Float, tch::Device::Cpu)) * 2.0 - 1.0;
+    let first_stage = cxr_led_models::EnhanceParams { t0: 0, ..bundle.manifest.inference.clone() };
+    let result = model.enhance(&input, &first_stage, &mut NoiseSource::new(0)).unwrap();
+    assert_eq!(result.output.size(), vec![1, 1, 40, 36]);
 
     let bundle_dir = path("bundle");
     train(&["export", "--preset", "tiny", "--cyclegan", &cyclegan, "--diffusion", &diffusion, "--out", &bundle_dir]);
