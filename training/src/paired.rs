@@ -98,6 +98,10 @@ pub struct PairedState {
     pub patches_per_second: f64,
     /// Seconds spent training, summed over chunks.
     pub seconds: f64,
+    /// Where a fine-tuning run's first weights came from (`--init`): the
+    /// folder and, for a bundle, its name, version and sha256.
+    #[serde(default)]
+    pub init: Option<String>,
 }
 
 fn learning_rate(config: &PairedConfig, step: usize) -> f64 {
@@ -279,8 +283,9 @@ fn draw_batch(
 }
 
 /// Fills `store` from a bundle folder's `enhancer` or a paired checkpoint
-/// folder's `enhancer-best`; the architectures must match.
-fn load_initial_weights(init: &Path, store: &mut nn::VarStore) -> anyhow::Result<()> {
+/// folder's `enhancer-best`; the architectures must match. Returns what
+/// the weights are, for the checkpoint's record.
+fn load_initial_weights(init: &Path, store: &mut nn::VarStore) -> anyhow::Result<String> {
     use anyhow::Context;
     if init.join("bundle.toml").is_file() {
         let bundle = cxr_led_models::bundle::Bundle::load(init)
@@ -292,11 +297,19 @@ fn load_initial_weights(init: &Path, store: &mut nn::VarStore) -> anyhow::Result
         );
         bundle
             .load_weights("enhancer", store)
-            .with_context(|| format!("taking the enhancer of {} (is its [enhancer] the preset's?)", init.display()))
+            .with_context(|| format!("taking the enhancer of {} (is its [enhancer] the preset's?)", init.display()))?;
+        Ok(format!(
+            "the enhancer of bundle {} {} (sha256 {}) at {}",
+            bundle.manifest.name,
+            bundle.manifest.version,
+            bundle.sha256,
+            init.display()
+        ))
     } else {
         checkpoint::load_store(init, "enhancer-best", store).with_context(|| {
             format!("--init {}: give a bundle folder or a paired checkpoint folder of the same preset", init.display())
-        })
+        })?;
+        Ok(format!("enhancer-best of the paired checkpoint {}", init.display()))
     }
 }
 
@@ -337,7 +350,7 @@ pub fn train(
         checkpoint::load_store(dir, "enhancer", &mut store)?;
         eprintln!("paired: resuming at step {}", state.step);
     } else if let Some(init) = &config.init {
-        load_initial_weights(init, &mut store)?;
+        state.init = Some(load_initial_weights(init, &mut store)?);
         eprintln!("paired: starting from the weights in {}", init.display());
     }
     let mut optimizer = nn::Adam::default().build(&store, config.learning_rate)?;

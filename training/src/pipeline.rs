@@ -593,8 +593,12 @@ pub fn export(args: &ExportArgs) -> anyhow::Result<()> {
     let cyclegan_state = read_state(&args.cyclegan, "cyclegan-state");
     let mut stages = Vec::new();
     if let Some(dir) = &args.enhancer {
-        stages.push("paired");
-        manifest.training.insert("paired-state".into(), std::fs::read_to_string(dir.join("state.json"))?.into());
+        let state = std::fs::read_to_string(dir.join("state.json"))?;
+        match serde_json::from_str::<paired::PairedState>(&state).ok().and_then(|s| s.init) {
+            Some(init) => stages.push(format!("paired (fine-tuned from {init})")),
+            None => stages.push("paired".into()),
+        }
+        manifest.training.insert("paired-state".into(), state.into());
         if let Ok(text) = std::fs::read_to_string(dir.join(PAIRS_FILE)) {
             let record: PairsRecord =
                 toml::from_str(&text).with_context(|| format!("reading {}", dir.join(PAIRS_FILE).display()))?;
@@ -610,8 +614,8 @@ pub fn export(args: &ExportArgs) -> anyhow::Result<()> {
             );
         }
     }
-    stages.extend(args.cyclegan.as_ref().map(|_| "cyclegan"));
-    stages.extend(args.diffusion.as_ref().map(|_| "pairs, diffusion"));
+    stages.extend(args.cyclegan.as_ref().map(|_| "cyclegan".to_string()));
+    stages.extend(args.diffusion.as_ref().map(|_| "pairs, diffusion".to_string()));
     let mut method =
         format!("cxr-led-train {}, export", if stages.is_empty() { "export".into() } else { stages.join(", ") });
     if let Some(base) = &base {

@@ -162,6 +162,26 @@ fn paired_training_resumes_skips_bad_files_and_exports_a_working_bundle() {
         assert!(stderr.contains("starting from the weights in"), "{stderr}");
         assert!(stdout.contains("\"step\":2"), "{stdout}");
         assert!((best(&tuned) - best(&out)).abs() < 1e-3, "{} against {}", best(&tuned), best(&out));
+        // The checkpoint and the exported bundle's method say where the weights started.
+        let tuned_bundle = path(&format!("{name}-bundle"));
+        train(&[
+            "export",
+            "--preset",
+            "tiny-paired",
+            "--enhancer",
+            &tuned,
+            "--base-bundle",
+            tiny,
+            "--out",
+            &tuned_bundle,
+        ]);
+        let method = Bundle::load(&tuned_bundle).unwrap().manifest.training["method"].as_str().unwrap().to_owned();
+        let expected = if init == &bundle_dir {
+            "fine-tuned from the enhancer of bundle cxr-led-tiny"
+        } else {
+            "fine-tuned from enhancer-best of the paired checkpoint"
+        };
+        assert!(method.contains(expected), "{method}");
     }
     let refused = path("tuned-from-tiny");
     let mut tune = args.to_vec();
