@@ -7,20 +7,12 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use cxr_led_models::noise::NoiseSource;
 use cxr_led_models::{Bundle, LedModel, Precision};
 use image::{ImageBuffer, Luma, Rgb};
 
-use common::train;
-
-/// Runs `cxr-led-train` expecting failure; returns stderr.
-fn train_fails(args: &[&str]) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_cxr-led-train")).args(args).output().expect("run cxr-led-train");
-    assert!(!output.status.success(), "cxr-led-train {args:?} should have failed");
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
+use common::{paired_args, train, train_fails};
 
 /// Smooth synthetic chest-like images (two dark lungs in a bright body), plus
 /// one colour, one 16-bit, one tiny, one truncated and one non-image `.png`.
@@ -56,27 +48,7 @@ fn paired_training_resumes_skips_bad_files_and_exports_a_working_bundle() {
     let path = |name: &str| work.path().join(name).to_string_lossy().into_owned();
     let images = images.to_string_lossy().into_owned();
     let out = path("paired");
-    let args = [
-        "paired",
-        "--preset",
-        "tiny-paired",
-        "--high-quality",
-        &images,
-        "--out",
-        &out,
-        "--patch",
-        "16",
-        "--batch",
-        "4",
-        "--sources",
-        "2",
-        "--validate-every",
-        "2",
-        "--validation-images",
-        "4",
-        "--device",
-        "cpu",
-    ];
+    let args = paired_args(["--high-quality", &images], &out, "4");
     let (stdout, stderr) = train(&[&args[..], &["--steps", "4"]].concat());
     assert!(stdout.contains("\"step\":4"), "{stdout}");
     assert!(stderr.contains("paired [") && stderr.contains("patches/s"), "a progress line with the rate: {stderr}");

@@ -11,7 +11,7 @@ use cxr_led_models::noise::NoiseSource;
 use cxr_led_models::{Bundle, LedModel, Precision};
 use image::{ImageBuffer, Luma};
 
-use common::train;
+use common::{paired_args, train, train_fails};
 
 /// Smooth synthetic "chest" images: two dark lung fields in a bright body, varied per image.
 fn write_phantoms(dir: &Path, count: usize) {
@@ -90,45 +90,20 @@ fn cyclegan_pairs_diffusion_and_export_make_a_working_bundle() {
 
     // The paired first stage on G_BA's pairs (a site's way when no simulator fits its detector).
     let first = path("paired-on-gba");
-    let paired = [
-        "paired",
-        "--preset",
-        "tiny-paired",
-        "--pairs",
-        &pairs,
-        "--out",
-        &first,
-        "--patch",
-        "16",
-        "--batch",
-        "4",
-        "--sources",
-        "2",
-        "--validate-every",
-        "2",
-        "--validation-images",
-        "2",
-        "--device",
-        "cpu",
-    ];
+    let paired = paired_args(["--pairs", &pairs], &first, "2");
     let (_, stderr) = train(&[&paired[..], &["--steps", "2"]].concat());
     assert!(stderr.contains("training and 2 validation pairs from"), "{stderr}");
     let (stdout, stderr) = train(&[&paired[..], &["--steps", "4"]].concat());
     assert!(stderr.contains("resuming at step 2") && stdout.contains("\"step\":4"), "{stderr}{stdout}");
-    let refused = |args: &[&str]| {
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_cxr-led-train")).args(args).output().unwrap();
-        assert!(!output.status.success(), "{args:?} should fail");
-        String::from_utf8_lossy(&output.stderr).into_owned()
-    };
     let mut other = paired.to_vec();
     other[4] = simulated.as_str();
-    let error = refused(&[&other[..], &["--steps", "6"]].concat());
+    let error = train_fails(&[&other[..], &["--steps", "6"]].concat());
     assert!(error.contains("other pairs") && error.contains("--pairs"), "{error}");
-    let error = refused(&["paired", "--preset", "tiny-paired", "--high-quality", &images, "--out", &first]);
+    let error = train_fails(&["paired", "--preset", "tiny-paired", "--high-quality", &images, "--out", &first]);
     assert!(error.contains("trained on fixed pairs (--pairs)"), "{error}");
-    let error = refused(&[&paired[..], &["--ranges", "held-out"]].concat());
+    let error = train_fails(&[&paired[..], &["--ranges", "held-out"]].concat());
     assert!(error.contains("--ranges") && error.contains("cannot be used with"), "{error}");
-    let error = refused(&[&paired[..3], &["--pairs", &images, "--out", &path("not-pairs")]].concat());
+    let error = train_fails(&[&paired[..3], &["--pairs", &images, "--out", &path("not-pairs")]].concat());
     assert!(error.contains("a file written by `cxr-led-train pairs`"), "{error}");
     let first_bundle = path("first-bundle");
     let tiny = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/bundles/tiny");
