@@ -14,6 +14,7 @@
 //!
 //! ```text
 //! cxr-led-train paired    --high-quality DIR... --out runs/paired --steps 16000
+//! cxr-led-train paired    --pairs runs/pairs.safetensors --out runs/paired-gba   # G_BA's pairs instead
 //! cxr-led-train export    --preset cpu --enhancer runs/paired --base-bundle OLD --out bundles/default
 //! ```
 
