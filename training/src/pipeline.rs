@@ -412,8 +412,9 @@ pub fn paired(args: &PairedArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("--pairs {}: give a file written by `cxr-led-train pairs`", file.display()))?;
             let record = PairsRecord { file: file.clone(), sha256 };
             let same = |text: &str| toml::from_str::<PairsRecord>(text).is_ok_and(|r| r.sha256 == record.sha256);
-            record_training_data(&args.out, PAIRS_FILE, &toml::to_string_pretty(&record)?, same)?;
+            // Read first: a file that is not pairs leaves no record to refuse a retry with.
             let (train, validation) = read_fixed_pairs(file, args.validation_images)?;
+            record_training_data(&args.out, PAIRS_FILE, &toml::to_string_pretty(&record)?, same)?;
             eprintln!(
                 "paired: {} training and {} validation pairs from {}",
                 train.len(),

@@ -105,6 +105,13 @@ fn cyclegan_pairs_diffusion_and_export_make_a_working_bundle() {
     assert!(error.contains("--ranges") && error.contains("cannot be used with"), "{error}");
     let error = train_fails(&[&paired[..3], &["--pairs", &images, "--out", &path("not-pairs")]].concat());
     assert!(error.contains("a file written by `cxr-led-train pairs`"), "{error}");
+    // A file that is not pairs leaves nothing behind: the retry with the right one trains.
+    let not_pairs = path("not-pairs.safetensors");
+    tch::Tensor::write_safetensors(&[("x", tch::Tensor::zeros([2], tch::kind::FLOAT_CPU))], &not_pairs).unwrap();
+    let retry = path("retry");
+    let error = train_fails(&paired_args(["--pairs", &not_pairs], &retry, "2"));
+    assert!(error.contains("has no train_lq"), "{error}");
+    train(&[&paired_args(["--pairs", &pairs], &retry, "2")[..], &["--steps", "2"]].concat());
     let first_bundle = path("first-bundle");
     let tiny = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/bundles/tiny");
     train(&["export", "--preset", "tiny-paired", "--enhancer", &first, "--base-bundle", tiny, "--out", &first_bundle]);
