@@ -47,6 +47,9 @@ pub struct IngestConfig {
     pub max_pdu_length: u32,
     /// Maximum number of concurrent associations; more are rejected as transient.
     pub max_associations: usize,
+    /// Largest data set we accept, in MiB (decompressed, for a deflated
+    /// one): a larger one is answered A700 and nothing is kept.
+    pub max_instance_size_mib: u64,
     /// Seconds to wait for the rest of a message once it has started.
     pub read_timeout_secs: u64,
     /// Seconds an association may stay idle between messages before we abort it.
@@ -92,6 +95,7 @@ impl Default for IngestConfig {
             allowed_peer_addresses: Vec::new(),
             max_pdu_length: 65536,
             max_associations: 32,
+            max_instance_size_mib: 512,
             read_timeout_secs: 30,
             idle_timeout_secs: 120,
             spool_dir: PathBuf::from("/var/lib/cxr-led/spool"),
@@ -109,6 +113,11 @@ impl IngestConfig {
     /// [`Self::idle_timeout_secs`] as a duration.
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs(self.idle_timeout_secs.max(1))
+    }
+
+    /// [`Self::max_instance_size_mib`] in bytes.
+    pub fn max_instance_bytes(&self) -> u64 {
+        self.max_instance_size_mib.saturating_mul(1 << 20)
     }
 }
 
@@ -670,6 +679,11 @@ impl Config {
             format!("{} is out of range: write a value between 4096 and 131072 (default 65536)", ingest.max_pdu_length),
         );
         p.check(ingest.max_associations > 0, "ingest.max-associations", "must be at least 1 (default 32)");
+        p.check(
+            (1..=4096).contains(&ingest.max_instance_size_mib),
+            "ingest.max-instance-size-mib",
+            format!("{} is out of range: write a value between 1 and 4096 (default 512)", ingest.max_instance_size_mib),
+        );
         p.check(
             !self.tracker.quiet_period_secs.is_nan() && self.tracker.quiet_period_secs >= 0.0,
             "tracker.quiet-period-secs",

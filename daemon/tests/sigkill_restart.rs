@@ -11,16 +11,6 @@ use std::time::Duration;
 use common::*;
 use cxr_led_daemon::spool::Spool;
 
-async fn wait_for_echo(port: u16) {
-    let args: Vec<String> =
-        ["-aet", "PACS", "-aec", AE, "127.0.0.1", &port.to_string()].iter().map(|s| s.to_string()).collect();
-    wait_until(Duration::from_secs(60), "the daemon to answer C-ECHO", || {
-        let args = args.clone();
-        async move { dcmtk("echoscu", args).await.status.success() }
-    })
-    .await;
-}
-
 /// Files storescu -v reported Success for.
 fn acknowledged(log: &str) -> Vec<String> {
     let mut current = None;

@@ -347,6 +347,9 @@ async fn send_command<S: AsyncRead + AsyncWrite + Unpin + Send>(
     association.send(&pdu).await.map_err(|e| format!("sending response failed: {e}"))
 }
 
+/// The longest command set we assemble from fragments.
+const MAX_COMMAND_BYTES: usize = 64 * 1024;
+
 /// Handles one presentation data value; an error aborts the association.
 async fn on_pdata<S: AsyncRead + AsyncWrite + Unpin + Send>(
     association: &mut Association<S>,
@@ -362,6 +365,10 @@ async fn on_pdata<S: AsyncRead + AsyncWrite + Unpin + Send>(
                 return Err("command received while a data set was expected".into());
             }
             command_bytes.extend_from_slice(&value.data);
+            // A command set is a few hundred bytes; one that keeps growing is not one.
+            if command_bytes.len() > MAX_COMMAND_BYTES {
+                return Err(format!("command set longer than {MAX_COMMAND_BYTES} bytes"));
+            }
             if !value.is_last {
                 return Ok(());
             }

@@ -8,9 +8,12 @@
 //!   contexts) and runs the DIMSE loop with read and idle timeouts.
 //! - [`store`] turns one received data set into a spooled file and a database
 //!   row, then picks the C-STORE status.
+//! - [`check`] walks the spooled data set's structure without believing a
+//!   declared length, then reads its identity.
 //! - [`dimse`] reads and writes command sets.
 
 pub mod association;
+pub mod check;
 pub mod dimse;
 pub mod store;
 

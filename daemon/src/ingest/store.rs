@@ -10,10 +10,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use dicom_dictionary_std::tags;
-use dicom_object::{FileMetaTableBuilder, OpenFileOptions};
+use dicom_object::FileMetaTableBuilder;
 use sqlx::Row;
 
+use super::check::Identity;
 use super::dimse::{status, Command};
 use super::Shared;
 use crate::audit;
@@ -47,16 +47,10 @@ pub struct Pending {
     /// The failure status decided so far; the rest of the data set is still read and dropped.
     failure: Option<(u16, String)>,
     received: u64,
+    /// `max-instance-size-mib` in bytes, as it was when the request arrived.
+    max_bytes: u64,
     /// When the C-STORE request arrived (the receive stage's latency).
     started: std::time::Instant,
-}
-
-/// The fields of a received data set the ingest records.
-struct Identity {
-    sop_class_uid: String,
-    sop_instance_uid: String,
-    study_instance_uid: String,
-    series_instance_uid: Option<String>,
 }
 
 fn file_meta_bytes(command: &Command, transfer_syntax: &str, peer: &Peer) -> Result<Vec<u8>, String> {
@@ -93,6 +87,7 @@ impl Pending {
             temp: None,
             failure: refusal,
             received: 0,
+            max_bytes: shared.live.get().max_instance_bytes(),
             started: std::time::Instant::now(),
         };
         if pending.failure.is_some() {
@@ -118,9 +113,22 @@ impl Pending {
         pending
     }
 
-    /// Appends a fragment of the data set (dropped once a failure is decided).
+    /// Appends a fragment of the data set (dropped once a failure is decided,
+    /// or once the data set has grown past `max-instance-size-mib`).
     pub async fn append(&mut self, bytes: &[u8]) {
         self.received += bytes.len() as u64;
+        if self.received > self.max_bytes && self.failure.is_none() {
+            self.failure = Some((
+                status::OUT_OF_RESOURCES,
+                format!(
+                    "data set larger than max-instance-size-mib ({} bytes); the rest was read and dropped",
+                    self.max_bytes
+                ),
+            ));
+            if let Some(temp) = self.temp.take() {
+                temp.discard().await;
+            }
+        }
         if let Some(temp) = self.temp.as_mut() {
             if let Err(e) = temp.write(bytes).await {
                 self.failure = Some((status::OUT_OF_RESOURCES, format!("spool write failed: {e}")));
@@ -190,7 +198,7 @@ impl Pending {
             temp.discard().await;
             return Err((status::OUT_OF_RESOURCES, format!("spool write failed: {e}")));
         }
-        let identity = match check(temp.path().to_path_buf(), self.command.clone()).await {
+        let identity = match check(temp.path().to_path_buf(), self.command.clone(), self.max_bytes).await {
             Ok(identity) => identity,
             Err(failure) => {
                 temp.discard().await;
@@ -202,6 +210,10 @@ impl Pending {
         match is_known(&shared.db, &identity.sop_instance_uid).await {
             Ok(true) => {
                 temp.discard().await;
+                // A resend is the sender still at work: its study is not quiet yet.
+                if let Err(e) = refresh_activity(&shared.db, &identity.study_instance_uid).await {
+                    tracing::warn!(error = %e, "could not refresh the study's last activity for a duplicate");
+                }
                 let note = "duplicate SOP Instance UID: already stored, this copy was discarded".to_string();
                 record_instance(
                     shared,
@@ -324,40 +336,11 @@ impl Pending {
     }
 }
 
-/// Parses the whole received file and checks it against its command.
-async fn check(path: std::path::PathBuf, command: Command) -> Result<Identity, (u16, String)> {
-    tokio::task::spawn_blocking(move || {
-        let obj = OpenFileOptions::new()
-            .open_file(&path)
-            .map_err(|e| (status::CANNOT_UNDERSTAND, format!("cannot parse data set: {e}")))?;
-        let text =
-            |tag| obj.element(tag).ok().and_then(|e| e.to_str().ok()).map(|s| super::dimse::trim(&s).to_string());
-        let sop_class_uid = text(tags::SOP_CLASS_UID).unwrap_or_default();
-        let sop_instance_uid = text(tags::SOP_INSTANCE_UID).unwrap_or_default();
-        if sop_class_uid != command.affected_sop_class_uid {
-            return Err((
-                status::DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
-                format!("SOP Class UID {sop_class_uid:?} differs from the request's"),
-            ));
-        }
-        if sop_instance_uid != command.affected_sop_instance_uid {
-            return Err((
-                status::DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
-                "SOP Instance UID differs from the request's".to_string(),
-            ));
-        }
-        let study_instance_uid = text(tags::STUDY_INSTANCE_UID).filter(|s| !s.is_empty()).ok_or_else(|| {
-            (status::DATA_SET_DOES_NOT_MATCH_SOP_CLASS, "Study Instance UID (0020,000D) missing".to_string())
-        })?;
-        Ok(Identity {
-            sop_class_uid,
-            sop_instance_uid,
-            study_instance_uid,
-            series_instance_uid: text(tags::SERIES_INSTANCE_UID),
-        })
-    })
-    .await
-    .map_err(|e| (status::OUT_OF_RESOURCES, format!("checker task failed: {e}")))?
+/// Checks the spooled file off the async threads (it reads the whole file).
+async fn check(path: std::path::PathBuf, command: Command, max_bytes: u64) -> Result<Identity, (u16, String)> {
+    tokio::task::spawn_blocking(move || super::check::check(&path, &command, max_bytes))
+        .await
+        .map_err(|e| (status::OUT_OF_RESOURCES, format!("checker task failed: {e}")))?
 }
 
 async fn is_known(db: &sqlx::PgPool, sop_instance_uid: &str) -> Result<bool, sqlx::Error> {
@@ -366,6 +349,15 @@ async fn is_known(db: &sqlx::PgPool, sop_instance_uid: &str) -> Result<bool, sql
         .fetch_optional(db)
         .await?;
     Ok(row.is_some())
+}
+
+/// Moves a study's last activity to now while it waits for its quiet period.
+async fn refresh_activity(db: &sqlx::PgPool, study_instance_uid: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE study SET last_received_at = now() WHERE study_instance_uid = $1 AND enqueued_at IS NULL")
+        .bind(study_instance_uid)
+        .execute(db)
+        .await?;
+    Ok(())
 }
 
 async fn record_instance(

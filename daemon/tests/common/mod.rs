@@ -192,6 +192,17 @@ where
     }
 }
 
+/// Waits (up to 60 s) until a daemon on `port` answers C-ECHO.
+pub async fn wait_for_echo(port: u16) {
+    let args: Vec<String> =
+        ["-aet", "PACS", "-aec", AE, "127.0.0.1", &port.to_string()].iter().map(|s| s.to_string()).collect();
+    wait_until(Duration::from_secs(60), "the daemon to answer C-ECHO", || {
+        let args = args.clone();
+        async move { dcmtk("echoscu", args).await.status.success() }
+    })
+    .await;
+}
+
 /// Files in the spool (not in tmp/).
 pub fn spool_files(spool: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(spool)
