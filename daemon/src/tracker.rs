@@ -1,11 +1,16 @@
 //! Study assembly: a study is complete once its quiet period has passed since
-//! its last instance arrived; it then becomes exactly one job in the queue.
+//! its last instance arrived; it then becomes one job in the queue. An
+//! instance that arrives later re-opens the study (the ingest sets
+//! `enqueued_at` back to NULL), and the study's next quiet period gives it
+//! another job, which decides only what no job has decided yet.
 //!
 //! The tracker keeps no state of its own: the `study` table is the state
 //! (`last_received_at`, `enqueued_at`), so after a restart nothing is
 //! forgotten, and since the job insert and `enqueued_at` are set in one
-//! transaction (and `job.study_instance_uid` is unique) nothing is enqueued
+//! transaction (and a study has at most one open job) nothing is enqueued
 //! twice, even with several daemons on one database (`FOR UPDATE SKIP LOCKED`).
+//! While a study's job is running, its re-opened study waits: the running
+//! job may have listed its instances before the late one arrived.
 //! Time comes from the database clock, which all daemons share.
 
 use std::time::Duration;
@@ -29,30 +34,50 @@ pub async fn enqueue_complete(db: &PgPool, quiet_period: Duration) -> Result<Vec
     for row in rows {
         let study: String = row.try_get("study_instance_uid")?;
         let count: i32 = row.try_get("instance_count")?;
-        let inserted = sqlx::query("INSERT INTO job (study_instance_uid) VALUES ($1) ON CONFLICT DO NOTHING")
-            .bind(&study)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        let open: Option<String> = sqlx::query_scalar(
+            "SELECT state FROM job WHERE study_instance_uid = $1 AND state IN ('queued', 'running')",
+        )
+        .bind(&study)
+        .fetch_optional(&mut *tx)
+        .await?;
+        match open.as_deref() {
+            // It may have listed the study's instances before the late one: wait for it to end.
+            Some("running") => continue,
+            // It has not started: it will find the late instance itself.
+            Some(_) => {}
+            None => {
+                let (earlier, undecided): (i64, i64) = sqlx::query_as(
+                    "SELECT (SELECT count(*) FROM job WHERE study_instance_uid = $1), \
+                     (SELECT count(*) FROM instance i WHERE i.study_instance_uid = $1 AND NOT EXISTS \
+                      (SELECT 1 FROM exposure_decision d WHERE d.sop_instance_uid = i.sop_instance_uid))",
+                )
+                .bind(&study)
+                .fetch_one(&mut *tx)
+                .await?;
+                sqlx::query("INSERT INTO job (study_instance_uid) VALUES ($1)").bind(&study).execute(&mut *tx).await?;
+                let detail = if earlier == 0 {
+                    format!("{count} instances")
+                } else {
+                    format!("{undecided} late instances after {earlier} earlier job(s); {count} instances in the study")
+                };
+                audit::record(
+                    &mut *tx,
+                    &audit::Event {
+                        event: audit::STUDY_ENQUEUED,
+                        outcome: "success",
+                        study_instance_uid: Some(&study),
+                        detail: Some(&detail),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+                enqueued.push(study.clone());
+            }
+        }
         sqlx::query("UPDATE study SET enqueued_at = now() WHERE study_instance_uid = $1")
             .bind(&study)
             .execute(&mut *tx)
             .await?;
-        if inserted == 1 {
-            let detail = format!("{count} instances");
-            audit::record(
-                &mut *tx,
-                &audit::Event {
-                    event: audit::STUDY_ENQUEUED,
-                    outcome: "success",
-                    study_instance_uid: Some(&study),
-                    detail: Some(&detail),
-                    ..Default::default()
-                },
-            )
-            .await?;
-            enqueued.push(study);
-        }
     }
     tx.commit().await?;
     Ok(enqueued)

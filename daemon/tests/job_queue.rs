@@ -1,14 +1,16 @@
 //! The job queue on a real PostgreSQL: concurrent claimers never share a
 //! job, an expired lease is taken over, failures back off and end in the
-//! dead letter with their reason, and a worker that keeps dying does too.
+//! dead letter with their reason, and a worker that keeps dying does too; a
+//! study re-opened by a late instance waits for its running job, then gets
+//! the next one.
 
 mod common;
 
 use std::collections::HashSet;
 use std::time::Duration;
 
-use cxr_led_daemon::db;
 use cxr_led_daemon::queue::{self, FailOutcome};
+use cxr_led_daemon::{db, tracker};
 use sqlx::{PgPool, Row};
 
 async fn enqueue_studies(pool: &PgPool, count: usize) -> Vec<String> {
@@ -154,4 +156,58 @@ async fn release_hands_a_job_back_without_spending_an_attempt() {
     assert_eq!(job_state(&pool, &study).await, ("queued".to_string(), 0, None));
     let again = queue::claim(&pool, "w2", Duration::from_secs(60), 3).await.unwrap().unwrap();
     assert_eq!(again.attempt, 1);
+}
+
+#[tokio::test]
+async fn a_reopened_study_waits_for_its_running_job_then_gets_the_next() {
+    let test_db = common::TestDb::create().await;
+    let pool = db::connect(&test_db.url, 4).await.unwrap();
+    let study = "1.2.826.0.1.3680043.10.2.1";
+    let quiet = Duration::from_secs(1);
+    // As the ingest leaves a study: its last instance longer ago than the quiet period.
+    let reopen = || async {
+        sqlx::query(
+            "INSERT INTO study (study_instance_uid, last_received_at) VALUES ($1, now() - interval '10 s') \
+             ON CONFLICT (study_instance_uid) DO UPDATE SET enqueued_at = NULL, last_received_at = now() - interval '10 s'",
+        )
+        .bind(study)
+        .execute(&pool)
+        .await
+        .unwrap();
+    };
+    let jobs = || async {
+        sqlx::query_scalar::<_, String>("SELECT state FROM job WHERE study_instance_uid = $1 ORDER BY id")
+            .bind(study)
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+    };
+    reopen().await;
+    assert_eq!(tracker::enqueue_complete(&pool, quiet).await.unwrap(), [study]);
+
+    // Re-opened while its job is still queued: that job will see the new instance.
+    reopen().await;
+    assert!(tracker::enqueue_complete(&pool, quiet).await.unwrap().is_empty());
+    assert_eq!(jobs().await, ["queued"]);
+
+    // Re-opened while its job runs: the study waits (the job may have listed its instances already).
+    let job = queue::claim(&pool, "w", Duration::from_secs(60), 3).await.unwrap().unwrap();
+    reopen().await;
+    assert!(tracker::enqueue_complete(&pool, quiet).await.unwrap().is_empty());
+    assert_eq!(jobs().await, ["running"]);
+    let waiting: Option<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("SELECT enqueued_at FROM study WHERE study_instance_uid = $1")
+            .bind(study)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(waiting, None);
+
+    // Once it is done, the next poll enqueues the next job.
+    assert!(queue::complete(&pool, &job, "w", "test").await.unwrap());
+    assert_eq!(tracker::enqueue_complete(&pool, quiet).await.unwrap(), [study]);
+    assert_eq!(jobs().await, ["done", "queued"]);
+    // And no second open job can exist.
+    let second_open = sqlx::query("INSERT INTO job (study_instance_uid) VALUES ($1)").bind(study).execute(&pool).await;
+    assert!(second_open.is_err(), "a second open job for one study was accepted");
 }

@@ -1,7 +1,9 @@
 //! The whole pipeline on CPU with the tiny bundle, real PostgreSQL and dcmtk's
 //! `storescp` as the PACS: an under-exposed study comes back as a valid
-//! derived instance, a well-exposed one does not; a PACS that is down for a
-//! while gets every result exactly once; two daemons share one queue; the
+//! derived instance, a well-exposed one does not; an instance that arrives
+//! after its study was processed gets a job of its own and comes back in the
+//! same derived series; a PACS that is down for a while gets every result
+//! exactly once; two daemons share one queue; the
 //! recorded enhancement reproduces bit for bit.
 
 mod common;
@@ -255,6 +257,85 @@ async fn an_under_exposed_image_comes_back_derived_and_a_well_exposed_one_does_n
     assert_eq!(reproduction.differing_pixels, 0);
     assert_eq!(reproduction.score, reproduction.recorded_score);
 
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_instance_after_its_study_was_processed_gets_its_own_job_and_comes_back() {
+    let db = common::TestDb::create().await;
+    let work = tempfile::tempdir().unwrap();
+    let pacs_port = common::free_port();
+    let pacs_dir = work.path().join("pacs");
+    let _pacs = Pacs::start(pacs_port, &pacs_dir);
+    wait_for_port(pacs_port).await;
+    let daemon = common::start(pipeline_config(&db, &work.path().join("spool"), pacs_port)).await;
+    let pool = db.pool().await;
+
+    let (early, _early_sop, study) = dx_copy(work.path(), "early", "-7.0");
+    send(daemon.local_addr, std::slice::from_ref(&early)).await;
+    let first =
+        [("SELECT count(*) FROM job WHERE state = 'done'", 1), ("SELECT count(*) FROM outbox WHERE state = 'sent'", 1)];
+    wait_for_counts(&pool, 120, "the study processed and its result sent", &first).await;
+
+    // One more under-exposed image of the same study and series, long after.
+    let mut object = open_file(&early).unwrap();
+    let late_sop = format!("{study}.99");
+    object.put(DataElement::new(tags::SOP_INSTANCE_UID, VR::UI, PrimitiveValue::from(late_sop.as_str())));
+    object.update_meta(|m| m.media_storage_sop_instance_uid = late_sop.clone());
+    let late = work.path().join("late.dcm");
+    object.write_to_file(&late).unwrap();
+    send(daemon.local_addr, &[late]).await;
+    let second =
+        [("SELECT count(*) FROM job WHERE state = 'done'", 2), ("SELECT count(*) FROM outbox WHERE state = 'sent'", 2)];
+    wait_for_counts(&pool, 120, "the late instance processed and its result sent", &second).await;
+
+    // Both derived instances reached the PACS, in one derived series of the study.
+    let files = received(&pacs_dir);
+    assert_eq!(files.len(), 2, "{files:?}");
+    let uid = |path: &Path, tag| {
+        open_file(path).unwrap().element(tag).unwrap().to_str().unwrap().trim_end_matches('\0').trim().to_string()
+    };
+    assert_eq!(uid(&files[0], tags::STUDY_INSTANCE_UID), study);
+    assert_eq!(uid(&files[1], tags::STUDY_INSTANCE_UID), study);
+    assert_eq!(uid(&files[0], tags::SERIES_INSTANCE_UID), uid(&files[1], tags::SERIES_INSTANCE_UID));
+    // Two jobs, the second decided only the late instance.
+    let jobs: Vec<(i64, String)> =
+        sqlx::query_as("SELECT id, state FROM job WHERE study_instance_uid = $1 ORDER BY id")
+            .bind(&study)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(jobs.len(), 2, "{jobs:?}");
+    let late_job: i64 = sqlx::query_scalar("SELECT job_id FROM exposure_decision WHERE sop_instance_uid = $1")
+        .bind(&late_sop)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(late_job, jobs[1].0);
+    assert_eq!(common::count(&pool, "SELECT count(*) FROM exposure_decision").await, 2);
+    let late_job_enhanced: i64 = sqlx::query_scalar("SELECT count(*) FROM enhancement WHERE job_id = $1")
+        .bind(late_job)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(late_job_enhanced, 1);
+    // Audited as late, and the second enqueue says why.
+    let received_detail: String = sqlx::query_scalar(
+        "SELECT detail FROM audit_event WHERE event = 'instance-received' AND outcome = 'success' AND sop_instance_uid = $1",
+    )
+    .bind(&late_sop)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(received_detail.contains("late: its study was already enqueued"), "{received_detail}");
+    let enqueued: Vec<String> = sqlx::query_scalar(
+        "SELECT detail FROM audit_event WHERE event = 'study-enqueued' AND study_instance_uid = $1 ORDER BY id",
+    )
+    .bind(&study)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(enqueued, ["1 instances", "1 late instances after 1 earlier job(s); 2 instances in the study"]);
     daemon.stop().await;
 }
 

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dicom_object::FileMetaTableBuilder;
-use sqlx::Row;
 
 use super::check::Identity;
 use super::dimse::{status, Command};
@@ -277,16 +276,24 @@ impl Pending {
         size: u64,
     ) -> Result<bool, (sqlx::Error, bool)> {
         let mut tx = shared.db.begin().await.map_err(|e| (e, false))?;
-        let late: bool = sqlx::query(
+        // Late: its study was already enqueued. The upsert re-opens the study,
+        // so the tracker gives the new instance a job of its own after the
+        // quiet period (rolled back with the rest if the instance is a duplicate).
+        let late: bool =
+            sqlx::query_scalar("SELECT enqueued_at IS NOT NULL FROM study WHERE study_instance_uid = $1 FOR UPDATE")
+                .bind(&identity.study_instance_uid)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|e| (e, false))?
+                .unwrap_or(false);
+        sqlx::query(
             "INSERT INTO study (study_instance_uid, instance_count) VALUES ($1, 1) \
              ON CONFLICT (study_instance_uid) DO UPDATE \
-             SET last_received_at = now(), instance_count = study.instance_count + 1 \
-             RETURNING enqueued_at IS NOT NULL AS late",
+             SET last_received_at = now(), instance_count = study.instance_count + 1, enqueued_at = NULL",
         )
         .bind(&identity.study_instance_uid)
-        .fetch_one(&mut *tx)
+        .execute(&mut *tx)
         .await
-        .and_then(|row| row.try_get("late"))
         .map_err(|e| (e, false))?;
         let inserted = sqlx::query(
             "INSERT INTO instance (sop_instance_uid, sop_class_uid, study_instance_uid, series_instance_uid, \
@@ -311,7 +318,11 @@ impl Pending {
             return Ok(false);
         }
         let detail = if late {
-            format!("stored {size} bytes, {}; study already enqueued, no new job", self.transfer_syntax)
+            format!(
+                "stored {size} bytes, {}; late: its study was already enqueued, so the study is re-opened and \
+                 this instance gets a job of its own after the quiet period",
+                self.transfer_syntax
+            )
         } else {
             format!("stored {size} bytes, {}", self.transfer_syntax)
         };
