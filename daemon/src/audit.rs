@@ -204,6 +204,11 @@ pub enum Check {
     PrevLink,
     /// `row_hash` does not match the row's columns (the row was changed).
     RowHash,
+    /// The row at the anchor's seq has another hash than the anchor kept
+    /// elsewhere: the chain was rewritten (and re-hashed) at or before it.
+    AnchorMismatch,
+    /// The chain ends before the anchor's seq: rows were removed from its end.
+    AnchorMissing,
 }
 
 impl std::fmt::Display for Check {
@@ -212,6 +217,10 @@ impl std::fmt::Display for Check {
             Check::SeqGap => "gap in seq (a row is missing)",
             Check::PrevLink => "prev_hash does not link to the previous row",
             Check::RowHash => "row_hash does not match the row's contents (the row was changed)",
+            Check::AnchorMismatch => {
+                "row_hash differs from the head kept elsewhere (the chain was rewritten at or before this row)"
+            }
+            Check::AnchorMissing => "the chain ends before the head kept elsewhere (rows were removed)",
         })
     }
 }
@@ -249,6 +258,71 @@ pub struct ChainHead {
     pub at: DateTime<Utc>,
     /// Its row hash, which commits to every row before it.
     pub row_hash: String,
+}
+
+/// A chain head kept outside the database, written `SEQ:HASH` (as the
+/// daemon's journal line and `cxr-ledd audit verify` print it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Anchor {
+    /// The head's seq.
+    pub seq: i64,
+    /// Its row hash (64 lowercase hex digits).
+    pub row_hash: String,
+}
+
+impl std::fmt::Display for Anchor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.seq, self.row_hash)
+    }
+}
+
+impl std::str::FromStr for Anchor {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Anchor, String> {
+        let usage = || {
+            format!("{text:?} is not a chain head: write SEQ:HASH as the journal line \"audit chain head\" gives it, e.g. 42:{}", "0".repeat(64))
+        };
+        let (seq, hash) = text.trim().split_once(':').ok_or_else(usage)?;
+        let seq: i64 = seq.parse().ok().filter(|s| *s >= 1).ok_or_else(usage)?;
+        if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(usage());
+        }
+        Ok(Anchor { seq, row_hash: hash.to_ascii_lowercase() })
+    }
+}
+
+/// The newest row's (seq, row_hash), or None for an empty trail.
+pub async fn current_head(db: &PgPool) -> Result<Option<Anchor>, sqlx::Error> {
+    let row: Option<(i64, String)> =
+        sqlx::query_as("SELECT seq, row_hash FROM audit_event WHERE seq IS NOT NULL ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(db)
+            .await?;
+    Ok(row.map(|(seq, row_hash)| Anchor { seq, row_hash }))
+}
+
+/// Writes the chain head to the journal, for a copy kept outside the
+/// database (`cxr-ledd audit verify --expect-head SEQ:HASH` checks against it).
+pub async fn log_head(db: &PgPool, when: &str) {
+    match current_head(db).await {
+        Ok(Some(head)) => tracing::info!(
+            head = %head,
+            "audit chain head {when}: {head} (keep it elsewhere; `cxr-ledd audit verify --expect-head {head}` \
+             proves the chain up to it unchanged)"
+        ),
+        Ok(None) => tracing::info!("audit chain head {when}: no events yet"),
+        Err(e) => tracing::warn!(error = %e, "cannot read the audit chain head {when}"),
+    }
+}
+
+/// Logs the chain head every `interval` until the task is dropped.
+pub async fn log_head_every(db: PgPool, interval: std::time::Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        log_head(&db, "now").await;
+    }
 }
 
 /// What [`verify_chain`] found.
@@ -293,6 +367,13 @@ impl std::fmt::Display for ChainReport {
 /// here and stops at the first broken link. Rows appended while it runs are
 /// verified too. Needs only SELECT on `audit_event` (the auditor role will do).
 pub async fn verify_chain(db: &PgPool) -> Result<ChainReport, sqlx::Error> {
+    verify_chain_against(db, None).await
+}
+
+/// [`verify_chain`], and the row at the anchor's seq must carry the anchor's
+/// hash: a chain rewritten and re-hashed by someone with the owner's rights
+/// verifies on its own, but not against a head kept elsewhere before.
+pub async fn verify_chain_against(db: &PgPool, anchor: Option<&Anchor>) -> Result<ChainReport, sqlx::Error> {
     let mut report = ChainReport::default();
     let mut expected_seq: i64 = 1;
     let mut expected_prev = GENESIS_HASH.to_string();
@@ -345,6 +426,10 @@ pub async fn verify_chain(db: &PgPool) -> Result<ChainReport, sqlx::Error> {
                 report.broken = Some(broken(Check::RowHash, computed, row.row_hash.clone()));
                 return Ok(report);
             }
+            if let Some(anchor) = anchor.filter(|a| a.seq == row.seq && a.row_hash != row.row_hash) {
+                report.broken = Some(broken(Check::AnchorMismatch, anchor.row_hash.clone(), row.row_hash.clone()));
+                return Ok(report);
+            }
             report.rows += 1;
             expected_seq = row.seq + 1;
             after = row.seq;
@@ -352,6 +437,16 @@ pub async fn verify_chain(db: &PgPool) -> Result<ChainReport, sqlx::Error> {
             report.head = Some(ChainHead { seq: row.seq, id: row.id, at: row.at, row_hash: row.row_hash });
         }
         if page_len < VERIFY_PAGE as usize {
+            let last = report.head.as_ref().map_or(0, |h| h.seq);
+            if let Some(anchor) = anchor.filter(|a| a.seq > last) {
+                report.broken = Some(BrokenLink {
+                    seq: anchor.seq,
+                    id: 0,
+                    check: Check::AnchorMissing,
+                    expected: format!("a row at seq {}", anchor.seq),
+                    found: format!("the last row at seq {last}"),
+                });
+            }
             return Ok(report);
         }
     }

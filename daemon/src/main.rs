@@ -68,6 +68,11 @@ enum AuditCommand {
         /// Connect with this URL instead (e.g. as a login role granted cxr_led_auditor).
         #[arg(long)]
         database_url: Option<String>,
+        /// A head kept outside the database (SEQ:HASH, from the journal's
+        /// "audit chain head" line or an earlier verify): the row at SEQ must
+        /// still carry HASH, so a chain rewritten and re-hashed is caught.
+        #[arg(long, value_name = "SEQ:HASH")]
+        expect_head: Option<cxr_led_daemon::audit::Anchor>,
     },
 }
 
@@ -75,14 +80,17 @@ enum AuditCommand {
 const EXIT_CHAIN_BROKEN: i32 = 65;
 
 /// Verifies the chain without migrating: an auditor's role may read, nothing more.
-async fn audit_verify(url: &str) -> anyhow::Result<cxr_led_daemon::audit::ChainReport> {
+async fn audit_verify(
+    url: &str,
+    anchor: Option<&cxr_led_daemon::audit::Anchor>,
+) -> anyhow::Result<cxr_led_daemon::audit::ChainReport> {
     let db = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
         .acquire_timeout(std::time::Duration::from_secs(10))
         .connect(url)
         .await
         .context("connecting to PostgreSQL")?;
-    let report = cxr_led_daemon::audit::verify_chain(&db).await.context("reading audit_event")?;
+    let report = cxr_led_daemon::audit::verify_chain_against(&db, anchor).await.context("reading audit_event")?;
     db.close().await;
     Ok(report)
 }
@@ -200,15 +208,20 @@ fn main() -> anyhow::Result<()> {
             let config = load_config(&path);
             println!("{}: ok: {}", path.display(), config.summary());
         }
-        Command::Audit { command: AuditCommand::Verify { config, database_url } } => {
+        Command::Audit { command: AuditCommand::Verify { config, database_url, expect_head } } => {
             let config = load_config(&config);
             let url = database_url
                 .or_else(|| config.database_url())
                 .context("no database url: set [database] url, DATABASE_URL or --database-url")?;
-            let report =
-                tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(audit_verify(&url))?;
+            let report = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(audit_verify(&url, expect_head.as_ref()))?;
             if report.is_intact() {
                 println!("{report}");
+                if let Some(anchor) = &expect_head {
+                    println!("the head kept elsewhere matches: seq {} has row_hash {}", anchor.seq, anchor.row_hash);
+                }
             } else {
                 eprintln!("cxr-ledd: {report}");
                 std::process::exit(EXIT_CHAIN_BROKEN);

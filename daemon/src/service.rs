@@ -99,6 +99,7 @@ pub struct Running {
     delivery_shutdown: oneshot::Sender<()>,
     delivery: JoinHandle<()>,
     alerts: JoinHandle<()>,
+    audit_head: JoinHandle<()>,
     stop_workers: tokio::sync::watch::Sender<bool>,
     abandon_jobs: tokio::sync::watch::Sender<bool>,
     drain_timeout: Duration,
@@ -213,6 +214,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     }
     let alerting = Arc::new(Live::new(alerts::Alerting { mailer, config: config.alerts.clone() }));
     let alerts = tokio::spawn(alerts::run(db.clone(), alerting.clone()));
+    let audit_head = tokio::spawn(audit::log_head_every(db.clone(), AUDIT_HEAD_INTERVAL));
     let (stop_workers, stop) = tokio::sync::watch::channel(false);
     let (abandon_jobs, abandon) = tokio::sync::watch::channel(false);
     let live_workers = enhancer.map(|enhancer| {
@@ -262,6 +264,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         delivery_shutdown,
         delivery,
         alerts,
+        audit_head,
         stop_workers,
         abandon_jobs,
         workers,
@@ -309,6 +312,8 @@ impl Running {
         }
         self.alerts.abort();
         let _ = self.alerts.await;
+        self.audit_head.abort();
+        let _ = self.audit_head.await;
         // A worker finishes the image it is on, or past the deadline hands
         // its job back; either way nothing waits for a lease to expire.
         for mut worker in self.workers {
@@ -321,9 +326,15 @@ impl Running {
         if let Some(http) = self.http {
             http.stop().await;
         }
+        // After the workers: their last events are in the head.
+        audit::log_head(&self.db, "at shutdown").await;
         self.db.close().await;
     }
 }
+
+/// How often the audit chain head goes to the journal (and once at start-up
+/// and at shutdown), for a copy kept outside the database.
+pub const AUDIT_HEAD_INTERVAL: Duration = Duration::from_secs(600);
 
 /// This host's name, for worker ids in leases (which host holds a job).
 fn hostname() -> String {

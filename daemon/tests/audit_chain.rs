@@ -410,3 +410,124 @@ async fn cli_verify_reports_intact_and_broken_chains() {
     assert!(stderr.contains("row_hash does not match"), "{stderr}");
     assert!(stderr.contains("16 events before it verified"), "{stderr}");
 }
+
+/// Rewrites row `seq`'s detail and re-hashes it and every row after it, as
+/// the table's owner could: the chain then verifies on its own.
+async fn rewrite_and_rehash(db: &PgPool, seq: i64) {
+    behind_the_triggers(
+        db,
+        &format!(
+            "DO $$ DECLARE s bigint; BEGIN \
+             UPDATE audit_event SET detail = 'nothing happened' WHERE seq = {seq}; \
+             FOR s IN SELECT seq FROM audit_event WHERE seq >= {seq} ORDER BY seq LOOP \
+               UPDATE audit_event SET prev_hash = (SELECT row_hash FROM audit_event WHERE seq = s - 1) \
+                 WHERE seq = s AND s > 1; \
+               UPDATE audit_event a SET row_hash = audit_event_hash(a) WHERE seq = s; \
+             END LOOP; END $$"
+        ),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_rewritten_and_rehashed_chain_is_caught_against_an_earlier_head() {
+    let (_guard, db) = migrated().await;
+    record_events(&db, 10, "1.2.3").await;
+    let earlier = audit::current_head(&db).await.unwrap().expect("a head");
+    assert_eq!(earlier.seq, 10);
+    assert_eq!(earlier.to_string().parse::<audit::Anchor>().unwrap(), earlier);
+    // The chain grows past the anchor: still consistent with it.
+    record_events(&db, 5, "1.2.3").await;
+    assert!(audit::verify_chain_against(&db, Some(&earlier)).await.unwrap().is_intact());
+
+    rewrite_and_rehash(&db, 4).await;
+    assert!(audit::verify_chain(&db).await.unwrap().is_intact(), "re-hashed, the chain verifies on its own");
+    let report = audit::verify_chain_against(&db, Some(&earlier)).await.unwrap();
+    let broken = report.broken.clone().expect("caught against the earlier head");
+    assert_eq!((broken.seq, broken.check), (10, Check::AnchorMismatch), "{report}");
+    assert_eq!(broken.expected, earlier.row_hash);
+
+    // Rows cut from the end (and the rest re-hashed) are caught as missing.
+    behind_the_triggers(&db, "DELETE FROM audit_event WHERE seq > 8").await;
+    let broken = audit::verify_chain_against(&db, Some(&earlier)).await.unwrap().broken.expect("caught");
+    assert_eq!((broken.seq, broken.check), (10, Check::AnchorMissing), "{broken}");
+
+    let bad_heads =
+        ["10".to_string(), "x:abc".into(), format!("0:{}", "a".repeat(64)), format!("3:{}", "g".repeat(64))];
+    for bad in bad_heads {
+        let error = bad.parse::<audit::Anchor>().unwrap_err();
+        assert!(error.contains("write SEQ:HASH"), "{error}");
+    }
+}
+
+#[tokio::test]
+async fn cli_verify_checks_a_head_kept_elsewhere() {
+    let (guard, db) = migrated().await;
+    record_events(&db, 6, "1.2.3").await;
+    let head = audit::current_head(&db).await.unwrap().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cxr-ledd.toml");
+    std::fs::write(&config, format!("[database]\nurl = \"{}\"\n", guard.url)).unwrap();
+    let verify = |expect: String| {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || {
+            Command::new(env!("CARGO_BIN_EXE_cxr-ledd"))
+                .args(["audit", "verify", "--config"])
+                .arg(&config)
+                .args(["--expect-head", &expect])
+                .env_remove("DATABASE_URL")
+                .output()
+                .expect("run cxr-ledd")
+        })
+    };
+    let output = verify(head.clone()).await.unwrap();
+    assert!(output.status.success(), "{}", common::text(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("the head kept elsewhere matches"),
+        "{}",
+        common::text(&output)
+    );
+
+    rewrite_and_rehash(&db, 2).await;
+    let output = verify(head).await.unwrap();
+    assert_eq!(output.status.code(), Some(65), "{}", common::text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    assert!(
+        stderr.contains("audit chain BROKEN at seq 6") && stderr.contains("differs from the head kept elsewhere"),
+        "{stderr}"
+    );
+
+    let output = verify("6-abc".into()).await.unwrap();
+    assert_eq!(output.status.code(), Some(2), "{}", common::text(&output));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("write SEQ:HASH"), "{}", common::text(&output));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_journals_the_chain_head_at_start_and_at_shutdown() {
+    let (guard, db) = migrated().await;
+    let spool = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let config = work.path().join("cxr-ledd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[ingest]\nlisten = \"127.0.0.1:{port}\"\nspool-dir = \"{}\"\n[database]\nurl = \"{}\"\n\
+             [pipeline]\nenabled = false\n[http]\nlisten = \"127.0.0.1:0\"\n",
+            spool.path().display(),
+            guard.url
+        ),
+    )
+    .unwrap();
+    let log = work.path().join("daemon.log");
+    let mut daemon = common::spawn_daemon(&config, &log);
+    common::wait_for_echo(port).await;
+    // The echo's association was audited; stop as systemd does.
+    let stopped = Command::new("kill").args(["-TERM", &daemon.id().to_string()]).status().unwrap();
+    assert!(stopped.success());
+    assert!(daemon.wait().unwrap().success());
+    let head = audit::current_head(&db).await.unwrap().expect("the echo's events");
+    let journal = std::fs::read_to_string(&log).unwrap();
+    assert!(journal.contains("audit chain head now:"), "{journal}");
+    assert!(journal.contains(&format!("audit chain head at shutdown: {head}")), "{head} not in:\n{journal}");
+}
