@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Ingest benchmark (not a test): instances/s and MB/s received over loopback
-from dcmtk storescu, one association and 8 in parallel, by cxr-led (fsync +
-PostgreSQL), dcmtk storescp and Orthanc, on the same files. Prints a table
-with ratios and writes out/bench/ingest.json.
+from dcmtk storescu, on 1, 8 and 20 associations in parallel (--associations),
+by cxr-led (fsync + PostgreSQL), dcmtk storescp and Orthanc, on the same
+files, and each receiver's peak RSS (VmHWM from /proc; storescp forks a child
+per association, so it has none to show). Prints a table with ratios and
+writes out/bench/ingest.json.
 
 Needs: dcmtk (storescu, storescp, dcmodify, echoscu), Orthanc (optional, skip
 with --no-orthanc), a PostgreSQL server ($DATABASE_URL, default
@@ -41,6 +43,17 @@ def wait_echo(port, aec, limit=60):
             return
         time.sleep(0.2)
     raise RuntimeError(f"receiver on {port} did not answer C-ECHO")
+
+
+def peak_rss_mib(proc):
+    """The process's peak resident set (VmHWM) in MiB, or None."""
+    try:
+        for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
 
 
 def make_copies(source, folder, n, tag):
@@ -90,7 +103,9 @@ class CxrLed:
         config = self.work / "cxrled.toml"
         config.write_text(
             f'[ingest]\nlisten = "127.0.0.1:{self.port}"\nspool-dir = "{self.spool}"\nmax-pdu-length = 65536\n'
-            f'[tracker]\nquiet-period-secs = 3600.0\n[database]\nurl = "{base}/{self.db}"\nmax-connections = 16\n')
+            f'[tracker]\nquiet-period-secs = 3600.0\n[database]\nurl = "{base}/{self.db}"\nmax-connections = 16\n'
+            # Ingest only: no model, and no fixed HTTP port to collide with a running service.
+            '[pipeline]\nenabled = false\n[http]\nlisten = "127.0.0.1:0"\n')
         self.log = open(self.work / "cxrled.log", "w")
         self.proc = subprocess.Popen([self.binary, "run", "--config", str(config)], stdout=self.log,
                                      stderr=subprocess.STDOUT, env={**os.environ, "RUST_LOG": "warn"})
@@ -161,6 +176,7 @@ def main():
     parser.add_argument("--small", type=int, default=400, help="copies of the 2 KB CR (CR1_6154)")
     parser.add_argument("--large", type=int, default=32, help="copies of the 7 MB chest CR (RG1_UNCR)")
     parser.add_argument("--no-orthanc", action="store_true")
+    parser.add_argument("--associations", default="1,8,20", help="parallel association counts, comma-separated")
     parser.add_argument("--out", default=str(ROOT / "out" / "bench" / "ingest.json"))
     args = parser.parse_args()
 
@@ -176,25 +192,28 @@ def main():
         results = []
         for set_name, files in sets.items():
             megabytes = sum(f.stat().st_size for f in files) / 1e6
-            for parallel in (1, 8):
+            for parallel in [int(a) for a in args.associations.split(",")]:
                 row = {"files": set_name, "n": len(files), "mb": round(megabytes, 1), "associations": parallel}
                 for receiver in receivers:
                     receiver.start()
                     try:
                         elapsed = send(receiver.port, receiver.aec, files, parallel)
+                        # The parent of storescp --fork holds no data set.
+                        peak = None if isinstance(receiver, StoreScp) else peak_rss_mib(receiver.proc)
                     finally:
                         receiver.stop()
                     row[receiver.name] = {"seconds": round(elapsed, 3), "instances_per_s": round(len(files) / elapsed, 1),
-                                          "mb_per_s": round(megabytes / elapsed, 1)}
+                                          "mb_per_s": round(megabytes / elapsed, 1), "peak_rss_mib": peak}
                 results.append(row)
                 print(json.dumps(row), file=sys.stderr)
         names = [r.name for r in receivers]
-        header = f"{'files':<16}{'assoc':>6}" + "".join(f"{n + ' inst/s':>18}{'MB/s':>8}" for n in names)
+        header = f"{'files':<16}{'assoc':>6}" + "".join(f"{n + ' inst/s':>18}{'MB/s':>8}{'RSS MiB':>9}" for n in names)
         header += "".join(f"{'cxr-led/' + n:>20}" for n in names[1:])
         print(header)
         for row in results:
             line = f"{row['files']:<16}{row['associations']:>6}"
-            line += "".join(f"{row[n]['instances_per_s']:>18}{row[n]['mb_per_s']:>8}" for n in names)
+            line += "".join(f"{row[n]['instances_per_s']:>18}{row[n]['mb_per_s']:>8}{str(row[n]['peak_rss_mib'] or '-'):>9}"
+                            for n in names)
             line += "".join(f"{row['cxr-led']['instances_per_s'] / row[n]['instances_per_s']:>20.2f}" for n in names[1:])
             print(line)
         out = Path(args.out)
