@@ -507,18 +507,7 @@ async fn the_daemon_journals_the_chain_head_at_start_and_at_shutdown() {
     let (guard, db) = migrated().await;
     let spool = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
-    let port = common::free_port();
-    let config = work.path().join("cxr-ledd.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[ingest]\nlisten = \"127.0.0.1:{port}\"\nspool-dir = \"{}\"\n[database]\nurl = \"{}\"\n\
-             [pipeline]\nenabled = false\n[http]\nlisten = \"127.0.0.1:0\"\n",
-            spool.path().display(),
-            guard.url
-        ),
-    )
-    .unwrap();
+    let (config, port) = common::write_daemon_config(common::test_config(&guard, spool.path()), work.path());
     let log = work.path().join("daemon.log");
     let mut daemon = common::spawn_daemon(&config, &log);
     common::wait_for_echo(port).await;

@@ -52,19 +52,9 @@ async fn lying_lengths_are_refused_without_allocating_them() {
     let db = TestDb::create().await;
     let spool = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let config = work.path().join("cxr-ledd.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[ingest]\nlisten = \"127.0.0.1:{port}\"\nspool-dir = \"{}\"\nmax-instance-size-mib = 4\n\
-             [tracker]\nquiet-period-secs = 3600.0\n[database]\nurl = \"{}\"\nmax-connections = 8\n\
-             [pipeline]\nenabled = false\n[http]\nlisten = \"127.0.0.1:0\"\n",
-            spool.path().display(),
-            db.url
-        ),
-    )
-    .unwrap();
+    let mut config = test_config(&db, spool.path());
+    config.ingest.max_instance_size_mib = 4;
+    let (config, port) = write_daemon_config(config, work.path());
     let mut daemon = spawn_daemon(&config, &work.path().join("daemon.log"));
     wait_for_echo(port).await;
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();

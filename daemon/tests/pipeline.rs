@@ -51,6 +51,28 @@ impl Drop for Pacs {
     }
 }
 
+/// What most tests start from: their database, a work folder, and the PACS
+/// listening on `pacs_port`, storing into `pacs_dir`.
+struct Setup {
+    db: common::TestDb,
+    work: tempfile::TempDir,
+    pacs_port: u16,
+    pacs_dir: PathBuf,
+    _pacs: Pacs,
+}
+
+impl Setup {
+    async fn start() -> Setup {
+        let db = common::TestDb::create().await;
+        let work = tempfile::tempdir().unwrap();
+        let pacs_port = common::free_port();
+        let pacs_dir = work.path().join("pacs");
+        let pacs = Pacs::start(pacs_port, &pacs_dir);
+        wait_for_port(pacs_port).await;
+        Setup { db, work, pacs_port, pacs_dir, _pacs: pacs }
+    }
+}
+
 /// Waits until something accepts TCP connections on the port.
 async fn wait_for_port(port: u16) {
     common::wait_until(Duration::from_secs(10), "the PACS to listen", || async move {
@@ -135,12 +157,7 @@ async fn send(addr: SocketAddr, files: &[PathBuf]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_under_exposed_image_comes_back_derived_and_a_well_exposed_one_does_not() {
-    let db = common::TestDb::create().await;
-    let work = tempfile::tempdir().unwrap();
-    let pacs_port = common::free_port();
-    let pacs_dir = work.path().join("pacs");
-    let _pacs = Pacs::start(pacs_port, &pacs_dir);
-    wait_for_port(pacs_port).await;
+    let Setup { db, work, pacs_port, pacs_dir, _pacs } = Setup::start().await;
     let config = pipeline_config(&db, &work.path().join("spool"), pacs_port);
     let daemon = common::start(config.clone()).await;
 
@@ -262,12 +279,7 @@ async fn an_under_exposed_image_comes_back_derived_and_a_well_exposed_one_does_n
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_instance_after_its_study_was_processed_gets_its_own_job_and_comes_back() {
-    let db = common::TestDb::create().await;
-    let work = tempfile::tempdir().unwrap();
-    let pacs_port = common::free_port();
-    let pacs_dir = work.path().join("pacs");
-    let _pacs = Pacs::start(pacs_port, &pacs_dir);
-    wait_for_port(pacs_port).await;
+    let Setup { db, work, pacs_port, pacs_dir, _pacs } = Setup::start().await;
     let daemon = common::start(pipeline_config(&db, &work.path().join("spool"), pacs_port)).await;
     let pool = db.pool().await;
 
@@ -384,12 +396,7 @@ async fn a_pacs_down_for_a_while_gets_every_result_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_daemons_share_one_queue_and_process_each_study_once() {
-    let db = common::TestDb::create().await;
-    let work = tempfile::tempdir().unwrap();
-    let pacs_port = common::free_port();
-    let pacs_dir = work.path().join("pacs");
-    let _pacs = Pacs::start(pacs_port, &pacs_dir);
-    wait_for_port(pacs_port).await;
+    let Setup { db, work, pacs_port, pacs_dir, _pacs } = Setup::start().await;
     // Two daemons on one database and one (shared) spool, as two hosts on shared storage would be.
     let spool = work.path().join("spool");
     let first = common::start(pipeline_config(&db, &spool, pacs_port)).await;
@@ -423,12 +430,7 @@ async fn two_daemons_share_one_queue_and_process_each_study_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_held_result_is_not_sent_and_mails_an_alert() {
-    let db = common::TestDb::create().await;
-    let work = tempfile::tempdir().unwrap();
-    let pacs_port = common::free_port();
-    let pacs_dir = work.path().join("pacs");
-    let _pacs = Pacs::start(pacs_port, &pacs_dir);
-    wait_for_port(pacs_port).await;
+    let Setup { db, work, pacs_port, pacs_dir, _pacs } = Setup::start().await;
     let sink = smtp_sink::SmtpSink::start(common::free_port());
     let mut config = pipeline_config(&db, &work.path().join("spool"), pacs_port);
     // Everything scoring above 0 is held.
@@ -468,12 +470,7 @@ async fn a_held_result_is_not_sent_and_mails_an_alert() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_doubt_map_goes_to_the_pacs_as_a_secondary_capture_when_configured() {
-    let db = common::TestDb::create().await;
-    let work = tempfile::tempdir().unwrap();
-    let pacs_port = common::free_port();
-    let pacs_dir = work.path().join("pacs");
-    let _pacs = Pacs::start(pacs_port, &pacs_dir);
-    wait_for_port(pacs_port).await;
+    let Setup { db, work, pacs_port, pacs_dir, _pacs } = Setup::start().await;
     let mut config = pipeline_config(&db, &work.path().join("spool"), pacs_port);
     config.pipeline.doubt_map_instance = true;
     let daemon = common::start(config).await;

@@ -119,13 +119,7 @@ async fn sighup_reloads_the_real_binary() {
     write_config(&file, &config);
     let log = work.path().join("daemon.log");
     let mut daemon = spawn_daemon(&file, &log);
-    let args: Vec<String> =
-        ["-aet", "PACS", "-aec", AE, "127.0.0.1", &port.to_string()].iter().map(|s| s.to_string()).collect();
-    wait_until(Duration::from_secs(60), "the daemon to answer C-ECHO", || {
-        let args = args.clone();
-        async move { dcmtk("echoscu", args).await.status.success() }
-    })
-    .await;
+    wait_for_echo(port).await;
     let pool = db.pool().await;
 
     let pid = daemon.id().to_string();
@@ -139,7 +133,8 @@ async fn sighup_reloads_the_real_binary() {
     assert!(daemon.try_wait().unwrap().is_none(), "SIGHUP does not stop the daemon");
     let logged = std::fs::read_to_string(&log).unwrap();
     assert!(logged.contains("configuration reloaded"), "{logged}");
-    assert!(dcmtk("echoscu", args.clone()).await.status.success());
+    // Still serving after the reload.
+    wait_for_echo(port).await;
 
     kill("-TERM");
     let status = tokio::task::spawn_blocking(move || daemon.wait().unwrap()).await.unwrap();

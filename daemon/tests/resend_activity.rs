@@ -47,19 +47,10 @@ async fn a_slow_resend_after_sigkill_makes_one_job_with_every_instance() {
     let db = TestDb::create().await;
     let spool = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let config = work.path().join("cxr-ledd.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[ingest]\nlisten = \"127.0.0.1:{port}\"\nspool-dir = \"{}\"\n[tracker]\nquiet-period-secs = 4.0\n\
-             poll-interval-ms = 100\n[database]\nurl = \"{}\"\nmax-connections = 4\n\
-             [pipeline]\nenabled = false\n[http]\nlisten = \"127.0.0.1:0\"\n",
-            spool.path().display(),
-            db.url
-        ),
-    )
-    .unwrap();
+    let mut config = test_config(&db, spool.path());
+    config.tracker.quiet_period_secs = 4.0;
+    config.database.max_connections = 4;
+    let (config, port) = write_daemon_config(config, work.path());
     let log = work.path().join("daemon.log");
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut daemon = spawn_daemon(&config, &log);

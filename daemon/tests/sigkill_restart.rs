@@ -30,19 +30,10 @@ async fn sigkill_during_200_instance_send_loses_nothing_acknowledged() {
     let db = TestDb::create().await;
     let spool = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let config = work.path().join("cxr-ledd.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[ingest]\nlisten = \"127.0.0.1:{port}\"\nspool-dir = \"{}\"\n[tracker]\nquiet-period-secs = 2.0\n\
-             poll-interval-ms = 100\n[database]\nurl = \"{}\"\nmax-connections = 4\n\
-             [pipeline]\nenabled = false\n[http]\nlisten = \"127.0.0.1:0\"\n",
-            spool.path().display(),
-            db.url
-        ),
-    )
-    .unwrap();
+    let mut config = test_config(&db, spool.path());
+    config.tracker.quiet_period_secs = 2.0;
+    config.database.max_connections = 4;
+    let (config, port) = write_daemon_config(config, work.path());
     let daemon_log = work.path().join("daemon.log");
     let files_dir = work.path().join("files");
     std::fs::create_dir(&files_dir).unwrap();

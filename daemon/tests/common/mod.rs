@@ -94,6 +94,16 @@ pub fn test_config(db: &TestDb, spool: &Path) -> Config {
     config
 }
 
+/// Writes `config`, listening on a free loopback port, as `dir/cxr-ledd.toml`
+/// for the real binary ([`spawn_daemon`]); returns the file and the port.
+pub fn write_daemon_config(mut config: Config, dir: &Path) -> (PathBuf, u16) {
+    let port = free_port();
+    config.ingest.listen = format!("127.0.0.1:{port}").parse().unwrap();
+    let path = dir.join("cxr-ledd.toml");
+    std::fs::write(&path, toml::to_string(&config).expect("serialise the configuration")).unwrap();
+    (path, port)
+}
+
 /// A loopback port nobody listens on right now (bound, read, released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
