@@ -103,7 +103,7 @@ class CxrLed:
         config = self.work / "cxrled.toml"
         config.write_text(
             f'[ingest]\nlisten = "127.0.0.1:{self.port}"\nspool-dir = "{self.spool}"\nmax-pdu-length = 65536\n'
-            f'[tracker]\nquiet-period-secs = 3600.0\n[database]\nurl = "{base}/{self.db}"\nmax-connections = 16\n'
+            f'[tracker]\nquiet-period-secs = 3600.0\n[database]\nurl = "{base}/{self.db}"\nmax-connections = 16\ndevelopment = true\n'
             # Ingest only: no model, and no fixed HTTP port to collide with a running service.
             '[pipeline]\nenabled = false\n[http]\nlisten = "127.0.0.1:0"\n')
         self.log = open(self.work / "cxrled.log", "w")

@@ -145,11 +145,15 @@ pub struct DatabaseConfig {
     pub url: String,
     /// Pool size.
     pub max_connections: u32,
+    /// A development or test set-up: the service may run as the schema owner
+    /// or a superuser, which could rewrite the audit (start-up refuses that
+    /// otherwise), and then applies the migrations itself.
+    pub development: bool,
 }
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
-        DatabaseConfig { url: String::new(), max_connections: 16 }
+        DatabaseConfig { url: String::new(), max_connections: 16, development: false }
     }
 }
 

@@ -44,6 +44,16 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Apply the schema migrations as the schema's owner (the service's own
+    /// role, granted cxr_led_service, may not change the schema).
+    Migrate {
+        /// The TOML configuration file (for [database] url).
+        #[arg(long)]
+        config: PathBuf,
+        /// Connect with this URL instead: the owner's, e.g. postgres://cxr_led_owner@db/cxr_led.
+        #[arg(long)]
+        database_url: Option<String>,
+    },
     /// Parse and validate a configuration file: exit 0 with a one-line
     /// summary, or exit 78 (EX_CONFIG) listing every problem with its key.
     CheckConfig {
@@ -203,6 +213,27 @@ fn main() -> anyhow::Result<()> {
             if !reproduction.matches {
                 std::process::exit(1);
             }
+        }
+        Command::Migrate { config, database_url } => {
+            let config = load_config(&config);
+            let url = database_url
+                .or_else(|| config.database_url())
+                .context("no database url: set [database] url, DATABASE_URL or --database-url")?;
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let (role, applied) = runtime.block_on(async {
+                let db = cxr_led_daemon::db::pool(&url, 2).await.context("connecting to PostgreSQL")?;
+                cxr_led_daemon::db::MIGRATOR.run(&db).await.context("applying the migrations")?;
+                let role = cxr_led_daemon::db::role(&db).await?;
+                let applied: i64 =
+                    sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success").fetch_one(&db).await?;
+                db.close().await;
+                anyhow::Ok((role, applied))
+            })?;
+            println!(
+                "schema up to date as {} ({applied} migrations applied); run the service as a login role granted \
+                 cxr_led_service",
+                role.name
+            );
         }
         Command::CheckConfig { config: path } => {
             let config = load_config(&path);

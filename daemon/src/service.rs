@@ -115,7 +115,22 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         tracing::warn!("[mail] enabled = false: held results, dead jobs and unreachable PACS raise no alert mail");
         None
     };
-    let db = db::connect(&url, config.database.max_connections).await.context("connecting to PostgreSQL")?;
+    let db = db::pool(&url, config.database.max_connections).await.context("connecting to PostgreSQL")?;
+    let role = db::role(&db).await.context("reading the database role")?;
+    if role.can_rewrite_audit() {
+        if !config.database.development {
+            anyhow::bail!(
+                "connected to PostgreSQL as {}, which {} and could therefore disable the audit table's triggers \
+                 and rewrite it. Run the service as a login role granted cxr_led_service, with the migrations \
+                 applied by the owner (`cxr-ledd migrate`); systemd/README.md, \"Database roles\", says how. For a \
+                 development or test set-up, set [database] development = true.",
+                role.name,
+                if role.superuser { "is a superuser" } else { "owns the audit table" }
+            );
+        }
+        tracing::warn!(role = %role.name, "[database] development = true: running as a role that could rewrite the audit");
+    }
+    db::prepare(&db, &role).await?;
     let spool = Spool::open(&config.ingest.spool_dir)
         .with_context(|| format!("opening spool {}", config.ingest.spool_dir.display()))?;
     let recovery = recover(&spool, &db).await?;

@@ -37,7 +37,7 @@ async fn the_daemon_notifies_ready_watchdog_and_stopping() {
     std::fs::write(
         &config,
         format!(
-            "[ingest]\nlisten = \"127.0.0.1:0\"\nspool-dir = \"{}\"\n[database]\nurl = \"{}\"\n[pipeline]\nenabled = false\n[http]\nlisten = \"127.0.0.1:0\"\n",
+            "[ingest]\nlisten = \"127.0.0.1:0\"\nspool-dir = \"{}\"\n[database]\nurl = \"{}\"\ndevelopment = true\n[pipeline]\nenabled = false\n[http]\nlisten = \"127.0.0.1:0\"\n",
             work.path().join("spool").display(),
             db.url
         ),

@@ -161,6 +161,8 @@ poll-interval-ms = 250
 [database]
 url = {url}
 max-connections = 8
+# The harness connects as the local server's superuser.
+development = true
 
 [pipeline]
 bundle = {bundle}

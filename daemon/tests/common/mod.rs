@@ -84,6 +84,8 @@ pub fn test_config(db: &TestDb, spool: &Path) -> Config {
     config.ingest.idle_timeout_secs = 30;
     config.database.url = db.url.clone();
     config.database.max_connections = 8;
+    // Tests connect as the server's superuser (the service-role test makes its own role).
+    config.database.development = true;
     config.tracker.quiet_period_secs = 3600.0;
     config.tracker.poll_interval_ms = 100;
     // Ingest tests run no workers; pipeline tests turn them on with `pipeline_config`.
