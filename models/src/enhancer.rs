@@ -240,6 +240,64 @@ impl Enhancer {
     }
 }
 
+/// Fills `target` (architecture `to`) from a trained enhancer's `source`
+/// (architecture `from`) so that the larger network computes exactly what the
+/// trained one did: growth, the start of a fine-tuning run with more capacity.
+///
+/// `to` must keep `from`'s levels (its widths start with `from`'s) and may add
+/// coarser levels and more convolutions per level. Every convolution that
+/// follows a ReLU and keeps its channel count starts as the identity (a ReLU
+/// output passes unchanged); a new level's up side starts by passing its skip
+/// through and ignoring the level below it, whose own convolutions keep their
+/// random start, so the gradient opens the new paths from there. (Exactly the
+/// same output where both pad an image alike: training patches and tiles whose
+/// sides are multiples of [`EnhancerConfig::size_multiple`]; near the padded
+/// edge of other sizes the deeper net sees a wider padding.)
+pub fn grow(source: &nn::VarStore, from: &EnhancerConfig, target: &nn::VarStore, to: &EnhancerConfig) -> Result<()> {
+    from.validate()?;
+    to.validate()?;
+    if !to.widths.starts_with(&from.widths) || to.convs_per_level < from.convs_per_level {
+        return Err(Error::InvalidParams(format!(
+            "cannot grow an enhancer of widths {:?} ({} convolutions per level) into widths {:?} ({}): \
+             the new one must keep the old widths as its finest levels and at least as many convolutions",
+            from.widths, from.convs_per_level, to.widths, to.convs_per_level
+        )));
+    }
+    let trained = source.variables();
+    let _no_grad = tch::no_grad_guard();
+    for (name, mut var) in target.variables() {
+        if let Some(value) = trained.get(&name) {
+            if value.size() != var.size() {
+                return Err(Error::InvalidParams(format!(
+                    "enhancer weight {name}: trained shape {:?}, grown shape {:?}",
+                    value.size(),
+                    var.size()
+                )));
+            }
+            var.copy_(value);
+            continue;
+        }
+        // New: "down|up.LEVEL.CONV.weight|bias".
+        let parts: Vec<&str> = name.split('.').collect();
+        let &[side, level, _conv, param] = parts.as_slice() else {
+            return Err(Error::InvalidParams(format!("enhancer weight {name} is not one growth knows")));
+        };
+        let level: usize = level.parse().map_err(|_| Error::InvalidParams(format!("enhancer weight {name}")))?;
+        if side == "down" && level >= from.widths.len() {
+            continue;
+        }
+        let _ = var.zero_();
+        if param == "weight" {
+            // Identity from the last `out` input channels: all of them for a
+            // same-width convolution, the skip for a new level's first up one.
+            let (out, inputs) = (var.size()[0], var.size()[1]);
+            let eye = Tensor::eye(out, (var.kind(), var.device())).view([out, out, 1, 1]);
+            var.narrow(1, inputs - out, out).narrow(2, 1, 1).narrow(3, 1, 1).copy_(&eye);
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,5 +334,32 @@ mod tests {
         assert!(EnhancerConfig { widths: vec![], convs_per_level: 2 }.validate().is_err());
         assert!(EnhancerConfig { widths: vec![8], convs_per_level: 0 }.validate().is_err());
         assert_eq!(EnhancerConfig::default().size_multiple(), 8);
+    }
+
+    #[test]
+    fn a_grown_enhancer_computes_what_the_trained_one_did() {
+        let from = EnhancerConfig { widths: vec![4, 8], convs_per_level: 1 };
+        let to = EnhancerConfig { widths: vec![4, 8, 16, 16], convs_per_level: 2 };
+        let source = nn::VarStore::new(tch::Device::Cpu);
+        let small = Enhancer::new(&source.root(), &from).unwrap();
+        let target = nn::VarStore::new(tch::Device::Cpu);
+        let large = Enhancer::new(&target.root(), &to).unwrap();
+        grow(&source, &from, &target, &to).unwrap();
+        // A size both pad alike (a multiple of 32): the padded border, which
+        // grows with the levels, is the one place the two may differ.
+        let image = Tensor::rand([1, 1, 64, 96], (Kind::Float, tch::Device::Cpu));
+        let stats = ToneStats::measure(&image).unwrap();
+        let (a, b) = (
+            small.forward(&stats.stretch(&image), &stats.planes()),
+            large.forward(&stats.stretch(&image), &stats.planes()),
+        );
+        let difference = (a - b).abs().max().double_value(&[]);
+        assert!(difference < 1e-5, "grown output differs by {difference}");
+        // The new coarse level is live: its weights are not all zero.
+        assert!(target.variables()["down.3.1.weight"].abs().sum(Kind::Float).double_value(&[]) > 0.0);
+        // Shrinking, or other widths, are refused.
+        assert!(grow(&target, &to, &source, &from).is_err());
+        let other = EnhancerConfig { widths: vec![8, 8, 16], convs_per_level: 1 };
+        assert!(grow(&source, &from, &nn::VarStore::new(tch::Device::Cpu), &other).is_err());
     }
 }

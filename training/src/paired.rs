@@ -22,7 +22,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use cxr_led_models::enhancer::{Enhancer, EnhancerConfig, ToneStats};
+use cxr_led_models::enhancer::{self, Enhancer, EnhancerConfig, ToneStats};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -282,24 +282,36 @@ fn draw_batch(
     Ok((Tensor::cat(&lq, 0), Tensor::cat(&planes, 0), Tensor::cat(&hq, 0)))
 }
 
-/// Fills `store` from a bundle folder's `enhancer` or a paired checkpoint
-/// folder's `enhancer-best`; the architectures must match. Returns what
-/// the weights are, for the checkpoint's record.
-fn load_initial_weights(init: &Path, store: &mut nn::VarStore) -> anyhow::Result<String> {
+/// Fills `store` (architecture `config`) from a bundle folder's `enhancer`
+/// or a paired checkpoint folder's `enhancer-best`. A bundle's smaller
+/// enhancer is grown into `config` ([`enhancer::grow`]: the same output, more
+/// capacity to fine-tune); a checkpoint must match. Returns what the weights
+/// are, for the checkpoint's record.
+fn load_initial_weights(init: &Path, config: &EnhancerConfig, store: &mut nn::VarStore) -> anyhow::Result<String> {
     use anyhow::Context;
     if init.join("bundle.toml").is_file() {
         let bundle = cxr_led_models::bundle::Bundle::load(init)
             .with_context(|| format!("loading the --init bundle {}", init.display()))?;
-        anyhow::ensure!(
-            bundle.manifest.enhancer.is_some(),
-            "the --init bundle {} has no [enhancer] to start from",
-            init.display()
-        );
-        bundle
-            .load_weights("enhancer", store)
-            .with_context(|| format!("taking the enhancer of {} (is its [enhancer] the preset's?)", init.display()))?;
+        let Some(trained) = &bundle.manifest.enhancer else {
+            anyhow::bail!("the --init bundle {} has no [enhancer] to start from", init.display());
+        };
+        let grown = if trained == config {
+            bundle
+                .load_weights("enhancer", store)
+                .with_context(|| format!("taking the enhancer of {}", init.display()))?;
+            String::new()
+        } else {
+            let mut source = nn::VarStore::new(store.device());
+            Enhancer::new(&source.root(), trained)?;
+            bundle
+                .load_weights("enhancer", &mut source)
+                .with_context(|| format!("taking the enhancer of {}", init.display()))?;
+            enhancer::grow(&source, trained, store, config)
+                .with_context(|| format!("growing the enhancer of {} into the preset's", init.display()))?;
+            format!(", grown from widths {:?} ({} convolutions per level)", trained.widths, trained.convs_per_level)
+        };
         Ok(format!(
-            "the enhancer of bundle {} {} (sha256 {}) at {}",
+            "the enhancer of bundle {} {} (sha256 {}) at {}{grown}",
             bundle.manifest.name,
             bundle.manifest.version,
             bundle.sha256,
@@ -350,7 +362,7 @@ pub fn train(
         checkpoint::load_store(dir, "enhancer", &mut store)?;
         eprintln!("paired: resuming at step {}", state.step);
     } else if let Some(init) = &config.init {
-        state.init = Some(load_initial_weights(init, &mut store)?);
+        state.init = Some(load_initial_weights(init, net_config, &mut store)?);
         eprintln!("paired: starting from the weights in {}", init.display());
     }
     let mut optimizer = nn::Adam::default().build(&store, config.learning_rate)?;

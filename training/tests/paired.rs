@@ -155,6 +155,24 @@ fn paired_training_resumes_skips_bad_files_and_exports_a_working_bundle() {
         };
         assert!(method.contains(expected), "{method}");
     }
+    // Growth: a deeper preset starts from the bundle's smaller enhancer and,
+    // before it learns anything, computes what that one did (the 48-px
+    // validation images pad alike in both).
+    let grown = path("grown-from-bundle");
+    let mut grow = args.to_vec();
+    (grow[2], grow[6]) = ("tiny-paired-deep", grown.as_str());
+    let (_, stderr) =
+        train(&[&grow[..], &["--steps", "2", "--learning-rate", "1e-12", "--init", &bundle_dir]].concat());
+    assert!(stderr.contains("starting from the weights in"), "{stderr}");
+    assert!((best(&grown) - best(&out)).abs() < 1e-3, "{} against {}", best(&grown), best(&out));
+    let state = std::fs::read_to_string(Path::new(&grown).join("state.json")).unwrap();
+    assert!(state.contains("grown from widths [4, 8]"), "{state}");
+    // A checkpoint is not grown: its architecture must be the preset's.
+    let mut grow = args.to_vec();
+    let refused = path("grown-from-checkpoint");
+    (grow[2], grow[6]) = ("tiny-paired-deep", refused.as_str());
+    let error = train_fails(&[&grow[..], &["--steps", "2", "--init", &out]].concat());
+    assert!(error.contains("of the same preset"), "{error}");
     let refused = path("tuned-from-tiny");
     let mut tune = args.to_vec();
     tune[6] = refused.as_str();
