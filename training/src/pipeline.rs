@@ -265,7 +265,8 @@ pub enum Activations {
 /// `paired` options.
 #[derive(Debug, Args)]
 pub struct PairedArgs {
-    /// Architecture preset with an `[enhancer]`: cpu (the default bundle's) or tiny-paired (tests).
+    /// Architecture preset with an `[enhancer]`: cpu-deep (the default bundle's since 0.4.0-cpu),
+    /// cpu, tiny-paired or tiny-paired-deep (tests).
     #[arg(long, default_value = "cpu")]
     preset: String,
     /// Folders of high-quality images (searched recursively; the train split is used, validation images validate).
@@ -404,7 +405,10 @@ pub fn paired(args: &PairedArgs) -> anyhow::Result<()> {
     let device = device::parse_device(&args.device)?;
     let manifest = presets::by_name(&args.preset)?;
     let enhancer = manifest.enhancer.clone().with_context(|| {
-        format!("preset {:?} has no [enhancer]; the paired stage trains the cpu or tiny-paired preset", args.preset)
+        format!(
+            "preset {:?} has no [enhancer]; the paired stage trains cpu-deep, cpu, tiny-paired or tiny-paired-deep",
+            args.preset
+        )
     })?;
     let (train, validation, skipped_train, skipped_validation) = match &args.pairs {
         Some(file) => {
@@ -566,7 +570,9 @@ pub fn export(args: &ExportArgs) -> anyhow::Result<()> {
                 Ok(())
             })?
         }
-        (None, Some(_)) => anyhow::bail!("--enhancer needs a preset with an [enhancer] (cpu or tiny-paired)"),
+        (None, Some(_)) => anyhow::bail!(
+            "--enhancer needs a preset with an [enhancer] (cpu-deep, cpu, tiny-paired or tiny-paired-deep)"
+        ),
         (None, None) => {
             let source = args.cyclegan.as_deref().map(|d| Source::Checkpoint(d, "g_ab")).or_else(|| from_base("g_ab"));
             network_from(source, "g_ab", build_generator)?
