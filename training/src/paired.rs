@@ -301,10 +301,10 @@ fn load_initial_weights(init: &Path, config: &EnhancerConfig, store: &mut nn::Va
                 .with_context(|| format!("taking the enhancer of {}", init.display()))?;
             String::new()
         } else {
-            let mut source = nn::VarStore::new(store.device());
+            let source = nn::VarStore::new(store.device());
             Enhancer::new(&source.root(), trained)?;
             bundle
-                .load_weights("enhancer", &mut source)
+                .load_weights("enhancer", &source)
                 .with_context(|| format!("taking the enhancer of {}", init.display()))?;
             enhancer::grow(&source, trained, store, config)
                 .with_context(|| format!("growing the enhancer of {} into the preset's", init.display()))?;
