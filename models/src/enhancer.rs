@@ -243,6 +243,7 @@ impl Enhancer {
 /// Fills `target` (architecture `to`) from a trained enhancer's `source`
 /// (architecture `from`) so that the larger network computes exactly what the
 /// trained one did: growth, the start of a fine-tuning run with more capacity.
+/// With `to` equal to `from` it is a plain copy.
 ///
 /// `to` must keep `from`'s levels (its widths start with `from`'s) and may add
 /// coarser levels and more convolutions per level. Every convolution that
@@ -278,11 +279,12 @@ pub fn grow(source: &nn::VarStore, from: &EnhancerConfig, target: &nn::VarStore,
             continue;
         }
         // New: "down|up.LEVEL.CONV.weight|bias".
+        let unknown = || Error::InvalidParams(format!("enhancer weight {name} is not one growth knows"));
         let parts: Vec<&str> = name.split('.').collect();
         let &[side, level, _conv, param] = parts.as_slice() else {
-            return Err(Error::InvalidParams(format!("enhancer weight {name} is not one growth knows")));
+            return Err(unknown());
         };
-        let level: usize = level.parse().map_err(|_| Error::InvalidParams(format!("enhancer weight {name}")))?;
+        let level: usize = level.parse().map_err(|_| unknown())?;
         if side == "down" && level >= from.widths.len() {
             continue;
         }

@@ -295,19 +295,17 @@ fn load_initial_weights(init: &Path, config: &EnhancerConfig, store: &mut nn::Va
         let Some(trained) = &bundle.manifest.enhancer else {
             anyhow::bail!("the --init bundle {} has no [enhancer] to start from", init.display());
         };
+        // Loaded at its own architecture; growing into the same one is a plain copy.
+        let source = nn::VarStore::new(store.device());
+        Enhancer::new(&source.root(), trained)?;
+        bundle
+            .load_weights("enhancer", &source)
+            .with_context(|| format!("taking the enhancer of {}", init.display()))?;
+        enhancer::grow(&source, trained, store, config)
+            .with_context(|| format!("growing the enhancer of {} into the preset's", init.display()))?;
         let grown = if trained == config {
-            bundle
-                .load_weights("enhancer", store)
-                .with_context(|| format!("taking the enhancer of {}", init.display()))?;
             String::new()
         } else {
-            let source = nn::VarStore::new(store.device());
-            Enhancer::new(&source.root(), trained)?;
-            bundle
-                .load_weights("enhancer", &source)
-                .with_context(|| format!("taking the enhancer of {}", init.display()))?;
-            enhancer::grow(&source, trained, store, config)
-                .with_context(|| format!("growing the enhancer of {} into the preset's", init.display()))?;
             format!(", grown from widths {:?} ({} convolutions per level)", trained.widths, trained.convs_per_level)
         };
         Ok(format!(

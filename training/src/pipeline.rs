@@ -400,15 +400,17 @@ fn read_fixed_pairs(file: &Path, validation_images: usize) -> anyhow::Result<(Fi
     Ok((train, validation))
 }
 
+/// The presets with an `[enhancer]` (what `paired` trains and `--enhancer` exports).
+fn enhancer_presets() -> Vec<&'static str> {
+    presets::NAMES.into_iter().filter(|name| presets::by_name(name).is_ok_and(|m| m.enhancer.is_some())).collect()
+}
+
 /// Runs the `paired` stage.
 pub fn paired(args: &PairedArgs) -> anyhow::Result<()> {
     let device = device::parse_device(&args.device)?;
     let manifest = presets::by_name(&args.preset)?;
     let enhancer = manifest.enhancer.clone().with_context(|| {
-        format!(
-            "preset {:?} has no [enhancer]; the paired stage trains cpu-deep, cpu, tiny-paired or tiny-paired-deep",
-            args.preset
-        )
+        format!("preset {:?} has no [enhancer]; the paired stage trains one of {:?}", args.preset, enhancer_presets())
     })?;
     let (train, validation, skipped_train, skipped_validation) = match &args.pairs {
         Some(file) => {
@@ -570,9 +572,9 @@ pub fn export(args: &ExportArgs) -> anyhow::Result<()> {
                 Ok(())
             })?
         }
-        (None, Some(_)) => anyhow::bail!(
-            "--enhancer needs a preset with an [enhancer] (cpu-deep, cpu, tiny-paired or tiny-paired-deep)"
-        ),
+        (None, Some(_)) => {
+            anyhow::bail!("--enhancer needs a preset with an [enhancer]: one of {:?}", enhancer_presets())
+        }
         (None, None) => {
             let source = args.cyclegan.as_deref().map(|d| Source::Checkpoint(d, "g_ab")).or_else(|| from_base("g_ab"));
             network_from(source, "g_ab", build_generator)?
