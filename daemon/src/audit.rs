@@ -40,6 +40,8 @@ pub const INSTANCE_FAILED: &str = "instance-failed";
 pub const STUDY_PROCESSED: &str = "study-processed";
 /// Event: a job attempt failed and will be retried.
 pub const JOB_RETRY: &str = "job-retry";
+/// Event: a running job's lease expired (its worker died or hung) and another worker took it over.
+pub const JOB_TAKEN_OVER: &str = "job-taken-over";
 /// Event: a job is out of attempts (dead letter).
 pub const JOB_DEAD: &str = "job-dead";
 /// Event: `cxr-ledd reproduce` re-ran an enhancement (Instances Accessed, 110103).

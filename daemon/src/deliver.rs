@@ -274,7 +274,11 @@ fn association_options<'a>(
         .called_ae_title(destination.ae_title.clone())
         .max_pdu_length(config.max_pdu_length)
         .connection_timeout(config.connect_timeout())
-        .read_timeout(config.connect_timeout())
+        // Every read on the association, the C-STORE response's included,
+        // is bounded by this: a PACS may take up to `response-timeout-secs`
+        // to answer (the association answer stays bounded by the
+        // connect-timeout in `establish`).
+        .read_timeout(config.response_timeout())
         .write_timeout(config.response_timeout());
     for class in classes {
         options = options.with_presentation_context(

@@ -37,7 +37,7 @@ pub async fn claim(
     loop {
         let mut tx = db.begin().await?;
         let row = sqlx::query(
-            "SELECT id, study_instance_uid, attempts, state FROM job \
+            "SELECT id, study_instance_uid, attempts, state, lease_owner FROM job \
              WHERE (state = 'queued' AND available_at <= now()) \
                 OR (state = 'running' AND lease_expires_at < now()) \
              ORDER BY available_at, id LIMIT 1 FOR UPDATE SKIP LOCKED",
@@ -51,6 +51,7 @@ pub async fn claim(
         let study: String = row.try_get("study_instance_uid")?;
         let attempts: i32 = row.try_get("attempts")?;
         let state: String = row.try_get("state")?;
+        let previous_owner: Option<String> = row.try_get("lease_owner")?;
         if attempts >= max_attempts {
             let reason = if state == "running" {
                 format!("lease expired after attempt {attempts} of {max_attempts}: the worker died or hung")
@@ -89,6 +90,27 @@ pub async fn claim(
         .bind(lease.as_secs_f64())
         .execute(&mut *tx)
         .await?;
+        if state == "running" {
+            // The last worker died or hung mid-job: say so, or the trail
+            // would show one attempt that never ended.
+            let reason = format!(
+                "the lease of {} expired during attempt {attempts}; taken over by {worker} for attempt {} of {max_attempts}",
+                previous_owner.as_deref().unwrap_or("an unknown worker"),
+                attempts + 1
+            );
+            audit::record(
+                &mut *tx,
+                &audit::Event {
+                    event: audit::JOB_TAKEN_OVER,
+                    outcome: "success",
+                    study_instance_uid: Some(&study),
+                    detail: Some(&reason),
+                    ..Default::default()
+                },
+            )
+            .await?;
+            tracing::warn!(study = %study, job = id, "{reason}");
+        }
         tx.commit().await?;
         return Ok(Some(ClaimedJob { id, study_instance_uid: study, attempt: attempts + 1 }));
     }

@@ -4,11 +4,10 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::storescp::StoreScp;
 use common::*;
 use cxr_led_daemon::config::{DeliveryConfig, DestinationConfig, DestinationTlsConfig};
 use cxr_led_daemon::derive::{self, Provenance, StoredPixels};
@@ -62,51 +61,6 @@ fn derived_file(dir: &Path, fixture_name: &str, tag: &str) -> DerivedFile {
         sop_instance_uid: provenance.derived_sop_instance_uid.clone(),
         sop_class_uid: text(tags::SOP_CLASS_UID),
         study_instance_uid: text(tags::STUDY_INSTANCE_UID),
-    }
-}
-
-/// A dcmtk storescp child process, killed (by its own handle) when dropped.
-struct StoreScp {
-    child: Child,
-    out: tempfile::TempDir,
-}
-
-impl StoreScp {
-    fn start(port: u16, extra: &[&str]) -> StoreScp {
-        let out = tempfile::tempdir().unwrap();
-        let child = Command::new("storescp")
-            .args(["-aet", "PACS", "-od"])
-            .arg(out.path())
-            .args(extra)
-            .arg(port.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("storescp (dcmtk)");
-        // From here on, dropping the handle kills and reaps the process.
-        let scp = StoreScp { child, out };
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        for _ in 0..100 {
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
-                return scp;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("storescp did not start listening on {port}");
-    }
-
-    /// The received files (storescp names them `<modality>.<SOP Instance UID>`).
-    fn files(&self) -> Vec<PathBuf> {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(self.out.path()).unwrap().map(|e| e.unwrap().path()).collect();
-        files.sort();
-        files
-    }
-}
-
-impl Drop for StoreScp {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -214,7 +168,7 @@ async fn pacs_down_then_up_gets_the_instance_once() {
     assert_eq!(deliver::deliver_due(&pool, &config, &Metrics::default()).await.unwrap(), 0);
 
     // The PACS comes up: the next due pass sends it.
-    let pacs = StoreScp::start(port, &[]);
+    let pacs = StoreScp::start("PACS", port, &[]);
     let row = deliver_until_settled(&pool, &config, "pacs").await;
     assert_eq!((row.state.as_str(), row.attempts, row.last_status, row.sent), ("sent", 2, Some(0), true), "{row:?}");
     assert!(row.last_error.is_none());
@@ -257,7 +211,7 @@ async fn implicit_only_peer_gets_a_re_encoded_native_size_instance() {
     let work = tempfile::tempdir().unwrap();
     let file = derived_file(work.path(), "RG1_UNCR.dcm", "implicit");
     let port = free_port();
-    let pacs = StoreScp::start(port, &["+xi", "-pdu", "16384"]);
+    let pacs = StoreScp::start("PACS", port, &["+xi", "-pdu", "16384"]);
     let config = delivery_config(vec![destination("implicit-pacs", "PACS", port)]);
     enqueue(&pool, &file, &config.destinations).await;
     let row = deliver_until_settled(&pool, &config, "implicit-pacs").await;
@@ -285,7 +239,7 @@ async fn refusing_destination_is_retried_and_gives_up_only_when_told() {
     let file = derived_file(work.path(), "CR1_6154.dcm", "refused");
     let port = free_port();
     // storescp --refuse rejects every association.
-    let pacs = StoreScp::start(port, &["--refuse"]);
+    let pacs = StoreScp::start("PACS", port, &["--refuse"]);
     let mut config = delivery_config(vec![destination("refusing", "PACS", port)]);
     config.max_attempts = 3;
     enqueue(&pool, &file, &config.destinations).await;
@@ -374,7 +328,7 @@ async fn the_service_runs_the_sender() {
     // service::start spawns the sender: an enqueued row reaches storescp
     // without anyone calling deliver_due, and stop() ends the sender.
     let port = free_port();
-    let pacs = StoreScp::start(port, &[]);
+    let pacs = StoreScp::start("PACS", port, &[]);
     let db = TestDb::create().await;
     let spool = tempfile::tempdir().unwrap();
     let mut config = test_config(&db, spool.path());
@@ -401,7 +355,7 @@ async fn two_senders_on_one_database_send_each_row_once() {
     let pool = migrated(&db).await;
     let work = tempfile::tempdir().unwrap();
     let port = free_port();
-    let pacs = StoreScp::start(port, &[]);
+    let pacs = StoreScp::start("PACS", port, &[]);
     let mut config = delivery_config(vec![destination("pacs", "PACS", port)]);
     config.batch_size = 2;
     let files: Vec<DerivedFile> =
@@ -445,7 +399,7 @@ async fn a_tls_pacs_that_checks_client_certificates_gets_the_instance_over_tls()
     // storescp +tls asks for a client certificate and checks it against the CA (dcmtk's default).
     let mut scp_args = pacs_certificate.dcmtk_args();
     scp_args.extend(["+cf".into(), pki.ca().display().to_string()]);
-    let pacs = StoreScp::start(port, &scp_args.iter().map(String::as_str).collect::<Vec<_>>());
+    let pacs = StoreScp::start("PACS", port, &scp_args.iter().map(String::as_str).collect::<Vec<_>>());
 
     let tls = |ca: PathBuf, client: Option<&common::pki::Issued>| DestinationTlsConfig {
         ca,

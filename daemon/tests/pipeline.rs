@@ -11,45 +11,17 @@ mod smtp_sink;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use cxr_led_daemon::config::{Config, DestinationConfig};
 use cxr_led_daemon::{audit, reproduce};
 use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::open_file;
 use sqlx::{PgPool, Row};
 
-const PACS_AE: &str = "TESTPACS";
-
-/// dcmtk's storescp as the PACS, storing into `dir`, killed on drop.
-struct Pacs {
-    child: Child,
-}
-
-impl Pacs {
-    fn start(port: u16, dir: &Path) -> Pacs {
-        std::fs::create_dir_all(dir).unwrap();
-        let child = Command::new("storescp")
-            .args(["-aet", PACS_AE, "-od"])
-            .arg(dir)
-            .args(["-uf", "--fork"])
-            .arg(port.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("storescp runs (is dcmtk installed?)");
-        Pacs { child }
-    }
-}
-
-impl Drop for Pacs {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::pipeline::{dx_copy, pipeline_config, wait_for_counts, PACS_AE};
+use common::storescp::{received, sop_instance_uids, StoreScp};
 
 /// What most tests start from: their database, a work folder, and the PACS
 /// listening on `pacs_port`, storing into `pacs_dir`.
@@ -58,7 +30,7 @@ struct Setup {
     work: tempfile::TempDir,
     pacs_port: u16,
     pacs_dir: PathBuf,
-    _pacs: Pacs,
+    _pacs: StoreScp,
 }
 
 impl Setup {
@@ -67,77 +39,9 @@ impl Setup {
         let work = tempfile::tempdir().unwrap();
         let pacs_port = common::free_port();
         let pacs_dir = work.path().join("pacs");
-        let pacs = Pacs::start(pacs_port, &pacs_dir);
-        wait_for_port(pacs_port).await;
+        let pacs = StoreScp::start_in(PACS_AE, pacs_port, &pacs_dir, &["-uf", "--fork"]);
         Setup { db, work, pacs_port, pacs_dir, _pacs: pacs }
     }
-}
-
-/// Waits until something accepts TCP connections on the port.
-async fn wait_for_port(port: u16) {
-    common::wait_until(Duration::from_secs(10), "the PACS to listen", || async move {
-        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
-    })
-    .await;
-}
-
-/// Waits (at most `limit_secs`) until every query counts its expected rows.
-async fn wait_for_counts(pool: &PgPool, limit_secs: u64, what: &str, counts: &[(&str, i64)]) {
-    common::wait_until(Duration::from_secs(limit_secs), what, || async move {
-        for &(sql, expected) in counts {
-            if common::count(pool, sql).await != expected {
-                return false;
-            }
-        }
-        true
-    })
-    .await;
-}
-
-/// A pipeline configuration: tiny bundle on CPU, fast tracker and retries,
-/// the PACS at `pacs_port` as the one destination.
-fn pipeline_config(db: &common::TestDb, spool: &Path, pacs_port: u16) -> Config {
-    let mut config = common::test_config(db, spool);
-    config.tracker.quiet_period_secs = 0.5;
-    config.pipeline.enabled = true;
-    config.pipeline.bundle = common::tiny_bundle();
-    config.pipeline.device = "cpu".into();
-    config.pipeline.poll_interval_ms = 50;
-    config.pipeline.retry_initial_secs = 1;
-    // The tiny bundle has random weights: hold nothing unless a test says so.
-    config.pipeline.hold_threshold = 1.0;
-    config.delivery.calling_ae_title = "CXRLED".into();
-    config.delivery.destinations = vec![DestinationConfig {
-        name: "pacs".into(),
-        ae_title: PACS_AE.into(),
-        address: format!("127.0.0.1:{pacs_port}"),
-        tls: None,
-    }];
-    config.delivery.retry_initial_secs = 1;
-    config.delivery.retry_max_secs = 1;
-    config.delivery.poll_interval_ms = 100;
-    config
-}
-
-/// A copy of dx_image.dcm (DI -7) in its own study, with the given DI.
-fn dx_copy(dir: &Path, name: &str, deviation_index: &str) -> (PathBuf, String, String) {
-    let study =
-        format!("2.25.{}{}", std::process::id(), name.bytes().map(|b| (b % 10).to_string()).collect::<String>());
-    let (path, sop) = common::make_copies(&common::fixture("dx_image.dcm"), dir, 1, &study, name).remove(0);
-    let mut object = open_file(&path).unwrap();
-    object.put(DataElement::new(tags::DEVIATION_INDEX, VR::DS, PrimitiveValue::from(deviation_index)));
-    object.put(DataElement::new(tags::SERIES_INSTANCE_UID, VR::UI, PrimitiveValue::from(format!("{study}.1"))));
-    object.write_to_file(&path).unwrap();
-    (path, sop, study)
-}
-
-/// Files the PACS stored.
-fn received(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|entries| entries.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_file()).collect())
-        .unwrap_or_default();
-    files.sort();
-    files
 }
 
 async fn job_states(db: &PgPool) -> Vec<(String, String, i32)> {
@@ -372,7 +276,7 @@ async fn a_pacs_down_for_a_while_gets_every_result_exactly_once() {
     .await;
     assert!(received(&pacs_dir).is_empty());
 
-    let _pacs = Pacs::start(pacs_port, &pacs_dir);
+    let _pacs = StoreScp::start_in(PACS_AE, pacs_port, &pacs_dir, &["-uf", "--fork"]);
     wait_for_counts(
         &pool,
         60,
@@ -384,10 +288,7 @@ async fn a_pacs_down_for_a_while_gets_every_result_exactly_once() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let files = received(&pacs_dir);
     assert_eq!(files.len(), 3, "{files:?}");
-    let mut uids: Vec<String> = files
-        .iter()
-        .map(|f| open_file(f).unwrap().element(tags::SOP_INSTANCE_UID).unwrap().to_str().unwrap().to_string())
-        .collect();
+    let mut uids = sop_instance_uids(&files);
     uids.sort();
     uids.dedup();
     assert_eq!(uids.len(), 3, "each derived instance once");

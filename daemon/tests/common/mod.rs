@@ -2,7 +2,9 @@
 //! in-process daemon on a free port, dcmtk peers and a raw DIMSE client.
 #![allow(dead_code, missing_docs)]
 
+pub mod pipeline;
 pub mod pki;
+pub mod storescp;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -304,6 +306,43 @@ pub fn data_set_bytes(obj: &InMemDicomObject) -> Vec<u8> {
     let mut bytes = Vec::new();
     obj.write_dataset_with_ts(&mut bytes, &ts).unwrap();
     bytes
+}
+
+/// The real binary, killed with SIGKILL when dropped, so that a failing test
+/// leaves no daemon behind.
+pub struct DaemonProcess(pub std::process::Child);
+
+impl DaemonProcess {
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// [`spawn_daemon`], then waits until it answers C-ECHO on `port`; a daemon
+/// that exits first fails the test with its log.
+#[cfg(test)]
+pub async fn spawn_daemon_answering(config: &Path, log: &Path, port: u16) -> DaemonProcess {
+    let mut daemon = DaemonProcess(spawn_daemon(config, log));
+    let args: Vec<String> =
+        ["-aet", "PACS", "-aec", AE, "127.0.0.1", &port.to_string()].iter().map(|s| s.to_string()).collect();
+    let start = Instant::now();
+    while !dcmtk("echoscu", args.clone()).await.status.success() {
+        if let Some(status) = daemon.0.try_wait().unwrap() {
+            let output = std::fs::read_to_string(log).unwrap_or_default();
+            panic!("cxr-ledd exited ({status}) instead of answering C-ECHO:\n{output}");
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "timed out waiting for the daemon to answer C-ECHO");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    daemon
 }
 
 /// Starts the real `cxr-ledd run --config <config>`, its output appended to
