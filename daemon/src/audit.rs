@@ -84,18 +84,21 @@ pub struct Event<'a> {
 /// transaction ends, so in a transaction make it the last statement before
 /// commit: every other audit writer waits for it.
 pub async fn record<'e>(db: impl PgExecutor<'e>, event: &Event<'_>) -> Result<(), sqlx::Error> {
+    // PostgreSQL text cannot hold NUL; a peer's bytes (an AE title, a UID it
+    // sent) must not make the audit row itself fail.
+    let text = |value: Option<&'_ str>| value.map(|v| v.replace('\0', "\u{FFFD}"));
     sqlx::query(
         "INSERT INTO audit_event (event, outcome, peer_address, calling_ae_title, called_ae_title, \
          sop_instance_uid, study_instance_uid, detail, data) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(event.event)
     .bind(event.outcome)
-    .bind(event.peer_address)
-    .bind(event.calling_ae_title)
-    .bind(event.called_ae_title)
-    .bind(event.sop_instance_uid)
-    .bind(event.study_instance_uid)
-    .bind(event.detail)
+    .bind(text(event.peer_address))
+    .bind(text(event.calling_ae_title))
+    .bind(text(event.called_ae_title))
+    .bind(text(event.sop_instance_uid))
+    .bind(text(event.study_instance_uid))
+    .bind(text(event.detail))
     .bind(event.data)
     .execute(db)
     .await?;

@@ -434,7 +434,8 @@ async fn on_command<S: AsyncRead + AsyncWrite + Unpin + Send>(
             } else if command.affected_sop_instance_uid.is_empty() {
                 Some((status::CANNOT_UNDERSTAND, "C-STORE-RQ without an Affected SOP Instance UID".into()))
             } else {
-                None
+                dimse::uid_problem(&command.affected_sop_instance_uid)
+                    .map(|problem| (status::CANNOT_UNDERSTAND, format!("the Affected SOP Instance UID {problem}")))
             };
             *pending = Some(Pending::start(shared, pc_id, dimse::trim(&transfer_syntax), command, peer, refusal).await);
             Ok(())

@@ -152,12 +152,18 @@ fn identity(path: &Path, command: &Command) -> Result<Identity, (u16, String)> {
     let study_instance_uid = text(tags::STUDY_INSTANCE_UID).filter(|s| !s.is_empty()).ok_or_else(|| {
         (status::DATA_SET_DOES_NOT_MATCH_SOP_CLASS, "Study Instance UID (0020,000D) missing".to_string())
     })?;
-    Ok(Identity {
-        sop_class_uid,
-        sop_instance_uid,
-        study_instance_uid,
-        series_instance_uid: text(tags::SERIES_INSTANCE_UID),
-    })
+    let series_instance_uid = text(tags::SERIES_INSTANCE_UID);
+    // These go into the database and the derived series: a NUL or other
+    // stray byte (the database refuses NUL in text) is the sender's error,
+    // answered as such, not "out of resources", which invites a retry.
+    for (name, value) in
+        [("Study", Some(&study_instance_uid)), ("Series", series_instance_uid.as_ref().filter(|s| !s.is_empty()))]
+    {
+        if let Some(problem) = value.and_then(|v| dimse::uid_problem(v)) {
+            return Err((status::DATA_SET_DOES_NOT_MATCH_SOP_CLASS, format!("{name} Instance UID {problem}")));
+        }
+    }
+    Ok(Identity { sop_class_uid, sop_instance_uid, study_instance_uid, series_instance_uid })
 }
 
 /// What [`Counted`] has read, shared with the walk (the decoder owns the reader).

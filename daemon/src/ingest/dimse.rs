@@ -52,6 +52,20 @@ pub fn trim(value: &str) -> &str {
     value.trim_end_matches(['\0', ' ']).trim_start()
 }
 
+/// Why `value` (already trimmed) is not a UID, or None when it is one: PS3.5
+/// 9.1 allows digits and dots only. (The length, 64 at most, is not
+/// enforced: a long UID is stored as well as a short one, and refusing it
+/// would only keep a legacy study out.)
+pub fn uid_problem(value: &str) -> Option<String> {
+    if value.is_empty() {
+        return Some("is empty".into());
+    }
+    value
+        .chars()
+        .find(|c| !(c.is_ascii_digit() || *c == '.'))
+        .map(|c| format!("holds {:?}; a UID is digits and dots only", c.escape_debug().to_string()))
+}
+
 /// Parses a command set.
 pub fn parse_command(bytes: &[u8]) -> Result<Command, String> {
     let ts = IMPLICIT_VR_LITTLE_ENDIAN.erased();
@@ -153,6 +167,16 @@ pub fn store_response(request: &Command, status: u16, comment: Option<&str>) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_uid_is_digits_and_dots() {
+        assert_eq!(uid_problem("1.2.840.10008.5.1.4.1.1.1"), None);
+        assert_eq!(uid_problem(trim("1.2.3\0")), None, "trailing padding is trimmed first");
+        assert!(uid_problem("").unwrap().contains("empty"));
+        let nul_inside = "1.2\x003";
+        assert!(uid_problem(nul_inside).unwrap().contains("\\0"), "{:?}", uid_problem(nul_inside));
+        assert!(uid_problem("1.2.x").unwrap().contains("digits and dots"));
+    }
 
     #[test]
     fn store_response_round_trips() {
