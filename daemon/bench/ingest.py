@@ -107,8 +107,10 @@ class CxrLed:
             # Ingest only: no model, and no fixed HTTP port to collide with a running service.
             '[pipeline]\nenabled = false\n[http]\nlisten = "127.0.0.1:0"\n')
         self.log = open(self.work / "cxrled.log", "w")
+        # The store stage's per-instance timings (INFO) are read back by stages_ms().
+        log_filter = "warn,cxr_led_daemon::ingest::store=info"
         self.proc = subprocess.Popen([self.binary, "run", "--config", str(config)], stdout=self.log,
-                                     stderr=subprocess.STDOUT, env={**os.environ, "RUST_LOG": "warn"})
+                                     stderr=subprocess.STDOUT, env={**os.environ, "RUST_LOG": log_filter})
         wait_echo(self.port, self.aec)
 
     def stop(self):
@@ -117,6 +119,35 @@ class CxrLed:
         self.log.close()
         subprocess.run(["psql", self.admin, "-qc", f"DROP DATABASE {self.db} WITH (FORCE)"], check=True)
         shutil.rmtree(self.spool, ignore_errors=True)
+
+
+    def stages_ms(self):
+        """Mean milliseconds per stored instance from the last run's log, from the
+        end of the receive to the answer: structure check and identity, duplicate
+        check, spool (fsync file, rename, fsync folder), database commit (the
+        instance row and its audit event)."""
+        marks = {"checked": [], "known": [], "spooled": [], "total": []}
+        for line in (self.work / "cxrled.log").read_text().splitlines():
+            try:
+                fields = json.loads(line).get("fields", {})
+            except ValueError:
+                continue
+            if fields.get("message") == "instance stored (cumulative timings)":
+                for mark in marks:
+                    marks[mark].append(duration_ms(fields[mark]))
+        if not marks["total"]:
+            return None
+        mean = {mark: sum(values) / len(values) for mark, values in marks.items()}
+        return {"check": round(mean["checked"], 2), "duplicate": round(mean["known"] - mean["checked"], 2),
+                "spool": round(mean["spooled"] - mean["known"], 2), "database": round(mean["total"] - mean["spooled"], 2)}
+
+
+def duration_ms(text):
+    """A Rust Duration's Debug text (e.g. 1.02ms, 224.8µs, 1.5s) in milliseconds."""
+    for unit, scale in (("ns", 1e-6), ("µs", 1e-3), ("ms", 1.0), ("s", 1e3)):
+        if text.endswith(unit):
+            return float(text[: -len(unit)]) * scale
+    raise ValueError(f"not a duration: {text}")
 
 
 class StoreScp:
@@ -204,6 +235,8 @@ def main():
                         receiver.stop()
                     row[receiver.name] = {"seconds": round(elapsed, 3), "instances_per_s": round(len(files) / elapsed, 1),
                                           "mb_per_s": round(megabytes / elapsed, 1), "peak_rss_mib": peak}
+                    if isinstance(receiver, CxrLed):
+                        row[receiver.name]["stages_ms"] = receiver.stages_ms()
                 results.append(row)
                 print(json.dumps(row), file=sys.stderr)
         names = [r.name for r in receivers]
