@@ -208,13 +208,13 @@ where
 
 /// Waits (up to 60 s) until a daemon on `port` answers C-ECHO.
 pub async fn wait_for_echo(port: u16) {
-    let args: Vec<String> =
-        ["-aet", "PACS", "-aec", AE, "127.0.0.1", &port.to_string()].iter().map(|s| s.to_string()).collect();
-    wait_until(Duration::from_secs(60), "the daemon to answer C-ECHO", || {
-        let args = args.clone();
-        async move { dcmtk("echoscu", args).await.status.success() }
-    })
-    .await;
+    wait_until(Duration::from_secs(60), "the daemon to answer C-ECHO", || answers_echo(port)).await;
+}
+
+/// Whether a daemon on `port` answers C-ECHO now (echoscu).
+pub async fn answers_echo(port: u16) -> bool {
+    let args = ["-aet", "PACS", "-aec", AE, "127.0.0.1", &port.to_string()].iter().map(|s| s.to_string()).collect();
+    dcmtk("echoscu", args).await.status.success()
 }
 
 /// Files in the spool (not in tmp/).
@@ -331,17 +331,14 @@ impl Drop for DaemonProcess {
 #[cfg(test)]
 pub async fn spawn_daemon_answering(config: &Path, log: &Path, port: u16) -> DaemonProcess {
     let mut daemon = DaemonProcess(spawn_daemon(config, log));
-    let args: Vec<String> =
-        ["-aet", "PACS", "-aec", AE, "127.0.0.1", &port.to_string()].iter().map(|s| s.to_string()).collect();
-    let start = Instant::now();
-    while !dcmtk("echoscu", args.clone()).await.status.success() {
+    wait_until(Duration::from_secs(60), "the daemon to answer C-ECHO", || {
         if let Some(status) = daemon.0.try_wait().unwrap() {
             let output = std::fs::read_to_string(log).unwrap_or_default();
             panic!("cxr-ledd exited ({status}) instead of answering C-ECHO:\n{output}");
         }
-        assert!(start.elapsed() < Duration::from_secs(60), "timed out waiting for the daemon to answer C-ECHO");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        answers_echo(port)
+    })
+    .await;
     daemon
 }
 
