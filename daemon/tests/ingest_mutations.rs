@@ -47,6 +47,18 @@ struct Header {
     length: u32,
 }
 
+impl Header {
+    /// Where the element ends in a data set of `total` bytes: after its value,
+    /// or after the header alone when its length is undefined.
+    fn end(&self, total: usize) -> usize {
+        if self.length == u32::MAX {
+            self.value_at
+        } else {
+            (self.value_at + self.length as usize).min(total)
+        }
+    }
+}
+
 /// Every element, item and delimiter header of a well-formed data set, in
 /// file order, descending into sequences and items.
 fn headers(bytes: &[u8], explicit: bool) -> Vec<Header> {
@@ -251,13 +263,11 @@ fn mutate(case: &Case, mut bytes: Vec<u8>) -> Vec<u8> {
         Some(Cut::Truncate { at }) => bytes.truncate(pick(total, at).max(1)),
         Some(Cut::Drop { header }) => {
             let h = found[pick(found.len(), header)];
-            let end = (h.value_at + h.length as usize).min(total);
-            let end = if h.length == u32::MAX { h.value_at } else { end };
-            bytes.drain(h.at..end);
+            bytes.drain(h.at..h.end(total));
         }
         Some(Cut::Repeat { header }) => {
             let h = found[pick(found.len(), header)];
-            let end = if h.length == u32::MAX { h.value_at } else { (h.value_at + h.length as usize).min(total) };
+            let end = h.end(total);
             let copy = bytes[h.at..end].to_vec();
             bytes.splice(end..end, copy);
         }
