@@ -84,9 +84,7 @@ pub struct Event<'a> {
 /// transaction ends, so in a transaction make it the last statement before
 /// commit: every other audit writer waits for it.
 pub async fn record<'e>(db: impl PgExecutor<'e>, event: &Event<'_>) -> Result<(), sqlx::Error> {
-    // PostgreSQL text cannot hold NUL; a peer's bytes (an AE title, a UID it
-    // sent) must not make the audit row itself fail.
-    let text = |value: Option<&'_ str>| value.map(|v| v.replace('\0', "\u{FFFD}"));
+    let text = |value: Option<&'_ str>| value.map(storable);
     sqlx::query(
         "INSERT INTO audit_event (event, outcome, peer_address, calling_ae_title, called_ae_title, \
          sop_instance_uid, study_instance_uid, detail, data) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -103,6 +101,13 @@ pub async fn record<'e>(db: impl PgExecutor<'e>, event: &Event<'_>) -> Result<()
     .execute(db)
     .await?;
     Ok(())
+}
+
+/// A peer's text as an audit column can hold it: PostgreSQL text cannot hold
+/// NUL, and a peer's bytes (an AE title, a UID it sent) must not make the
+/// audit row itself fail, so NUL becomes U+FFFD.
+pub fn storable(value: &str) -> String {
+    value.replace('\0', "\u{FFFD}")
 }
 
 /// Inserts one audit row; a failure is logged, not returned (for events that

@@ -1,6 +1,6 @@
 //! One C-STORE: stream the data set to a temporary file, check it, fsync,
-//! rename into the spool, fsync the folder, commit the instance row and its
-//! audit event in one transaction, and only then answer Success.
+//! rename into the spool, fsync the folder, commit the instance row, its
+//! study's upsert and its audit event in one call, and only then answer Success.
 //!
 //! Every failure answers a failure status and leaves neither a file nor a row:
 //! the temporary file is removed, a spooled file whose transaction did not
@@ -264,9 +264,12 @@ impl Pending {
         }
     }
 
-    /// Inserts study, instance and audit rows in one transaction. Returns
-    /// whether the instance was new; the error says whether the commit's
-    /// outcome is unknown (then the spooled file is kept for recovery).
+    /// Registers the instance: its row, its study's upsert and its audit
+    /// event, committed together by one call of `register_instance` (migration
+    /// `20261206000007`), so the study's and the audit chain's locks are held
+    /// only inside the server. Returns whether the instance was new; the
+    /// error says whether the commit's outcome is unknown (then the spooled
+    /// file is kept for recovery).
     async fn register(
         &self,
         shared: &Arc<Shared>,
@@ -275,30 +278,13 @@ impl Pending {
         file_name: &str,
         size: u64,
     ) -> Result<bool, (sqlx::Error, bool)> {
-        let mut tx = shared.db.begin().await.map_err(|e| (e, false))?;
-        // Late: its study was already enqueued. The upsert re-opens the study,
-        // so the tracker gives the new instance a job of its own after the
-        // quiet period (rolled back with the rest if the instance is a duplicate).
-        let late: bool =
-            sqlx::query_scalar("SELECT enqueued_at IS NOT NULL FROM study WHERE study_instance_uid = $1 FOR UPDATE")
-                .bind(&identity.study_instance_uid)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(|e| (e, false))?
-                .unwrap_or(false);
-        sqlx::query(
-            "INSERT INTO study (study_instance_uid, instance_count) VALUES ($1, 1) \
-             ON CONFLICT (study_instance_uid) DO UPDATE \
-             SET last_received_at = now(), instance_count = study.instance_count + 1, enqueued_at = NULL",
-        )
-        .bind(&identity.study_instance_uid)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| (e, false))?;
-        let inserted = sqlx::query(
-            "INSERT INTO instance (sop_instance_uid, sop_class_uid, study_instance_uid, series_instance_uid, \
-             transfer_syntax_uid, spool_file, size_bytes, calling_ae_title, peer_address) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (sop_instance_uid) DO NOTHING",
+        let detail = format!("stored {size} bytes, {}", self.transfer_syntax);
+        let late_detail = format!(
+            "{detail}; late: its study was already enqueued, so the study is re-opened and \
+             this instance gets a job of its own after the quiet period"
+        );
+        let registered = sqlx::query_scalar::<_, bool>(
+            "SELECT register_instance($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
         .bind(&identity.sop_instance_uid)
         .bind(&identity.sop_class_uid)
@@ -307,44 +293,37 @@ impl Pending {
         .bind(&self.transfer_syntax)
         .bind(file_name)
         .bind(size as i64)
-        .bind(&peer.calling_ae_title)
-        .bind(&peer.address)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| (e, false))?
-        .rows_affected();
-        if inserted == 0 {
-            tx.rollback().await.map_err(|e| (e, false))?;
-            return Ok(false);
+        .bind(audit::storable(&peer.calling_ae_title))
+        .bind(audit::storable(&peer.called_ae_title))
+        .bind(audit::storable(&peer.address))
+        .bind(&detail)
+        .bind(&late_detail)
+        .fetch_one(&shared.db)
+        .await;
+        match registered {
+            Ok(_late) => Ok(true), // the audit detail already says whether it was late
+            // Another daemon on the same database stored it first; the whole call rolled back.
+            Err(sqlx::Error::Database(e)) if e.constraint() == Some("instance_pkey") => Ok(false),
+            Err(e) => {
+                let committed_unknown = commit_outcome_unknown(&e);
+                Err((e, committed_unknown))
+            }
         }
-        let detail = if late {
-            format!(
-                "stored {size} bytes, {}; late: its study was already enqueued, so the study is re-opened and \
-                 this instance gets a job of its own after the quiet period",
-                self.transfer_syntax
-            )
-        } else {
-            format!("stored {size} bytes, {}", self.transfer_syntax)
-        };
-        audit::record(
-            &mut *tx,
-            &audit::Event {
-                event: audit::INSTANCE_RECEIVED,
-                outcome: "success",
-                peer_address: Some(&peer.address),
-                calling_ae_title: Some(&peer.calling_ae_title),
-                called_ae_title: Some(&peer.called_ae_title),
-                sop_instance_uid: Some(&identity.sop_instance_uid),
-                study_instance_uid: Some(&identity.study_instance_uid),
-                detail: Some(&detail),
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| (e, false))?;
-        tx.commit().await.map_err(|e| (e, true))?;
-        Ok(true)
     }
+}
+
+/// Whether a failed call may still have committed: the server refused it
+/// (then it rolled back) or it was never sent, unless the connection broke
+/// after the statement went out.
+fn commit_outcome_unknown(error: &sqlx::Error) -> bool {
+    !matches!(
+        error,
+        sqlx::Error::Database(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Configuration(_)
+            | sqlx::Error::Encode(_)
+    )
 }
 
 /// Checks the spooled file off the async threads (it reads the whole file).
