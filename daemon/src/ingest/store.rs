@@ -197,7 +197,15 @@ impl Pending {
             temp.discard().await;
             return Err((status::OUT_OF_RESOURCES, format!("spool write failed: {e}")));
         }
-        let identity = match check(temp.path().to_path_buf(), self.command.clone(), self.max_bytes).await {
+        // The check walks the file on a blocking thread; the duplicate lookup
+        // goes to the database meanwhile, under the request's UID, which the
+        // check requires the data set to carry.
+        let _guard = InFlight::acquire(shared, &self.command.affected_sop_instance_uid).await;
+        let (checked, known) = tokio::join!(
+            check(temp.path().to_path_buf(), self.command.clone(), self.max_bytes),
+            is_known(&shared.db, &self.command.affected_sop_instance_uid),
+        );
+        let identity = match checked {
             Ok(identity) => identity,
             Err(failure) => {
                 temp.discard().await;
@@ -205,8 +213,7 @@ impl Pending {
             }
         };
         let checked = started.elapsed();
-        let _guard = InFlight::acquire(shared, &identity.sop_instance_uid).await;
-        match is_known(&shared.db, &identity.sop_instance_uid).await {
+        match known {
             Ok(true) => {
                 temp.discard().await;
                 // A resend is the sender still at work: its study is not quiet yet.
