@@ -3,8 +3,10 @@
 from dcmtk storescu, on 1, 8 and 20 associations in parallel (--associations),
 by cxr-led (fsync + PostgreSQL), dcmtk storescp and Orthanc, on the same
 files, and each receiver's peak RSS (VmHWM from /proc; storescp forks a child
-per association, so it has none to show). Prints a table with ratios and
-writes out/bench/ingest.json.
+per association, so it has none to show), and the CPU time each receiver
+spent per instance while the senders ran (from /proc: the process and its
+children, PostgreSQL's not included). Prints a table with ratios and writes
+out/bench/ingest.json.
 
 Needs: dcmtk (storescu, storescp, dcmodify, echoscu), Orthanc (optional, skip
 with --no-orthanc), a PostgreSQL server ($DATABASE_URL, default
@@ -54,6 +56,29 @@ def peak_rss_mib(proc):
     except OSError:
         pass
     return None
+
+
+def cpu_seconds(pid):
+    """CPU time (user + system) of a process and its children so far: its own,
+    what it has reaped (storescp --fork reaps its children), and that of the
+    children still listed (running or exited but not yet reaped)."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def stat(p):
+        text = Path(f"/proc/{p}/stat").read_text()
+        fields = text[text.rindex(")") + 2:].split()
+        return fields[1], sum(int(x) for x in fields[11:15])  # ppid; utime, stime, cutime, cstime
+
+    total = stat(pid)[1]
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and entry.name != str(pid):
+            try:
+                ppid, ticks = stat(entry.name)
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid == str(pid):
+                total += ticks
+    return total / tick
 
 
 def make_copies(source, folder, n, tag):
@@ -228,24 +253,28 @@ def main():
                 for receiver in receivers:
                     receiver.start()
                     try:
+                        cpu_before = cpu_seconds(receiver.proc.pid)
                         elapsed = send(receiver.port, receiver.aec, files, parallel)
+                        cpu = cpu_seconds(receiver.proc.pid) - cpu_before
                         # The parent of storescp --fork holds no data set.
                         peak = None if isinstance(receiver, StoreScp) else peak_rss_mib(receiver.proc)
                     finally:
                         receiver.stop()
                     row[receiver.name] = {"seconds": round(elapsed, 3), "instances_per_s": round(len(files) / elapsed, 1),
-                                          "mb_per_s": round(megabytes / elapsed, 1), "peak_rss_mib": peak}
+                                          "mb_per_s": round(megabytes / elapsed, 1), "peak_rss_mib": peak,
+                                          "cpu_ms_per_instance": round(1000 * cpu / len(files), 2)}
                     if isinstance(receiver, CxrLed):
                         row[receiver.name]["stages_ms"] = receiver.stages_ms()
                 results.append(row)
                 print(json.dumps(row), file=sys.stderr)
         names = [r.name for r in receivers]
-        header = f"{'files':<16}{'assoc':>6}" + "".join(f"{n + ' inst/s':>18}{'MB/s':>8}{'RSS MiB':>9}" for n in names)
+        header = f"{'files':<16}{'assoc':>6}" + "".join(f"{n + ' inst/s':>18}{'MB/s':>8}{'RSS MiB':>9}{'CPU ms':>8}" for n in names)
         header += "".join(f"{'cxr-led/' + n:>20}" for n in names[1:])
         print(header)
         for row in results:
             line = f"{row['files']:<16}{row['associations']:>6}"
             line += "".join(f"{row[n]['instances_per_s']:>18}{row[n]['mb_per_s']:>8}{str(row[n]['peak_rss_mib'] or '-'):>9}"
+                            f"{row[n]['cpu_ms_per_instance']:>8}"
                             for n in names)
             line += "".join(f"{row['cxr-led']['instances_per_s'] / row[n]['instances_per_s']:>20.2f}" for n in names[1:])
             print(line)
