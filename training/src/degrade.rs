@@ -260,6 +260,17 @@ fn gaussian_kernel(sigma: f64) -> Vec<f64> {
     weights.into_iter().map(|w| w / sum).collect()
 }
 
+/// A plane blurred by a Gaussian of `sigma` pixels (edges mirrored).
+pub fn blur_plane(plane: &crate::metrics::Plane, sigma: f64) -> crate::metrics::Plane {
+    let values: Vec<f64> = plane.data.iter().map(|&v| f64::from(v)).collect();
+    let blurred = blur(&values, plane.width, plane.height, sigma);
+    crate::metrics::Plane {
+        width: plane.width,
+        height: plane.height,
+        data: blurred.into_iter().map(|v| v as f32).collect(),
+    }
+}
+
 /// Separable Gaussian blur of a row-major `width` x `height` plane, edges mirrored.
 fn blur(plane: &[f64], width: usize, height: usize, sigma: f64) -> Vec<f64> {
     if sigma < 0.05 {

@@ -83,6 +83,11 @@ pub struct EvaluateArgs {
     /// Example rows in the image grid.
     #[arg(long, default_value_t = 3)]
     pub examples: usize,
+    /// Also classify the high-quality images after what a method may do to
+    /// them without any degradation (the first stage on them; Gaussian blur):
+    /// how much of the accuracy gap a faithful denoiser can close at all.
+    #[arg(long)]
+    pub ceiling: bool,
 }
 
 /// The methods every report compares, in table order.
@@ -188,6 +193,18 @@ pub struct NativeReport {
     pub skipped: Vec<data::Skipped>,
 }
 
+/// `--ceiling`: the classifier on high-quality images changed without any
+/// degradation, paired with its accuracy on the originals.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CeilingRow {
+    /// What was done to the high-quality images.
+    pub label: String,
+    /// Accuracy with its interval.
+    pub accuracy: Interval,
+    /// Paired difference to the accuracy on the unchanged images (points as a fraction).
+    pub versus_high_quality: Interval,
+}
+
 /// Everything `report.json` holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EvaluationReport {
@@ -237,6 +254,9 @@ pub struct EvaluationReport {
     /// Test-split files that could not be read (not in the table).
     #[serde(default)]
     pub skipped: Vec<data::Skipped>,
+    /// `--ceiling` rows (empty without it).
+    #[serde(default)]
+    pub ceiling: Vec<CeilingRow>,
     /// Figures written beside report.json.
     pub figures: Vec<String>,
 }
@@ -455,6 +475,37 @@ pub fn evaluate(args: &EvaluateArgs, command_line: &str) -> anyhow::Result<Evalu
     for method in &mut methods {
         method.gap_closed = ((high - low).abs() > 1e-9).then(|| (method.accuracy - low) / (high - low));
     }
+    let ceiling = if args.ceiling {
+        let hq_correct = &per_image[0].1;
+        let mut changed: Vec<(String, Vec<Plane>)> = Vec::new();
+        let mut on_high_quality = Vec::with_capacity(n);
+        for start in (0..n as i64).step_by(args.batch.max(1) as usize) {
+            let count = args.batch.max(1).min(n as i64 - start);
+            let first_stage_only = cxr_led_models::EnhanceParams { t0: 0, ..params.clone() };
+            let result = model.enhance_batch(&test.images.narrow(0, start, count), &first_stage_only, &mut noise)?;
+            for i in 0..result.estimate.size()[0] {
+                on_high_quality.push(Plane::from_model_tensor(&result.estimate.get(i).clamp(-1.0, 1.0))?);
+            }
+        }
+        changed.push(("First stage on the high-quality image".into(), on_high_quality));
+        for sigma in [0.5, 1.0] {
+            let blurred = hq_planes.iter().map(|p| crate::degrade::blur_plane(p, sigma)).collect();
+            changed.push((format!("High quality, Gaussian blur sigma {sigma} px"), blurred));
+        }
+        let mut rows = Vec::new();
+        for (label, planes) in changed {
+            let predicted = classifier.predict(&stack(&planes), 64)?;
+            let correct: Vec<f64> = predicted.iter().zip(&truth).map(|(p, t)| f64::from(u8::from(p == t))).collect();
+            rows.push(CeilingRow {
+                label,
+                accuracy: bootstrap::mean_interval(&correct, 21),
+                versus_high_quality: bootstrap::paired_difference(&correct, hq_correct, 22),
+            });
+        }
+        rows
+    } else {
+        Vec::new()
+    };
     let native = match &args.native {
         Some(folder) => Some(native_report(folder, args.native_limit, &ranges, &model, params, &classical, args.seed)?),
         None => None,
@@ -490,6 +541,7 @@ pub fn evaluate(args: &EvaluateArgs, command_line: &str) -> anyhow::Result<Evalu
         methods,
         native,
         skipped: test.skipped.clone(),
+        ceiling,
         figures: Vec::new(),
     };
     let examples: Vec<Vec<&Plane>> =

@@ -408,6 +408,24 @@ fn markdown(report: &EvaluationReport) -> String {
             m.held.map_or("–".into(), |h| format!("{:.1}%", h * 100.0))
         );
     }
+    if !report.ceiling.is_empty() {
+        let _ = writeln!(
+            md,
+            "\n## What the classifier needs\n\nThe classifier on the {} high-quality test images changed without any \
+             degradation: if a faithful change already costs accuracy, no denoiser of the low-quality images gets it \
+             back.\n\n| High-quality images | Accuracy (%) | Δ to the unchanged images (points) |\n| --- | --- | --- |",
+            report.test_images.iter().map(|(_, n)| n).sum::<usize>()
+        );
+        for row in &report.ceiling {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} |",
+                row.label,
+                interval(Some(row.accuracy), 1, 100.0),
+                difference(Some(row.versus_high_quality), 1, 100.0)
+            );
+        }
+    }
     if let Some(native) = &report.native {
         let _ = writeln!(
             md,

@@ -94,9 +94,12 @@ fn classifier_evaluate_and_export_write_a_complete_report() {
         "0",
         "--ranges",
         "held-out",
+        "--ceiling",
     ];
     let (stdout, _) = train(&evaluate);
     assert!(stdout.contains("| NLM denoise + 1-99% stretch |"), "{stdout}");
+    let markdown = std::fs::read_to_string(Path::new(&report).join("report.md")).unwrap();
+    assert!(markdown.contains("## What the classifier needs"), "{markdown}");
 
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(Path::new(&report).join("report.json")).unwrap()).unwrap();
@@ -122,6 +125,24 @@ fn classifier_evaluate_and_export_write_a_complete_report() {
             let difference = &method["versus_bar"]["accuracy"];
             assert!(number(&difference["low"]) <= number(&difference["high"]), "{method}");
         }
+    }
+    // --ceiling: the high-quality images through the first stage and blurred, each paired with the originals.
+    let ceiling = json["ceiling"].as_array().unwrap();
+    let labels: Vec<&str> = ceiling.iter().map(|r| r["label"].as_str().unwrap()).collect();
+    assert_eq!(
+        labels,
+        [
+            "First stage on the high-quality image",
+            "High quality, Gaussian blur sigma 0.5 px",
+            "High quality, Gaussian blur sigma 1 px"
+        ]
+    );
+    let high_quality = number(&methods[0]["accuracy"]);
+    for row in ceiling {
+        let accuracy = number(&row["accuracy"]["mean"]);
+        assert!((0.0..=1.0).contains(&accuracy), "{row}");
+        let difference = number(&row["versus_high_quality"]["mean"]);
+        assert!((accuracy - high_quality - difference).abs() < 1e-9, "{row}");
     }
     let native = &json["native"];
     assert_eq!(native["images"], 2, "{native}");
