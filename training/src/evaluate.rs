@@ -203,6 +203,12 @@ pub struct CeilingRow {
     pub accuracy: Interval,
     /// Paired difference to the accuracy on the unchanged images (points as a fraction).
     pub versus_high_quality: Interval,
+    /// How far the changed images are from the originals: PSNR (dB) and SSIM.
+    #[serde(default)]
+    pub psnr: Option<Interval>,
+    /// SSIM against the originals.
+    #[serde(default)]
+    pub ssim: Option<Interval>,
 }
 
 /// Everything `report.json` holds.
@@ -496,10 +502,13 @@ pub fn evaluate(args: &EvaluateArgs, command_line: &str) -> anyhow::Result<Evalu
         for (label, planes) in changed {
             let predicted = classifier.predict(&stack(&planes), 64)?;
             let correct: Vec<f64> = predicted.iter().zip(&truth).map(|(p, t)| f64::from(u8::from(p == t))).collect();
+            let (psnr, ssim) = quality_of(&planes, &hq_planes);
             rows.push(CeilingRow {
                 label,
                 accuracy: bootstrap::mean_interval(&correct, 21),
                 versus_high_quality: bootstrap::paired_difference(&correct, hq_correct, 22),
+                psnr: Some(bootstrap::mean_interval(&psnr, 23)),
+                ssim: Some(bootstrap::mean_interval(&ssim, 24)),
             });
         }
         rows

@@ -413,16 +413,19 @@ fn markdown(report: &EvaluationReport) -> String {
             md,
             "\n## What the classifier needs\n\nThe classifier on the {} high-quality test images changed without any \
              degradation: if a faithful change already costs accuracy, no denoiser of the low-quality images gets it \
-             back.\n\n| High-quality images | Accuracy (%) | Δ to the unchanged images (points) |\n| --- | --- | --- |",
+             back.\n\n| High-quality images | Accuracy (%) | Δ to the unchanged images (points) | PSNR to them (dB) | SSIM |\n\
+             | --- | --- | --- | --- | --- |",
             report.test_images.iter().map(|(_, n)| n).sum::<usize>()
         );
         for row in &report.ceiling {
             let _ = writeln!(
                 md,
-                "| {} | {} | {} |",
+                "| {} | {} | {} | {} | {} |",
                 row.label,
                 interval(Some(row.accuracy), 1, 100.0),
-                difference(Some(row.versus_high_quality), 1, 100.0)
+                difference(Some(row.versus_high_quality), 1, 100.0),
+                interval(row.psnr, 2, 1.0),
+                interval(row.ssim, 3, 1.0)
             );
         }
     }

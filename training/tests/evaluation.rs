@@ -143,6 +143,8 @@ fn classifier_evaluate_and_export_write_a_complete_report() {
         assert!((0.0..=1.0).contains(&accuracy), "{row}");
         let difference = number(&row["versus_high_quality"]["mean"]);
         assert!((accuracy - high_quality - difference).abs() < 1e-9, "{row}");
+        let (psnr, ssim) = (number(&row["psnr"]["mean"]), number(&row["ssim"]["mean"]));
+        assert!(psnr > 0.0 && (0.0..=1.0).contains(&ssim), "{row}");
     }
     let native = &json["native"];
     assert_eq!(native["images"], 2, "{native}");
