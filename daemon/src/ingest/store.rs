@@ -309,8 +309,14 @@ impl Pending {
         .await;
         match registered {
             Ok(_late) => Ok(true), // the audit detail already says whether it was late
-            // Another daemon on the same database stored it first; the whole call rolled back.
-            Err(sqlx::Error::Database(e)) if e.constraint() == Some("instance_pkey") => Ok(false),
+            // Another daemon on the same database stored it first; the whole call
+            // rolled back. (The spool file name comes from the UID, so its unique
+            // index may be the one that refuses.)
+            Err(sqlx::Error::Database(e))
+                if matches!(e.constraint(), Some("instance_pkey" | "instance_spool_file_key")) =>
+            {
+                Ok(false)
+            }
             Err(e) => {
                 let committed_unknown = commit_outcome_unknown(&e);
                 Err((e, committed_unknown))
