@@ -148,10 +148,11 @@ class CxrLed:
 
     def stages_ms(self):
         """Mean milliseconds per stored instance from the last run's log, from the
-        end of the receive to the answer: structure check and identity, duplicate
-        check, spool (fsync file, rename, fsync folder), database commit (the
-        instance row and its audit event)."""
-        marks = {"checked": [], "known": [], "spooled": [], "total": []}
+        end of the receive to the answer: structure check and identity (the
+        duplicate lookup runs beside it), spool (fsync file, rename, fsync
+        folder), database commit (the instance row, its study and its audit
+        event)."""
+        marks = {"checked": [], "spooled": [], "total": []}
         for line in (self.work / "cxrled.log").read_text().splitlines():
             try:
                 fields = json.loads(line).get("fields", {})
@@ -163,8 +164,8 @@ class CxrLed:
         if not marks["total"]:
             return None
         mean = {mark: sum(values) / len(values) for mark, values in marks.items()}
-        return {"check": round(mean["checked"], 2), "duplicate": round(mean["known"] - mean["checked"], 2),
-                "spool": round(mean["spooled"] - mean["known"], 2), "database": round(mean["total"] - mean["spooled"], 2)}
+        return {"check": round(mean["checked"], 2), "spool": round(mean["spooled"] - mean["checked"], 2),
+                "database": round(mean["total"] - mean["spooled"], 2)}
 
 
 def duration_ms(text):

@@ -201,11 +201,11 @@ impl Pending {
         // goes to the database meanwhile, under the request's UID, which the
         // check requires the data set to carry.
         let _guard = InFlight::acquire(shared, &self.command.affected_sop_instance_uid).await;
-        let (checked, known) = tokio::join!(
+        let (structure, lookup) = tokio::join!(
             check(temp.path().to_path_buf(), self.command.clone(), self.max_bytes),
             is_known(&shared.db, &self.command.affected_sop_instance_uid),
         );
-        let identity = match checked {
+        let identity = match structure {
             Ok(identity) => identity,
             Err(failure) => {
                 temp.discard().await;
@@ -213,7 +213,7 @@ impl Pending {
             }
         };
         let checked = started.elapsed();
-        match known {
+        match lookup {
             Ok(true) => {
                 temp.discard().await;
                 // A resend is the sender still at work: its study is not quiet yet.
@@ -238,7 +238,6 @@ impl Pending {
                 return Err((status::OUT_OF_RESOURCES, format!("database unavailable: {e}")));
             }
         }
-        let known = started.elapsed();
         let size = temp.len();
         let file_name = Spool::file_name(&identity.sop_instance_uid);
         if let Err(e) = shared.spool.commit(temp, &file_name).await {
@@ -252,7 +251,6 @@ impl Pending {
             sop_instance_uid = %identity.sop_instance_uid,
             bytes = size,
             ?checked,
-            ?known,
             ?spooled,
             total = ?started.elapsed(),
             "instance stored (cumulative timings)"
