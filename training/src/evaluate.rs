@@ -387,26 +387,14 @@ pub fn evaluate(args: &EvaluateArgs, command_line: &str) -> anyhow::Result<Evalu
     let mut noise = NoiseSource::new(args.seed);
     let params = &enhance_params;
     let mut progress = Progress::new("evaluate led", 0, n, "images");
-    for start in (0..n as i64).step_by(args.batch.max(1) as usize) {
-        let count = args.batch.max(1).min(n as i64 - start);
-        // Images no larger than the training tile go through in batches; larger ones
-        // through the daemon's tiled path (full-image attention would not fit).
-        let results = if i64::from(args.size) <= params.tiles.tile {
-            vec![model.enhance_batch(&low_quality.narrow(0, start, count), params, &mut noise)?]
-        } else {
-            (start..start + count)
-                .map(|i| model.enhance(&low_quality.narrow(0, i, 1), params, &mut noise))
-                .collect::<Result<Vec<_>, _>>()?
-        };
-        for result in results {
-            estimate_seconds += result.timings.estimate.as_secs_f64();
-            led_seconds += (result.timings.estimate + result.timings.refinement).as_secs_f64();
-            for i in 0..result.output.size()[0] {
-                estimates.push(Plane::from_model_tensor(&result.estimate.get(i).clamp(-1.0, 1.0))?);
-                refined.push(Plane::from_model_tensor(&result.output.get(i))?);
-            }
+    let results = enhance_all(&model, &low_quality, args.batch, params, &mut noise, |done| progress.update(done, ""))?;
+    for result in results {
+        estimate_seconds += result.timings.estimate.as_secs_f64();
+        led_seconds += (result.timings.estimate + result.timings.refinement).as_secs_f64();
+        for i in 0..result.output.size()[0] {
+            estimates.push(Plane::from_model_tensor(&result.estimate.get(i).clamp(-1.0, 1.0))?);
+            refined.push(Plane::from_model_tensor(&result.output.get(i))?);
         }
-        progress.update((start + count) as usize, "");
     }
     // The hallucination check on the model's outputs, as the daemon scores them.
     let check = hallucination::bundle_config(&bundle.manifest);
@@ -485,10 +473,8 @@ pub fn evaluate(args: &EvaluateArgs, command_line: &str) -> anyhow::Result<Evalu
         let hq_correct = &per_image[0].1;
         let mut changed: Vec<(String, Vec<Plane>)> = Vec::new();
         let mut on_high_quality = Vec::with_capacity(n);
-        for start in (0..n as i64).step_by(args.batch.max(1) as usize) {
-            let count = args.batch.max(1).min(n as i64 - start);
-            let first_stage_only = cxr_led_models::EnhanceParams { t0: 0, ..params.clone() };
-            let result = model.enhance_batch(&test.images.narrow(0, start, count), &first_stage_only, &mut noise)?;
+        let first_stage_only = cxr_led_models::EnhanceParams { t0: 0, ..params.clone() };
+        for result in enhance_all(&model, &test.images, args.batch, &first_stage_only, &mut noise, |_| {})? {
             for i in 0..result.estimate.size()[0] {
                 on_high_quality.push(Plane::from_model_tensor(&result.estimate.get(i).clamp(-1.0, 1.0))?);
             }
@@ -557,6 +543,34 @@ pub fn evaluate(args: &EvaluateArgs, command_line: &str) -> anyhow::Result<Evalu
         (0..args.examples.min(n)).map(|i| outputs.iter().map(|(planes, _)| &planes[i]).collect()).collect();
     report::write(&args.out, &mut report, &examples, &args.curves)?;
     Ok(report)
+}
+
+/// Enhances every image of `stack` (`[N, 1, H, W]`): images no larger than the
+/// training tile in batches of `batch`, larger ones one at a time through the
+/// daemon's tiled path (full-image attention would not fit). `done(k)` after
+/// each batch, with the images done so far.
+fn enhance_all(
+    model: &LedModel,
+    stack: &Tensor,
+    batch: i64,
+    params: &cxr_led_models::EnhanceParams,
+    noise: &mut NoiseSource,
+    mut done: impl FnMut(usize),
+) -> anyhow::Result<Vec<cxr_led_models::led::Enhancement>> {
+    let (n, batch) = (stack.size()[0], batch.max(1));
+    let mut results = Vec::new();
+    for start in (0..n).step_by(batch as usize) {
+        let count = batch.min(n - start);
+        if stack.size()[2].max(stack.size()[3]) <= params.tiles.tile {
+            results.push(model.enhance_batch(&stack.narrow(0, start, count), params, noise)?);
+        } else {
+            for i in start..start + count {
+                results.push(model.enhance(&stack.narrow(0, i, 1), params, noise)?);
+            }
+        }
+        done((start + count) as usize);
+    }
+    Ok(results)
 }
 
 /// A classical baseline: its key and what it does to a plane.
