@@ -15,6 +15,12 @@
 //! - **Noise and blur are local.** A UNet on the pixel-unshuffled input (2x2
 //!   pixels to 4 channels, as FFDNet does: a quarter of the positions for the
 //!   same receptive field) predicts a residual on the stretched input.
+//! - **The way back is global too** (`global-tone`, since 0.5.0-cpu). The
+//!   stretch discards where the image's black and white points were, and
+//!   without them a good image cannot come back as it was. A small global
+//!   tone head maps the statistics, these two points included, to a gain and
+//!   an offset per image that take the UNet's result from the stretched scale
+//!   back to display intensity: for a good image, the stretch undone.
 //!
 //! The statistics are always those of the whole image, also when the network
 //! runs in tiles, so a tile is enhanced exactly as it would be in the whole
@@ -35,8 +41,13 @@ pub const TONE_QUANTILES: [f64; 7] = [0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95];
 pub const STRETCH_LOW: f64 = 0.01;
 /// ... and this one to 1.
 pub const STRETCH_HIGH: f64 = 0.99;
-/// Constant planes: the inner quantiles and the noise level.
+/// Constant planes the UNet sees: the inner quantiles and the noise level.
 pub const STAT_PLANES: i64 = TONE_QUANTILES.len() as i64 + 1;
+/// Values of [`ToneStats::planes`]: the UNet's planes, then the 1st and 99th
+/// percentiles before the stretch (for the global tone head).
+pub const TONE_VALUES: i64 = STAT_PLANES + 2;
+/// Hidden units of the global tone head.
+const TONE_HIDDEN: i64 = 32;
 /// At most this many pixels are sorted for the quantiles (a regular subsample beyond).
 const QUANTILE_SAMPLES: i64 = 1 << 20;
 /// The noise plane is the estimated noise sigma times this, to bring it near the quantiles' range.
@@ -51,11 +62,23 @@ pub struct EnhancerConfig {
     pub widths: Vec<i64>,
     /// 3x3 convolutions per level on each side of the UNet.
     pub convs_per_level: usize,
+    /// Whether a global tone head maps the result back from the stretched
+    /// scale (a gain and an offset per image from its statistics); without
+    /// it the UNet's result on the stretched scale is the output.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub global_tone: bool,
 }
 
 impl Default for EnhancerConfig {
     fn default() -> Self {
-        Self { widths: vec![32, 64, 128], convs_per_level: 2 }
+        Self { widths: vec![32, 64, 128], convs_per_level: 2, global_tone: false }
+    }
+}
+
+impl std::fmt::Display for EnhancerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "of widths {:?} ({} convolutions per level", self.widths, self.convs_per_level)?;
+        f.write_str(if self.global_tone { ", global tone head)" } else { ")" })
     }
 }
 
@@ -90,7 +113,8 @@ pub struct ToneStats {
     pub low: f64,
     /// The 99th percentile: maps to 1.
     pub high: f64,
-    /// The planes' values: [`TONE_QUANTILES`] after the stretch, then the noise level.
+    /// The planes' values ([`TONE_VALUES`]): [`TONE_QUANTILES`] after the
+    /// stretch, the noise level, then `low` and `high`.
     pub planes: Vec<f32>,
 }
 
@@ -120,6 +144,7 @@ impl ToneStats {
             0.0
         };
         planes.push((noise / span * NOISE_PLANE_GAIN) as f32);
+        planes.extend([low as f32, high as f32]);
         Ok(Self { low, high, planes })
     }
 
@@ -128,10 +153,10 @@ impl ToneStats {
         (image - self.low) / (self.high - self.low).max(1e-3)
     }
 
-    /// The plane values as a `[1, STAT_PLANES]` tensor (stack several for a
+    /// The plane values as a `[1, TONE_VALUES]` tensor (stack several for a
     /// batch of patches from different images).
     pub fn planes(&self) -> Tensor {
-        Tensor::from_slice(&self.planes).view([1, STAT_PLANES])
+        Tensor::from_slice(&self.planes).view([1, TONE_VALUES])
     }
 }
 
@@ -168,6 +193,33 @@ impl Level {
     }
 }
 
+/// The global tone head: a gain and an offset per image from its statistics.
+#[derive(Debug)]
+struct ToneHead {
+    hidden: (Tensor, Tensor),
+    out: (Tensor, Tensor),
+}
+
+impl ToneHead {
+    fn new(vs: nn::Path) -> Self {
+        let hidden = nn::linear(&vs / 0, TONE_VALUES, TONE_HIDDEN, Default::default());
+        // Zero: gain 1 and offset 0 until trained, the output of a network without the head.
+        let zero = nn::LinearConfig { ws_init: nn::Init::Const(0.0), bs_init: Some(nn::Init::Const(0.0)), bias: true };
+        let out = nn::linear(&vs / 1, TONE_HIDDEN, 2, zero);
+        let bias = |b: Option<Tensor>| b.expect("linear layers here have a bias");
+        Self { hidden: (hidden.ws, bias(hidden.bs)), out: (out.ws, bias(out.bs)) }
+    }
+
+    /// Gain and offset, each `[N, 1, 1, 1]`, for statistics `[N, TONE_VALUES]` (in f32 whatever the store's kind).
+    fn forward(&self, values: &Tensor) -> (Tensor, Tensor) {
+        let linear =
+            |xs: &Tensor, (w, b): &(Tensor, Tensor)| xs.linear(&w.to_kind(Kind::Float), Some(b.to_kind(Kind::Float)));
+        let ys = linear(&linear(&values.to_kind(Kind::Float), &self.hidden).relu(), &self.out);
+        let n = ys.size()[0];
+        (ys.narrow(1, 0, 1).view([n, 1, 1, 1]) + 1.0, ys.narrow(1, 1, 1).view([n, 1, 1, 1]))
+    }
+}
+
 /// The paired first-stage network (see the module documentation).
 #[derive(Debug)]
 pub struct Enhancer {
@@ -175,6 +227,7 @@ pub struct Enhancer {
     down: Vec<Level>,
     up: Vec<Level>,
     head: Conv,
+    tone: Option<ToneHead>,
 }
 
 impl Enhancer {
@@ -196,7 +249,8 @@ impl Enhancer {
             .map(|i| Level::new(vs / "up" / i, widths[i + 1] + widths[i], widths[i], convs))
             .collect();
         let head = Conv::new(vs / "head", widths[0], 4);
-        Ok(Self { config: config.clone(), down, up, head })
+        let tone = config.global_tone.then(|| ToneHead::new(vs / "tone"));
+        Ok(Self { config: config.clone(), down, up, head, tone })
     }
 
     /// The architecture.
@@ -205,8 +259,8 @@ impl Enhancer {
     }
 
     /// Enhances stretched images `[N, 1, H, W]` (see [`ToneStats::stretch`])
-    /// whose statistics' planes are `planes` (`[N, STAT_PLANES]`, or
-    /// `[1, STAT_PLANES]` for tiles of one image), computing in the kind of
+    /// whose statistics are `planes` (`[N, TONE_VALUES]`, or
+    /// `[1, TONE_VALUES]` for tiles of one image), computing in the kind of
     /// `stretched`; returns the enhanced display intensity (about [0, 1], not
     /// clamped) in f32.
     pub fn forward(&self, stretched: &Tensor, planes: &Tensor) -> Tensor {
@@ -216,8 +270,9 @@ impl Enhancer {
         let padded = crate::generator::pad_to_multiple(stretched, multiple, multiple);
         let (ph, pw) = (padded.size()[2], padded.size()[3]);
         let unshuffled = padded.pixel_unshuffle(2);
-        let planes = planes
-            .to_device(stretched.device())
+        let values = planes.to_device(stretched.device()).view([-1, TONE_VALUES]);
+        let planes = values
+            .narrow(1, 0, STAT_PLANES)
             .to_kind(kind)
             .view([-1, STAT_PLANES, 1, 1])
             .expand([n, STAT_PLANES, ph / 2, pw / 2], false);
@@ -236,7 +291,14 @@ impl Enhancer {
             ys = level.forward(&Tensor::cat(&[upsampled, skip.shallow_clone()], 1));
         }
         let residual = self.head.forward(&ys).pixel_shuffle(2).to_kind(Kind::Float);
-        (padded.to_kind(Kind::Float) + residual).narrow(2, 0, h).narrow(3, 0, w)
+        let result = (padded.to_kind(Kind::Float) + residual).narrow(2, 0, h).narrow(3, 0, w);
+        match &self.tone {
+            Some(tone) => {
+                let (gain, offset) = tone.forward(&values);
+                result * gain + offset
+            }
+            None => result,
+        }
     }
 }
 
@@ -246,7 +308,8 @@ impl Enhancer {
 /// With `to` equal to `from` it is a plain copy.
 ///
 /// `to` must keep `from`'s levels (its widths start with `from`'s) and may add
-/// coarser levels and more convolutions per level. Every convolution that
+/// coarser levels, more convolutions per level and the global tone head
+/// (which starts at gain 1 and offset 0). Every convolution that
 /// follows a ReLU and keeps its channel count starts as the identity (a ReLU
 /// output passes unchanged); a new level's up side starts by passing its skip
 /// through and ignoring the level below it, whose own convolutions keep their
@@ -257,11 +320,13 @@ impl Enhancer {
 pub fn grow(source: &nn::VarStore, from: &EnhancerConfig, target: &nn::VarStore, to: &EnhancerConfig) -> Result<()> {
     from.validate()?;
     to.validate()?;
-    if !to.widths.starts_with(&from.widths) || to.convs_per_level < from.convs_per_level {
+    if !to.widths.starts_with(&from.widths)
+        || to.convs_per_level < from.convs_per_level
+        || (from.global_tone && !to.global_tone)
+    {
         return Err(Error::InvalidParams(format!(
-            "cannot grow an enhancer of widths {:?} ({} convolutions per level) into widths {:?} ({}): \
-             the new one must keep the old widths as its finest levels and at least as many convolutions",
-            from.widths, from.convs_per_level, to.widths, to.convs_per_level
+            "cannot grow an enhancer {from} into {to}: the new one must keep the old widths as its finest levels, \
+             at least as many convolutions and the global tone head if the old one had it"
         )));
     }
     let trained = source.variables();
@@ -276,6 +341,13 @@ pub fn grow(source: &nn::VarStore, from: &EnhancerConfig, target: &nn::VarStore,
                 )));
             }
             var.copy_(value);
+            continue;
+        }
+        // New: the tone head starts at gain 1 and offset 0 (its output layer zero).
+        if name.starts_with("tone.") {
+            if name.starts_with("tone.1.") {
+                let _ = var.zero_();
+            }
             continue;
         }
         // New: "down|up.LEVEL.CONV.weight|bias".
@@ -309,7 +381,8 @@ mod tests {
         let ramp = Tensor::arange(10_000, (Kind::Float, tch::Device::Cpu)).view([1, 1, 100, 100]) / 9_999.0 * 0.5;
         let stats = ToneStats::measure(&ramp).unwrap();
         assert!((stats.low - 0.005).abs() < 1e-3 && (stats.high - 0.495).abs() < 1e-3, "{stats:?}");
-        assert_eq!(stats.planes.len() as i64, STAT_PLANES);
+        assert_eq!(stats.planes.len() as i64, TONE_VALUES);
+        assert_eq!(&stats.planes[STAT_PLANES as usize..], &[stats.low as f32, stats.high as f32]);
         // A uniform ramp: each inner quantile lands at its own rank after the stretch.
         for (value, q) in stats.planes.iter().zip(TONE_QUANTILES) {
             assert!((f64::from(*value) - (q - 0.01) / 0.98).abs() < 0.01, "{value} for {q}");
@@ -321,7 +394,8 @@ mod tests {
     #[test]
     fn any_size_goes_through_and_comes_back_at_its_size() {
         let vs = nn::VarStore::new(tch::Device::Cpu);
-        let net = Enhancer::new(&vs.root(), &EnhancerConfig { widths: vec![4, 8, 8], convs_per_level: 1 }).unwrap();
+        let config = EnhancerConfig { widths: vec![4, 8, 8], convs_per_level: 1, global_tone: true };
+        let net = Enhancer::new(&vs.root(), &config).unwrap();
         for (h, w) in [(7, 5), (64, 64), (37, 90)] {
             let image = Tensor::rand([2, 1, h, w], (Kind::Float, tch::Device::Cpu));
             let stats = ToneStats::measure(&image.get(0).unsqueeze(0)).unwrap();
@@ -333,15 +407,15 @@ mod tests {
 
     #[test]
     fn bad_architectures_are_refused() {
-        assert!(EnhancerConfig { widths: vec![], convs_per_level: 2 }.validate().is_err());
-        assert!(EnhancerConfig { widths: vec![8], convs_per_level: 0 }.validate().is_err());
+        assert!(EnhancerConfig { widths: vec![], convs_per_level: 2, global_tone: false }.validate().is_err());
+        assert!(EnhancerConfig { widths: vec![8], convs_per_level: 0, global_tone: false }.validate().is_err());
         assert_eq!(EnhancerConfig::default().size_multiple(), 8);
     }
 
     #[test]
     fn a_grown_enhancer_computes_what_the_trained_one_did() {
-        let from = EnhancerConfig { widths: vec![4, 8], convs_per_level: 1 };
-        let to = EnhancerConfig { widths: vec![4, 8, 16, 16], convs_per_level: 2 };
+        let from = EnhancerConfig { widths: vec![4, 8], convs_per_level: 1, global_tone: false };
+        let to = EnhancerConfig { widths: vec![4, 8, 16, 16], convs_per_level: 2, global_tone: true };
         let source = nn::VarStore::new(tch::Device::Cpu);
         let small = Enhancer::new(&source.root(), &from).unwrap();
         let target = nn::VarStore::new(tch::Device::Cpu);
@@ -361,7 +435,55 @@ mod tests {
         assert!(target.variables()["down.3.1.weight"].abs().sum(Kind::Float).double_value(&[]) > 0.0);
         // Shrinking, or other widths, are refused.
         assert!(grow(&target, &to, &source, &from).is_err());
-        let other = EnhancerConfig { widths: vec![8, 8, 16], convs_per_level: 1 };
+        let other = EnhancerConfig { widths: vec![8, 8, 16], convs_per_level: 1, global_tone: false };
         assert!(grow(&source, &from, &nn::VarStore::new(tch::Device::Cpu), &other).is_err());
+    }
+}
+
+#[cfg(test)]
+mod tone_tests {
+    use super::*;
+
+    /// Sets the tone head's output bias to `gain - 1` and `offset` (its weights are zero, as grown).
+    fn set_tone(vs: &nn::VarStore, gain: f64, offset: f64) {
+        let _no_grad = tch::no_grad_guard();
+        let mut bias = vs.variables().remove("tone.1.bias").expect("the tone head's output bias");
+        bias.copy_(&Tensor::from_slice(&[gain as f32 - 1.0, offset as f32]));
+    }
+
+    #[test]
+    fn the_tone_head_maps_the_stretched_result_back_per_image() {
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let config = EnhancerConfig { widths: vec![4, 8], convs_per_level: 1, global_tone: true };
+        let net = Enhancer::new(&vs.root(), &config).unwrap();
+        let image = Tensor::rand([1, 1, 32, 32], (Kind::Float, tch::Device::Cpu)) * 0.6 + 0.2;
+        let stats = ToneStats::measure(&image).unwrap();
+        let stretched = stats.stretch(&image);
+        let base = net.forward(&stretched, &stats.planes());
+        set_tone(&vs, stats.high - stats.low, stats.low);
+        let mapped = net.forward(&stretched, &stats.planes());
+        let expected = &base * (stats.high - stats.low) + stats.low;
+        assert!((mapped - expected).abs().max().double_value(&[]) < 1e-5);
+        // bf16 activations: the head itself computes in f32.
+        assert_eq!(net.forward(&stretched.to_kind(Kind::BFloat16), &stats.planes()).kind(), Kind::Float);
+    }
+    #[test]
+    fn growing_adds_a_neutral_tone_head_and_never_drops_one() {
+        let from = EnhancerConfig { widths: vec![4, 8], convs_per_level: 1, global_tone: false };
+        let to = EnhancerConfig { global_tone: true, ..from.clone() };
+        let source = nn::VarStore::new(tch::Device::Cpu);
+        let plain = Enhancer::new(&source.root(), &from).unwrap();
+        let target = nn::VarStore::new(tch::Device::Cpu);
+        let toned = Enhancer::new(&target.root(), &to).unwrap();
+        grow(&source, &from, &target, &to).unwrap();
+        let image = Tensor::rand([1, 1, 32, 32], (Kind::Float, tch::Device::Cpu));
+        let stats = ToneStats::measure(&image).unwrap();
+        let (a, b) = (
+            plain.forward(&stats.stretch(&image), &stats.planes()),
+            toned.forward(&stats.stretch(&image), &stats.planes()),
+        );
+        assert!((a - b).abs().max().double_value(&[]) < 1e-6);
+        let error = grow(&target, &to, &nn::VarStore::new(tch::Device::Cpu), &from).unwrap_err().to_string();
+        assert!(error.contains("global tone head"), "{error}");
     }
 }

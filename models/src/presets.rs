@@ -12,7 +12,8 @@ use crate::unet::UNetConfig;
 use crate::{Error, Result};
 
 /// The names [`by_name`] knows.
-pub const NAMES: [&str; 7] = ["tiny", "tiny-paired", "tiny-paired-deep", "small", "cpu", "cpu-deep", "default"];
+pub const NAMES: [&str; 8] =
+    ["tiny", "tiny-paired", "tiny-paired-deep", "small", "cpu", "cpu-deep", "cpu-deep-tone", "default"];
 
 /// A manifest for the named preset.
 pub fn by_name(name: &str) -> Result<BundleManifest> {
@@ -23,6 +24,7 @@ pub fn by_name(name: &str) -> Result<BundleManifest> {
         "small" => Ok(small()),
         "cpu" => Ok(cpu()),
         "cpu-deep" => Ok(cpu_deep()),
+        "cpu-deep-tone" => Ok(cpu_deep_tone()),
         "default" => Ok(default()),
         other => Err(Error::InvalidParams(format!("unknown preset {other:?}; known presets: {NAMES:?}"))),
     }
@@ -71,15 +73,16 @@ pub fn tiny() -> BundleManifest {
 pub fn tiny_paired() -> BundleManifest {
     BundleManifest {
         name: "cxr-led-tiny-paired".into(),
-        enhancer: Some(EnhancerConfig { widths: vec![4, 8], convs_per_level: 1 }),
+        enhancer: Some(EnhancerConfig { widths: vec![4, 8], convs_per_level: 1, global_tone: false }),
         ..tiny()
     }
 }
 
-/// [`tiny_paired`] with one more enhancer level, for tests of growth (as
-/// [`cpu_deep`] is grown from [`cpu`]).
+/// [`tiny_paired`] with one more enhancer level and the global tone head,
+/// for tests of growth (as [`cpu_deep_tone`] is grown from [`cpu`]).
 pub fn tiny_paired_deep() -> BundleManifest {
-    BundleManifest { enhancer: Some(EnhancerConfig { widths: vec![4, 8, 16], convs_per_level: 1 }), ..tiny_paired() }
+    let enhancer = EnhancerConfig { widths: vec![4, 8, 16], convs_per_level: 1, global_tone: true };
+    BundleManifest { enhancer: Some(enhancer), ..tiny_paired() }
 }
 
 /// What a 2-core CPU trains well (the default bundle since 0.2.0): the paired
@@ -111,7 +114,18 @@ pub fn cpu() -> BundleManifest {
 /// more compute per pixel (1.9 M parameters, most of them at the coarse
 /// level). Grown from a trained [`cpu`] enhancer (`paired --init BUNDLE`).
 pub fn cpu_deep() -> BundleManifest {
-    BundleManifest { enhancer: Some(EnhancerConfig { widths: vec![32, 64, 128, 256], convs_per_level: 2 }), ..cpu() }
+    let enhancer = EnhancerConfig { widths: vec![32, 64, 128, 256], convs_per_level: 2, global_tone: false };
+    BundleManifest { enhancer: Some(enhancer), ..cpu() }
+}
+
+/// [`cpu_deep`] with the global tone head: a gain and an offset per image
+/// from its statistics, its 1st and 99th percentiles included, map the
+/// result back from the stretched scale, so that a good image can come back
+/// as it was (the stretch alone forgets its black and white points). Grown
+/// from a trained [`cpu_deep`] enhancer, the head starting neutral.
+pub fn cpu_deep_tone() -> BundleManifest {
+    let enhancer = EnhancerConfig { global_tone: true, ..cpu_deep().enhancer.expect("cpu-deep has an enhancer") };
+    BundleManifest { enhancer: Some(enhancer), ..cpu() }
 }
 
 /// A CPU-trainable model: the full structure at a quarter of the default

@@ -7,11 +7,13 @@
 //! (a coarser pixel pitch relative to the noise, as at a native detector
 //! matrix) and flipped, degraded whole, measured whole ([`ToneStats`], as
 //! inference measures a whole image) and cut into `batch / sources` random
-//! patches. Loss: L1 plus `ssim_weight` (1 - SSIM) against the high-quality
-//! patch. Adam with a linear warm-up and a cosine decay. Every
+//! patches. A share of sources (`clean_share`) is left undegraded, its target
+//! itself, so that a good image comes through unchanged. Loss: L1 plus
+//! `ssim_weight` (1 - SSIM) against the high-quality patch. Adam with a linear warm-up and a cosine decay. Every
 //! `validate_every` steps the network enhances fixed validation pairs (whole
 //! images, fixed degradations) and the best PSNR's weights are kept as
-//! `enhancer-best`. Checkpoints as every stage: resumable, stoppable.
+//! `enhancer-best`; the undegraded validation images are scored too (how far
+//! the network moves a good image). Checkpoints as every stage: resumable, stoppable.
 //!
 //! Where no simulator fits a site's detector, the pairs can be fixed ones
 //! instead ([`TrainingPairs::Fixed`]): G_BA's low-quality versions of the
@@ -64,6 +66,11 @@ pub struct PairedConfig {
     /// folder (its `enhancer-best`) or a bundle folder (its `enhancer`).
     /// Ignored when the run resumes.
     pub init: Option<PathBuf>,
+    /// Share of simulated sources left undegraded (input = target), so the
+    /// network learns to leave a good image alone: the daemon's gate lets
+    /// through images that are not under-exposed at all, and a classifier
+    /// loses accuracy on a good image the first stage restyles.
+    pub clean_share: f64,
 }
 
 impl Default for PairedConfig {
@@ -81,6 +88,7 @@ impl Default for PairedConfig {
             activations: Kind::Float,
             seed: 0,
             init: None,
+            clean_share: 0.0,
         }
     }
 }
@@ -102,6 +110,13 @@ pub struct PairedState {
     /// folder and, for a bundle, its name, version and sha256.
     #[serde(default)]
     pub init: Option<String>,
+    /// (step, PSNR dB) of the network on the undegraded validation images
+    /// against themselves: how well it leaves a good image alone.
+    #[serde(default)]
+    pub clean_history: Vec<(usize, f64)>,
+    /// The share of undegraded sources of the last chunk (`--clean-share`).
+    #[serde(default)]
+    pub clean_share: f64,
 }
 
 fn learning_rate(config: &PairedConfig, step: usize) -> f64 {
@@ -165,9 +180,31 @@ fn degrade_image(image: &Tensor, ranges: &DegradationRanges, rng: &mut impl Rng)
     Ok(Tensor::from_slice(&degraded).view([1, 1, h, w]))
 }
 
-/// Fixed validation pairs: (stretched low quality, its planes, high quality), each `[1, 1, H, W]`.
+/// One validation input as the network takes it: (stretched image, its planes, target), each `[1, 1, H, W]`.
+type ValidationInput = (Tensor, Tensor, Tensor);
+
+/// The network's input for `input` (measured whole, stretched) with `target` as the truth.
+fn validation_input(input: &Tensor, target: &Tensor) -> anyhow::Result<ValidationInput> {
+    let stats = ToneStats::measure(input)?;
+    Ok((stats.stretch(input), stats.planes(), target.shallow_clone()))
+}
+
+/// Fixed validation pairs (low quality → high quality), and the high-quality
+/// images undegraded (→ themselves).
 pub struct ValidationSet {
-    pairs: Vec<(Tensor, Tensor, Tensor)>,
+    pairs: Vec<ValidationInput>,
+    clean: Vec<ValidationInput>,
+}
+
+/// Validation figures of one network.
+#[derive(Debug, Clone, Copy)]
+pub struct ValidationScore {
+    /// Mean PSNR (dB) of the enhanced low-quality images against the high-quality ones.
+    pub psnr: f64,
+    /// Their mean SSIM.
+    pub ssim: f64,
+    /// Mean PSNR (dB) of the network's output on the undegraded images against themselves.
+    pub clean_psnr: f64,
 }
 
 impl ValidationSet {
@@ -176,39 +213,40 @@ impl ValidationSet {
         let mut pairs = Vec::with_capacity(images.len());
         for (i, hq) in images.iter().enumerate() {
             let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            let lq = degrade_image(hq, ranges, &mut rng)?;
-            let stats = ToneStats::measure(&lq)?;
-            pairs.push((stats.stretch(&lq), stats.planes(), hq.shallow_clone()));
+            pairs.push(validation_input(&degrade_image(hq, ranges, &mut rng)?, hq)?);
         }
-        Ok(Self { pairs })
+        let clean = images.iter().map(|hq| validation_input(hq, hq)).collect::<anyhow::Result<_>>()?;
+        Ok(Self { pairs, clean })
     }
 
     /// Fixed (low quality, high quality) pairs, each `[1, 1, H, W]` in [0, 1].
     pub fn from_pairs(pairs: &[(Tensor, Tensor)]) -> anyhow::Result<Self> {
-        let pairs = pairs
-            .iter()
-            .map(|(lq, hq)| {
-                let stats = ToneStats::measure(lq)?;
-                Ok((stats.stretch(lq), stats.planes(), hq.shallow_clone()))
-            })
-            .collect::<anyhow::Result<_>>()?;
-        Ok(Self { pairs })
+        let clean = pairs.iter().map(|(_, hq)| validation_input(hq, hq)).collect::<anyhow::Result<_>>()?;
+        let pairs = pairs.iter().map(|(lq, hq)| validation_input(lq, hq)).collect::<anyhow::Result<_>>()?;
+        Ok(Self { pairs, clean })
     }
 
-    /// Mean PSNR (dB) and SSIM of the network's output against the high-quality images.
-    pub fn score(&self, net: &Enhancer, kind: Kind, device: Device) -> anyhow::Result<(f64, f64)> {
-        let _no_grad = tch::no_grad_guard();
-        let (mut psnr, mut ssim) = (0.0, 0.0);
-        for (stretched, planes, hq) in &self.pairs {
-            let output = net.forward(&stretched.to_device(device).to_kind(kind), planes).clamp(0.0, 1.0);
-            let output = Plane::from_model_tensor(&(output.to_device(Device::Cpu) * 2.0 - 1.0).squeeze_dim(0))?;
-            let truth = Plane::from_model_tensor(&(hq * 2.0 - 1.0).squeeze_dim(0))?;
-            psnr += metrics::psnr(&output, &truth);
-            ssim += metrics::ssim(&output, &truth);
-        }
-        let n = self.pairs.len().max(1) as f64;
-        Ok((psnr / n, ssim / n))
+    /// The network's figures on the pairs and on the undegraded images.
+    pub fn score(&self, net: &Enhancer, kind: Kind, device: Device) -> anyhow::Result<ValidationScore> {
+        let (psnr, ssim) = mean_scores(&self.pairs, net, kind, device)?;
+        let (clean_psnr, _) = mean_scores(&self.clean, net, kind, device)?;
+        Ok(ValidationScore { psnr, ssim, clean_psnr })
     }
+}
+
+/// Mean PSNR (dB) and SSIM of the network's outputs on `inputs` against their targets.
+fn mean_scores(inputs: &[ValidationInput], net: &Enhancer, kind: Kind, device: Device) -> anyhow::Result<(f64, f64)> {
+    let _no_grad = tch::no_grad_guard();
+    let (mut psnr, mut ssim) = (0.0, 0.0);
+    for (stretched, planes, target) in inputs {
+        let output = net.forward(&stretched.to_device(device).to_kind(kind), planes).clamp(0.0, 1.0);
+        let output = Plane::from_model_tensor(&(output.to_device(Device::Cpu) * 2.0 - 1.0).squeeze_dim(0))?;
+        let truth = Plane::from_model_tensor(&(target * 2.0 - 1.0).squeeze_dim(0))?;
+        psnr += metrics::psnr(&output, &truth);
+        ssim += metrics::ssim(&output, &truth);
+    }
+    let n = inputs.len().max(1) as f64;
+    Ok((psnr / n, ssim / n))
 }
 
 /// A normalised 11x11 Gaussian window (sigma 1.5), `[1, 1, 11, 11]`.
@@ -261,11 +299,21 @@ fn draw_batch(
                     image = image.upsample_bilinear2d(size, false, None, None);
                 }
                 let image = flip(image);
-                (degrade_image(&image, ranges, rng)?, image)
+                // Checked first so that a run without clean sources draws what it always drew.
+                if config.clean_share > 0.0 && rng.gen_bool(config.clean_share) {
+                    (image.shallow_clone(), image)
+                } else {
+                    (degrade_image(&image, ranges, rng)?, image)
+                }
             }
             TrainingPairs::Fixed(pairs) => {
                 let (low, high) = &pairs[rng.gen_range(0..pairs.len())];
-                (flip(low.shallow_clone()), flip(high.shallow_clone()))
+                let high = flip(high.shallow_clone());
+                if config.clean_share > 0.0 && rng.gen_bool(config.clean_share) {
+                    (high.shallow_clone(), high)
+                } else {
+                    (flip(low.shallow_clone()), high)
+                }
             }
         };
         let stats = ToneStats::measure(&degraded)?;
@@ -303,11 +351,7 @@ fn load_initial_weights(init: &Path, config: &EnhancerConfig, store: &mut nn::Va
             .with_context(|| format!("taking the enhancer of {}", init.display()))?;
         enhancer::grow(&source, trained, store, config)
             .with_context(|| format!("growing the enhancer of {} into the preset's", init.display()))?;
-        let grown = if trained == config {
-            String::new()
-        } else {
-            format!(", grown from widths {:?} ({} convolutions per level)", trained.widths, trained.convs_per_level)
-        };
+        let grown = if trained == config { String::new() } else { format!(", grown from an enhancer {trained}") };
         Ok(format!(
             "the enhancer of bundle {} {} (sha256 {}) at {}{grown}",
             bundle.manifest.name,
@@ -355,7 +399,13 @@ pub fn train(
     );
     let mut store = nn::VarStore::new(device);
     let net = Enhancer::new(&store.root(), net_config)?;
+    anyhow::ensure!(
+        (0.0..1.0).contains(&config.clean_share),
+        "--clean-share {} must be at least 0 and below 1 (the share of training sources left undegraded)",
+        config.clean_share
+    );
     let mut state: PairedState = checkpoint::load_state(dir)?.unwrap_or_default();
+    state.clean_share = config.clean_share;
     if state.step > 0 {
         checkpoint::load_store(dir, "enhancer", &mut store)?;
         eprintln!("paired: resuming at step {}", state.step);
@@ -405,21 +455,27 @@ pub fn train(
         state.step += 1;
 
         if state.step % config.validate_every == 0 || state.step == config.steps {
-            let (psnr, ssim_value) = validation.score(&net, config.activations, device)?;
+            let score = validation.score(&net, config.activations, device)?;
+            let (psnr, ssim_value, clean_psnr) = (score.psnr, score.ssim, score.clean_psnr);
             let train_loss = loss_sum / count.max(1) as f64;
             (loss_sum, count) = (0.0, 0);
             state.history.push((state.step, train_loss, psnr, ssim_value));
+            state.clean_history.push((state.step, clean_psnr));
             append_csv(
                 &dir.join("metrics.csv"),
-                "step,learning_rate,train_loss,validation_psnr_db,validation_ssim",
+                "step,learning_rate,train_loss,validation_psnr_db,validation_ssim,validation_clean_psnr_db",
                 &format!(
-                    "{},{:.7},{train_loss:.6},{psnr:.4},{ssim_value:.5}",
+                    "{},{:.7},{train_loss:.6},{psnr:.4},{ssim_value:.5},{clean_psnr:.4}",
                     state.step,
                     learning_rate(config, state.step)
                 ),
             )?;
             progress.finish();
-            eprintln!("paired: step {} train {train_loss:.5} validation {psnr:.3} dB SSIM {ssim_value:.4}", state.step);
+            eprintln!(
+                "paired: step {} train {train_loss:.5} validation {psnr:.3} dB SSIM {ssim_value:.4}, \
+                 undegraded {clean_psnr:.2} dB",
+                state.step
+            );
             if state.best_validation_psnr.is_none_or(|(best, _)| psnr > best) {
                 state.best_validation_psnr = Some((psnr, state.step));
                 checkpoint::save_store(dir, "enhancer-best", &store)?;
@@ -437,4 +493,33 @@ pub fn train(
     }
     progress.finish();
     Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The largest residual of the least-squares fit `a * x + b` to `y`.
+    fn affine_residual(x: &Tensor, y: &Tensor) -> f64 {
+        let (x, y) = (x.flatten(0, -1), y.flatten(0, -1));
+        let (dx, dy) = (&x - x.mean(Kind::Float), &y - y.mean(Kind::Float));
+        let slope = (&dx * &dy).sum(Kind::Float) / (&dx * &dx).sum(Kind::Float).clamp_min(1e-12);
+        (dy - dx * slope).abs().max().double_value(&[])
+    }
+
+    #[test]
+    fn clean_sources_are_the_target_stretched_and_the_rest_degraded() {
+        let image = Tensor::linspace(0.1, 0.9, 64 * 64, (Kind::Float, Device::Cpu)).view([1, 1, 64, 64]);
+        let image = &image + (image.sin() * 40.0).sin() * 0.05;
+        let train = TrainingPairs::Simulated { images: vec![image], ranges: Box::new(DegradationRanges::default()) };
+        let config = |clean_share| PairedConfig { batch: 8, sources: 8, patch: 16, clean_share, ..Default::default() };
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        for (clean_share, undegraded) in [(0.999_999, true), (0.0, false)] {
+            let (lq, _, hq) = draw_batch(&train, &config(clean_share), &mut rng).unwrap();
+            for i in 0..8 {
+                let residual = affine_residual(&hq.get(i), &lq.get(i));
+                assert_eq!(residual < 1e-4, undegraded, "patch {i} at clean share {clean_share}: residual {residual}");
+            }
+        }
+    }
 }

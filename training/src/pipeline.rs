@@ -315,6 +315,10 @@ pub struct PairedArgs {
     /// Start a fresh run from these weights (fine-tuning): a bundle folder or a paired checkpoint folder.
     #[arg(long)]
     init: Option<PathBuf>,
+    /// Share of simulated training sources left undegraded (the target is the
+    /// input), in [0, 1): teaches the network to leave a good image alone.
+    #[arg(long, default_value_t = 0.0)]
+    clean_share: f64,
 }
 
 /// The file in a paired checkpoint folder that records the degradation ranges it trains with.
@@ -467,6 +471,7 @@ pub fn paired(args: &PairedArgs) -> anyhow::Result<()> {
         },
         seed: args.seed,
         init: args.init.clone(),
+        clean_share: args.clean_share,
         ..Default::default()
     };
     let state = paired::train(&enhancer, &train, &validation, &config, &args.out, device)?;

@@ -90,11 +90,39 @@ pub fn append_csv(path: &std::path::Path, header: &str, row: &str) -> anyhow::Re
         std::fs::create_dir_all(folder)?;
     }
     let new = !path.exists();
+    if !new {
+        widen_csv(path, header)?;
+    }
     let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
     if new {
         writeln!(file, "{header}")?;
     }
     writeln!(file, "{row}")?;
+    Ok(())
+}
+
+/// Rewrites a CSV written by an earlier version with fewer columns (its
+/// header a prefix of `header`) under `header`, its rows' new fields empty,
+/// so that a resumed run's file keeps one header.
+fn widen_csv(path: &std::path::Path, header: &str) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(path)?;
+    let Some(old) = text.lines().next() else { return Ok(()) };
+    if old == header {
+        return Ok(());
+    }
+    anyhow::ensure!(
+        header.starts_with(&format!("{old},")),
+        "{} has the columns {old:?}, not {header:?}: move it aside to start a new one",
+        path.display()
+    );
+    let padding = ",".repeat(header.matches(',').count() - old.matches(',').count());
+    let mut widened = format!("{header}\n");
+    for row in text.lines().skip(1) {
+        widened.push_str(&format!("{row}{padding}\n"));
+    }
+    let temporary = path.with_extension("csv.widening");
+    std::fs::write(&temporary, widened)?;
+    std::fs::rename(&temporary, path)?;
     Ok(())
 }
 
@@ -117,5 +145,16 @@ mod tests {
         assert_eq!(format_duration(12.4), "12s");
         assert_eq!(format_duration(185.0), "3m05s");
         assert_eq!(format_duration(3720.0), "1h02m");
+    }
+
+    #[test]
+    fn a_resumed_csv_gains_the_new_column_under_one_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.csv");
+        append_csv(&path, "step,psnr", "500,25.1").unwrap();
+        append_csv(&path, "step,psnr,clean_psnr", "1000,25.3,40.2").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "step,psnr,clean_psnr\n500,25.1,\n1000,25.3,40.2\n");
+        let error = append_csv(&path, "step,loss", "1500,0.1").unwrap_err().to_string();
+        assert!(error.contains("move it aside"), "{error}");
     }
 }

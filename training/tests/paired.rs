@@ -58,7 +58,13 @@ fn paired_training_resumes_skips_bad_files_and_exports_a_working_bundle() {
     let csv = std::fs::read_to_string(work.path().join("paired/metrics.csv")).unwrap();
     let steps: Vec<&str> = csv.lines().map(|l| l.split(',').next().unwrap()).collect();
     assert_eq!(steps, ["step", "2", "4", "6"], "one row per validation across the resume: {csv}");
-    assert!(csv.starts_with("step,learning_rate,train_loss,validation_psnr_db,validation_ssim"), "{csv}");
+    let header = "step,learning_rate,train_loss,validation_psnr_db,validation_ssim,validation_clean_psnr_db";
+    assert!(csv.starts_with(header), "{csv}");
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(work.path().join("paired/state.json")).unwrap()).unwrap();
+    let clean = state["clean_history"].as_array().unwrap();
+    assert_eq!(clean.len(), 3, "the undegraded images are scored at each validation: {state}");
+    assert!(clean.iter().all(|c| c[1].as_f64().unwrap().is_finite()), "{state}");
 
     // Bad files are named by path with their reason and counted; colour and 16-bit ones are read.
     let skipped: serde_json::Value =
@@ -89,6 +95,18 @@ fn paired_training_resumes_skips_bad_files_and_exports_a_working_bundle() {
     let bad_patch = ["paired", "--preset", "tiny-paired", "--high-quality", &images, "--out", &fresh, "--patch", "18"];
     let error = train_fails(&bad_patch);
     assert!(error.contains("multiple of 4"), "{error}");
+    let error = train_fails(&[&args[..], &["--steps", "8", "--clean-share", "1"]].concat());
+    assert!(error.contains("--clean-share 1 must be at least 0 and below 1"), "{error}");
+
+    // A share of undegraded sources: recorded in the checkpoint's state.
+    let clean_run = path("clean-share");
+    let mut clean_args = args.to_vec();
+    clean_args[6] = clean_run.as_str();
+    let (stdout, _) = train(&[&clean_args[..], &["--steps", "2", "--clean-share", "0.5"]].concat());
+    assert!(stdout.contains("\"step\":2"), "{stdout}");
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(Path::new(&clean_run).join("state.json")).unwrap()).unwrap();
+    assert_eq!(state["clean_share"].as_f64(), Some(0.5), "{state}");
 
     // Export: the enhancer from the checkpoint, G_BA and the UNet from the tiny bundle.
     let tiny = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/bundles/tiny");
@@ -166,7 +184,7 @@ fn paired_training_resumes_skips_bad_files_and_exports_a_working_bundle() {
     assert!(stderr.contains("starting from the weights in"), "{stderr}");
     assert!((best(&grown) - best(&out)).abs() < 1e-3, "{} against {}", best(&grown), best(&out));
     let state = std::fs::read_to_string(Path::new(&grown).join("state.json")).unwrap();
-    assert!(state.contains("grown from widths [4, 8]"), "{state}");
+    assert!(state.contains("grown from an enhancer of widths [4, 8]"), "{state}");
     // A checkpoint is not grown: its architecture must be the preset's.
     let mut grow = args.to_vec();
     let refused = path("grown-from-checkpoint");
