@@ -484,6 +484,16 @@ pub fn evaluate(args: &EvaluateArgs, command_line: &str) -> anyhow::Result<Evalu
             let blurred = hq_planes.iter().map(|p| crate::degrade::blur_plane(p, sigma)).collect();
             changed.push((format!("High quality, Gaussian blur sigma {sigma} px"), blurred));
         }
+        // Oracles, not methods: each image given the high-quality image's own
+        // tone curve. What they recover is what the tone costs, the rest the noise.
+        let matched = |planes: &[Plane]| planes.iter().zip(&hq_planes).map(|(p, t)| match_histogram(p, t)).collect();
+        let lq_matched = matched(&lq_planes);
+        let first_stage_matched = matched(&outputs[outputs.len() - 2].0);
+        changed.push(("Oracle: low quality with the high-quality image's tone curve".into(), lq_matched));
+        changed.push((
+            "Oracle: first stage on low quality with the high-quality image's tone curve".into(),
+            first_stage_matched,
+        ));
         let mut rows = Vec::new();
         for (label, planes) in changed {
             let predicted = classifier.predict(&stack(&planes), 64)?;
@@ -584,6 +594,22 @@ fn classical_methods<'a>(clahe: &'a ClaheParams, nlm: &'a NlmParams) -> [Classic
         ("nlm", Box::new(|p: &Plane| baselines::non_local_means(p, nlm))),
         ("nlm-stretch", Box::new(|p: &Plane| baselines::nlm_stretch(p, nlm))),
     ]
+}
+
+/// `source` with `reference`'s histogram (same size): the pixel of rank k
+/// takes the reference's value of rank k, so the order of the pixels, and
+/// with it all structure, stays the source's and the tone curve becomes the
+/// reference's.
+fn match_histogram(source: &Plane, reference: &Plane) -> Plane {
+    let mut order: Vec<usize> = (0..source.data.len()).collect();
+    order.sort_by(|&a, &b| source.data[a].total_cmp(&source.data[b]));
+    let mut values = reference.data.clone();
+    values.sort_by(f32::total_cmp);
+    let mut data = vec![0.0; source.data.len()];
+    for (rank, &pixel) in order.iter().enumerate() {
+        data[pixel] = values[rank * values.len() / order.len()];
+    }
+    Plane::new(source.width, source.height, data)
 }
 
 /// Per-image PSNR and SSIM.
@@ -691,4 +717,21 @@ pub fn read_report(path: &Path) -> anyhow::Result<EvaluationReport> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     serde_json::from_str(&text)
         .with_context(|| format!("{} is not a report.json from `cxr-led-train evaluate`", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_matching_gives_the_reference_tone_and_keeps_the_order() {
+        let reference = Plane::new(4, 2, vec![0.1, 0.5, 0.2, 0.9, -0.3, 0.0, 0.7, 0.4]);
+        // A monotone change of the reference (gamma-like, offset): the reference comes back exactly.
+        let toned = Plane::new(4, 2, reference.data.iter().map(|v| ((v + 1.0) / 2.0).powf(1.7) + 0.05).collect());
+        assert_eq!(match_histogram(&toned, &reference).data, reference.data);
+        // Another image keeps its own order and takes the reference's values.
+        let other = Plane::new(4, 2, vec![8.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]);
+        let matched = match_histogram(&other, &reference);
+        assert_eq!(matched.data, vec![0.9, -0.3, 0.0, 0.1, 0.2, 0.4, 0.5, 0.7]);
+    }
 }

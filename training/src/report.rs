@@ -413,7 +413,10 @@ fn markdown(report: &EvaluationReport) -> String {
             md,
             "\n## What the classifier needs\n\nThe classifier on the {} high-quality test images changed without any \
              degradation: if a faithful change already costs accuracy, no denoiser of the low-quality images gets it \
-             back.\n\n| High-quality images | Accuracy (%) | Δ to the unchanged images (points) | PSNR to them (dB) | SSIM |\n\
+             back. The oracle rows are not methods (they use the answer): each image takes the high-quality image's \
+             own tone curve (histogram matching keeps its pixels' order, so its structure and noise stay its own); \
+             the accuracy they recover is what the tone cost, what they miss is the noise's and the detail's.\n\n\
+             | Images | Accuracy (%) | Δ to the unchanged images (points) | PSNR to them (dB) | SSIM |\n\
              | --- | --- | --- | --- | --- |",
             report.test_images.iter().map(|(_, n)| n).sum::<usize>()
         );
