@@ -299,6 +299,10 @@ pub struct BundleSummary {
     pub training_command: Option<String>,
     /// True when the weights are an untrained initialisation (LED rows are then no result).
     pub random_weights: bool,
+    /// True when the bundle has no `[hallucination]` calibration: the check
+    /// rows then use the uncalibrated defaults, not what the daemon would decide.
+    #[serde(default)]
+    pub uncalibrated_check: bool,
 }
 
 fn mean_std(values: &[f64]) -> (f64, f64) {
@@ -397,6 +401,13 @@ pub fn evaluate(args: &EvaluateArgs, command_line: &str) -> anyhow::Result<Evalu
         }
     }
     // The hallucination check on the model's outputs, as the daemon scores them.
+    if bundle.manifest.hallucination.is_none() {
+        eprintln!(
+            "evaluate: bundle {} has no [hallucination] calibration: the check rows use the uncalibrated defaults \
+             (calibrate with `hallucination-bench --write-bundle`, or export with --keep-calibration)",
+            args.bundle.display()
+        );
+    }
     let check = hallucination::bundle_config(&bundle.manifest);
     let threshold = hallucination::hold_threshold(&bundle.manifest);
     let mut scores: Vec<Vec<f64>> = Vec::new();
@@ -535,6 +546,7 @@ pub fn evaluate(args: &EvaluateArgs, command_line: &str) -> anyhow::Result<Evalu
             sha256: bundle.sha256.clone(),
             description: bundle.manifest.description.clone(),
             random_weights: method.starts_with("none"),
+            uncalibrated_check: bundle.manifest.hallucination.is_none(),
             training_method: method,
             training_command: bundle.manifest.training.get("command").and_then(|v| v.as_str()).map(String::from),
         },

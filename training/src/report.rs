@@ -398,7 +398,17 @@ fn markdown(report: &EvaluationReport) -> String {
     );
     md += &markdown_table(report);
     md += &skipped_note(&report.skipped);
-    let _ = writeln!(md, "\nThe hallucination check on the model's outputs (the daemon's score against the low-quality input, the bundle's calibration):\n\n| Method | Mean score | Held at the bundle's threshold |\n| --- | --- | --- |");
+    let calibration = if report.bundle.uncalibrated_check {
+        "**uncalibrated**: this bundle has no `[hallucination]` table, so these are the check's defaults, not what \
+         the daemon would decide with a calibrated bundle (`hallucination-bench --write-bundle`)"
+    } else {
+        "the bundle's calibration"
+    };
+    let _ = writeln!(
+        md,
+        "\nThe hallucination check on the model's outputs (the daemon's score against the low-quality input, \
+         {calibration}):\n\n| Method | Mean score | Held at the bundle's threshold |\n| --- | --- | --- |"
+    );
     for m in report.methods.iter().filter(|m| m.hallucination_score.is_some()) {
         let _ = writeln!(
             md,

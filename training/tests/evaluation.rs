@@ -165,6 +165,7 @@ fn classifier_evaluate_and_export_write_a_complete_report() {
     assert_eq!(rows, ["low-quality", "clahe", "histeq", "nlm", "nlm-stretch", "first-stage", "led"]);
     assert!(number(&native["methods"][0]["psnr"]["mean"]) > 0.0, "{native}");
     assert_eq!(json["bundle"]["random_weights"], true);
+    assert_eq!(json["bundle"]["uncalibrated_check"], false, "the tiny bundle carries a [hallucination] table");
     assert_eq!(json["bundle"]["sha256"].as_str().unwrap().len(), 64);
     let markdown = std::fs::read_to_string(Path::new(&report).join("report.md")).unwrap();
     assert!(
