@@ -9,11 +9,12 @@
 //! inference measures a whole image) and cut into `batch / sources` random
 //! patches. A share of sources (`clean_share`) is left undegraded, its target
 //! itself, so that a good image comes through unchanged. Loss: L1 plus
-//! `ssim_weight` (1 - SSIM) against the high-quality patch. Adam with a linear warm-up and a cosine decay. Every
-//! `validate_every` steps the network enhances fixed validation pairs (whole
-//! images, fixed degradations) and the best PSNR's weights are kept as
-//! `enhancer-best`; the undegraded validation images are scored too (how far
-//! the network moves a good image). Checkpoints as every stage: resumable, stoppable.
+//! `ssim_weight` (1 - SSIM) against the high-quality patch. Adam with a
+//! linear warm-up and a cosine decay. Every `validate_every` steps the network
+//! enhances fixed validation pairs (whole images, fixed degradations) and the
+//! best PSNR's weights are kept as `enhancer-best`; the undegraded validation
+//! images are scored too (how far the network moves a good image).
+//! Checkpoints as every stage: resumable, stoppable.
 //!
 //! Where no simulator fits a site's detector, the pairs can be fixed ones
 //! instead ([`TrainingPairs::Fixed`]): G_BA's low-quality versions of the
