@@ -432,11 +432,15 @@ pub fn evaluate(args: &EvaluateArgs, command_line: &str) -> anyhow::Result<Evalu
     outputs.push((refined, Some(led_seconds)));
 
     let stack = |planes: &[Plane]| Tensor::cat(&planes.iter().map(Plane::to_model_tensor).collect::<Vec<_>>(), 0);
-    // Per image: PSNR, SSIM (none for the ground truth) and 1.0 where the classifier is right.
+    // Per image: 1.0 where the classifier is right.
+    let correct_of = |planes: &[Plane]| -> anyhow::Result<Vec<f64>> {
+        let predicted = classifier.predict(&stack(planes), 64)?;
+        Ok(predicted.iter().zip(&truth).map(|(p, t)| f64::from(u8::from(p == t))).collect())
+    };
+    // Per image: PSNR, SSIM (none for the ground truth) and whether the classifier is right.
     let mut per_image: Vec<(Option<Quality>, Vec<f64>)> = Vec::new();
     for ((key, _), (planes, _)) in METHODS.iter().zip(&outputs) {
-        let predicted = classifier.predict(&stack(planes), 64)?;
-        let correct: Vec<f64> = predicted.iter().zip(&truth).map(|(p, t)| f64::from(u8::from(p == t))).collect();
+        let correct = correct_of(planes)?;
         let quality = (*key != "high-quality").then(|| quality_of(planes, &hq_planes));
         per_image.push((quality, correct));
     }
@@ -499,7 +503,8 @@ pub fn evaluate(args: &EvaluateArgs, command_line: &str) -> anyhow::Result<Evalu
         // tone curve. What they recover is what the tone costs, the rest the noise.
         let matched = |planes: &[Plane]| planes.iter().zip(&hq_planes).map(|(p, t)| match_histogram(p, t)).collect();
         let lq_matched = matched(&lq_planes);
-        let first_stage_matched = matched(&outputs[outputs.len() - 2].0);
+        let first_stage = METHODS.iter().position(|(key, _)| *key == "first-stage").expect("a method");
+        let first_stage_matched = matched(&outputs[first_stage].0);
         changed.push(("Oracle: low quality with the high-quality image's tone curve".into(), lq_matched));
         changed.push((
             "Oracle: first stage on low quality with the high-quality image's tone curve".into(),
@@ -507,8 +512,7 @@ pub fn evaluate(args: &EvaluateArgs, command_line: &str) -> anyhow::Result<Evalu
         ));
         let mut rows = Vec::new();
         for (label, planes) in changed {
-            let predicted = classifier.predict(&stack(&planes), 64)?;
-            let correct: Vec<f64> = predicted.iter().zip(&truth).map(|(p, t)| f64::from(u8::from(p == t))).collect();
+            let correct = correct_of(&planes)?;
             let (psnr, ssim) = quality_of(&planes, &hq_planes);
             rows.push(CeilingRow {
                 label,

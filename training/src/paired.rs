@@ -271,6 +271,12 @@ fn ssim(a: &Tensor, b: &Tensor, window: &Tensor) -> Tensor {
     (numerator / denominator).mean(Kind::Float)
 }
 
+/// Whether this source stays undegraded (`clean_share`). Without clean
+/// sources nothing is drawn, so such a run draws what it always drew.
+fn draws_clean(config: &PairedConfig, rng: &mut impl Rng) -> bool {
+    config.clean_share > 0.0 && rng.gen_bool(config.clean_share)
+}
+
 /// One step's batch: stretched low-quality patches, their planes, high-quality patches.
 fn draw_batch(
     train: &TrainingPairs,
@@ -300,8 +306,7 @@ fn draw_batch(
                     image = image.upsample_bilinear2d(size, false, None, None);
                 }
                 let image = flip(image);
-                // Checked first so that a run without clean sources draws what it always drew.
-                if config.clean_share > 0.0 && rng.gen_bool(config.clean_share) {
+                if draws_clean(config, rng) {
                     (image.shallow_clone(), image)
                 } else {
                     (degrade_image(&image, ranges, rng)?, image)
@@ -310,7 +315,7 @@ fn draw_batch(
             TrainingPairs::Fixed(pairs) => {
                 let (low, high) = &pairs[rng.gen_range(0..pairs.len())];
                 let high = flip(high.shallow_clone());
-                if config.clean_share > 0.0 && rng.gen_bool(config.clean_share) {
+                if draws_clean(config, rng) {
                     (high.shallow_clone(), high)
                 } else {
                     (flip(low.shallow_clone()), high)
