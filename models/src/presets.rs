@@ -12,8 +12,17 @@ use crate::unet::UNetConfig;
 use crate::{Error, Result};
 
 /// The names [`by_name`] knows.
-pub const NAMES: [&str; 8] =
-    ["tiny", "tiny-paired", "tiny-paired-deep", "small", "cpu", "cpu-deep", "cpu-deep-tone", "default"];
+pub const NAMES: [&str; 9] = [
+    "tiny",
+    "tiny-paired",
+    "tiny-paired-deep",
+    "small",
+    "cpu",
+    "cpu-deep",
+    "cpu-deep-tone",
+    "cpu-deep-curve",
+    "default",
+];
 
 /// A manifest for the named preset.
 pub fn by_name(name: &str) -> Result<BundleManifest> {
@@ -25,6 +34,7 @@ pub fn by_name(name: &str) -> Result<BundleManifest> {
         "cpu" => Ok(cpu()),
         "cpu-deep" => Ok(cpu_deep()),
         "cpu-deep-tone" => Ok(cpu_deep_tone()),
+        "cpu-deep-curve" => Ok(cpu_deep_curve()),
         "default" => Ok(default()),
         other => Err(Error::InvalidParams(format!("unknown preset {other:?}; known presets: {NAMES:?}"))),
     }
@@ -73,15 +83,21 @@ pub fn tiny() -> BundleManifest {
 pub fn tiny_paired() -> BundleManifest {
     BundleManifest {
         name: "cxr-led-tiny-paired".into(),
-        enhancer: Some(EnhancerConfig { widths: vec![4, 8], convs_per_level: 1, global_tone: false }),
+        enhancer: Some(EnhancerConfig {
+            widths: vec![4, 8],
+            convs_per_level: 1,
+            global_tone: false,
+            tone_curve: false,
+        }),
         ..tiny()
     }
 }
 
-/// [`tiny_paired`] with one more enhancer level and the global tone head,
-/// for tests of growth (as [`cpu_deep_tone`] is grown from [`cpu`]).
+/// [`tiny_paired`] with one more enhancer level, the global tone head and
+/// the tone curve, for tests of growth (as [`cpu_deep_curve`] is grown from
+/// [`cpu`]).
 pub fn tiny_paired_deep() -> BundleManifest {
-    let enhancer = EnhancerConfig { widths: vec![4, 8, 16], convs_per_level: 1, global_tone: true };
+    let enhancer = EnhancerConfig { widths: vec![4, 8, 16], convs_per_level: 1, global_tone: true, tone_curve: true };
     BundleManifest { enhancer: Some(enhancer), ..tiny_paired() }
 }
 
@@ -114,7 +130,8 @@ pub fn cpu() -> BundleManifest {
 /// more compute per pixel (1.9 M parameters, most of them at the coarse
 /// level). Grown from a trained [`cpu`] enhancer (`paired --init BUNDLE`).
 pub fn cpu_deep() -> BundleManifest {
-    let enhancer = EnhancerConfig { widths: vec![32, 64, 128, 256], convs_per_level: 2, global_tone: false };
+    let enhancer =
+        EnhancerConfig { widths: vec![32, 64, 128, 256], convs_per_level: 2, global_tone: false, tone_curve: false };
     BundleManifest { enhancer: Some(enhancer), ..cpu() }
 }
 
@@ -125,6 +142,18 @@ pub fn cpu_deep() -> BundleManifest {
 /// from a trained [`cpu_deep`] enhancer, the head starting neutral.
 pub fn cpu_deep_tone() -> BundleManifest {
     let enhancer = EnhancerConfig { global_tone: true, ..cpu_deep().enhancer.expect("cpu-deep has an enhancer") };
+    BundleManifest { enhancer: Some(enhancer), ..cpu() }
+}
+
+/// [`cpu_deep_tone`] with the tone curve: a monotone curve per image, set
+/// from its statistics and a 32x32 thumbnail of the whole image (a 4-layer
+/// strided encoder, 15 k parameters in all), bends the result before the
+/// gain and offset, for the non-linear part of the tone and the intensities
+/// the anatomy should have. Grown from a trained [`cpu_deep_tone`] enhancer,
+/// the curve starting as the identity.
+pub fn cpu_deep_curve() -> BundleManifest {
+    let enhancer =
+        EnhancerConfig { tone_curve: true, ..cpu_deep_tone().enhancer.expect("cpu-deep-tone has an enhancer") };
     BundleManifest { enhancer: Some(enhancer), ..cpu() }
 }
 

@@ -266,7 +266,8 @@ pub enum Activations {
 #[derive(Debug, Args)]
 pub struct PairedArgs {
     /// Architecture preset with an `[enhancer]`: cpu-deep (the default bundle's since 0.4.0-cpu),
-    /// cpu, cpu-deep-tone (with the global tone head), tiny-paired or tiny-paired-deep (tests).
+    /// cpu, cpu-deep-tone (with the global tone head), cpu-deep-curve (and the tone curve),
+    /// tiny-paired or tiny-paired-deep (tests).
     #[arg(long, default_value = "cpu")]
     preset: String,
     /// Folders of high-quality images (searched recursively; the train split is used, validation images validate).
