@@ -499,6 +499,20 @@ pub fn evaluate(args: &EvaluateArgs, command_line: &str) -> anyhow::Result<Evalu
             let blurred = hq_planes.iter().map(|p| crate::degrade::blur_plane(p, sigma)).collect();
             changed.push((format!("High quality, Gaussian blur sigma {sigma} px"), blurred));
         }
+        // Not a degradation of structure at all: each image's own black and
+        // white points (1st and 99th percentiles) forgotten and replaced by
+        // the average image's, what a method that cannot see them at best
+        // puts back with one linear map. Its cost is the part of the tone no
+        // enhancement can know.
+        let points: Vec<(f32, f32)> = hq_planes
+            .iter()
+            .map(|p| (baselines::percentile(p, STRETCH_POINTS.0), baselines::percentile(p, STRETCH_POINTS.1)))
+            .collect();
+        let count = points.len().max(1) as f32;
+        let average =
+            (points.iter().map(|p| p.0).sum::<f32>() / count, points.iter().map(|p| p.1).sum::<f32>() / count);
+        let forgotten = hq_planes.iter().zip(&points).map(|(p, &own)| move_points(p, own, average)).collect();
+        changed.push(("High quality, its 1st and 99th percentiles moved to the average image's".into(), forgotten));
         // Oracles, not methods: each image given the high-quality image's own
         // tone curve. What they recover is what the tone costs, the rest the noise.
         let matched = |planes: &[Plane]| planes.iter().zip(&hq_planes).map(|(p, t)| match_histogram(p, t)).collect();
@@ -610,6 +624,16 @@ fn classical_methods<'a>(clahe: &'a ClaheParams, nlm: &'a NlmParams) -> [Classic
         ("nlm", Box::new(|p: &Plane| baselines::non_local_means(p, nlm))),
         ("nlm-stretch", Box::new(|p: &Plane| baselines::nlm_stretch(p, nlm))),
     ]
+}
+
+/// The quantiles whose values [`move_points`] moves (the stretch's: 1st and 99th percentiles).
+const STRETCH_POINTS: (f64, f64) = (0.01, 0.99);
+
+/// `image` mapped linearly so that the values `from` go to `to`, clipped to [0, 1].
+fn move_points(image: &Plane, from: (f32, f32), to: (f32, f32)) -> Plane {
+    let gain = (to.1 - to.0) / (from.1 - from.0).max(1e-6);
+    let data = image.data.iter().map(|&v| ((v - from.0) * gain + to.0).clamp(0.0, 1.0)).collect();
+    Plane::new(image.width, image.height, data)
 }
 
 /// `source` with `reference`'s histogram (same size): the pixel of rank k
@@ -738,6 +762,14 @@ pub fn read_report(path: &Path) -> anyhow::Result<EvaluationReport> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn moved_points_land_where_asked_and_the_rest_follows_linearly() {
+        let image = Plane::new(4, 1, vec![0.2, 0.4, 0.6, 0.95]);
+        let moved = move_points(&image, (0.2, 0.6), (0.1, 0.9));
+        let expected = [0.1, 0.5, 0.9, 1.0]; // 0.95 → 1.6, clipped
+        assert!(moved.data.iter().zip(expected).all(|(a, b)| (a - b).abs() < 1e-6), "{:?}", moved.data);
+    }
 
     #[test]
     fn histogram_matching_gives_the_reference_tone_and_keeps_the_order() {

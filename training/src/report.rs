@@ -425,7 +425,10 @@ fn markdown(report: &EvaluationReport) -> String {
              degradation: if a faithful change already costs accuracy, no denoiser of the low-quality images gets it \
              back. The oracle rows are not methods (they use the answer): each image takes the high-quality image's \
              own tone curve (histogram matching keeps its pixels' order, so its structure and noise stay its own); \
-             the accuracy they recover is what the tone cost, what they miss is the noise's and the detail's.\n\n\
+             the accuracy they recover is what the tone cost, what they miss is the noise's and the detail's. The \
+             row with the average image's 1st and 99th percentiles is no oracle either: each image keeps its \
+             structure and its own tone curve's shape, and only its black and white points are forgotten, as a \
+             low dose that lifts and compresses the tone forgets them; what it costs, no enhancement can know.\n\n\
              | Images | Accuracy (%) | Δ to the unchanged images (points) | PSNR to them (dB) | SSIM |\n\
              | --- | --- | --- | --- | --- |",
             report.test_images.iter().map(|(_, n)| n).sum::<usize>()

@@ -126,8 +126,8 @@ fn classifier_evaluate_and_export_write_a_complete_report() {
             assert!(number(&difference["low"]) <= number(&difference["high"]), "{method}");
         }
     }
-    // --ceiling: the high-quality images through the first stage and blurred, and the two oracle
-    // tone rows, each paired with the originals.
+    // --ceiling: the high-quality images through the first stage, blurred and with the average
+    // black and white points, and the two oracle tone rows, each paired with the originals.
     let ceiling = json["ceiling"].as_array().unwrap();
     let labels: Vec<&str> = ceiling.iter().map(|r| r["label"].as_str().unwrap()).collect();
     assert_eq!(
@@ -136,6 +136,7 @@ fn classifier_evaluate_and_export_write_a_complete_report() {
             "First stage on the high-quality image",
             "High quality, Gaussian blur sigma 0.5 px",
             "High quality, Gaussian blur sigma 1 px",
+            "High quality, its 1st and 99th percentiles moved to the average image's",
             "Oracle: low quality with the high-quality image's tone curve",
             "Oracle: first stage on low quality with the high-quality image's tone curve"
         ]
