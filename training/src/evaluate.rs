@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
+use cxr_led_models::enhancer::{STRETCH_HIGH, STRETCH_LOW};
 use cxr_led_models::noise::NoiseSource;
 use cxr_led_models::{device, hallucination, Bundle, LedModel, Precision};
 use serde::{Deserialize, Serialize};
@@ -506,7 +507,7 @@ pub fn evaluate(args: &EvaluateArgs, command_line: &str) -> anyhow::Result<Evalu
         // enhancement can know.
         let points: Vec<(f32, f32)> = hq_planes
             .iter()
-            .map(|p| (baselines::percentile(p, STRETCH_POINTS.0), baselines::percentile(p, STRETCH_POINTS.1)))
+            .map(|p| (baselines::percentile(p, STRETCH_LOW), baselines::percentile(p, STRETCH_HIGH)))
             .collect();
         let count = points.len().max(1) as f32;
         let average =
@@ -625,9 +626,6 @@ fn classical_methods<'a>(clahe: &'a ClaheParams, nlm: &'a NlmParams) -> [Classic
         ("nlm-stretch", Box::new(|p: &Plane| baselines::nlm_stretch(p, nlm))),
     ]
 }
-
-/// The quantiles whose values [`move_points`] moves (the stretch's: 1st and 99th percentiles).
-const STRETCH_POINTS: (f64, f64) = (0.01, 0.99);
 
 /// `image` mapped linearly so that the values `from` go to `to`, clipped to [0, 1].
 fn move_points(image: &Plane, from: (f32, f32), to: (f32, f32)) -> Plane {
