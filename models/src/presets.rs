@@ -1,6 +1,7 @@
 //! Named architectures with their inference defaults, as bundle manifests
 //! without weights. `tiny` is small enough for tests and the checked-in test
-//! bundle; `default` is what the default bundle is trained with.
+//! bundle; `default` is what a GPU host should train; the default bundle's
+//! first stage is [`cpu_deep_curve`]'s (since 0.5.0-cpu).
 
 use crate::bundle::{BundleManifest, Normalisation, FORMAT_VERSION};
 use crate::enhancer::EnhancerConfig;
@@ -101,7 +102,7 @@ pub fn tiny_paired_deep() -> BundleManifest {
     BundleManifest { enhancer: Some(enhancer), ..tiny_paired() }
 }
 
-/// What a 2-core CPU trains well (the default bundle since 0.2.0): the paired
+/// What a 2-core CPU trains well (the default bundle's 0.2.0-0.3.0): the paired
 /// enhancer (32-64-128 channels after a 2x pixel unshuffle, 0.47 M
 /// parameters) as the first stage, [`small`]'s G_BA and UNet beside it, and
 /// 512-px tiles with a 64-px overlap (the enhancer's receptive radius is
@@ -128,7 +129,8 @@ pub fn cpu() -> BundleManifest {
 /// the pixels): a receptive field of about 170 px instead of 80, for the
 /// low-frequency blotches that heavy, correlated noise leaves, at about 20 %
 /// more compute per pixel (1.9 M parameters, most of them at the coarse
-/// level). Grown from a trained [`cpu`] enhancer (`paired --init BUNDLE`).
+/// level). Grown from a trained [`cpu`] enhancer (`paired --init BUNDLE`);
+/// the default bundle's 0.4.0-cpu.
 pub fn cpu_deep() -> BundleManifest {
     let enhancer =
         EnhancerConfig { widths: vec![32, 64, 128, 256], convs_per_level: 2, global_tone: false, tone_curve: false };
@@ -150,7 +152,7 @@ pub fn cpu_deep_tone() -> BundleManifest {
 /// strided encoder, 15 k parameters in all), bends the result before the
 /// gain and offset, for the non-linear part of the tone and the intensities
 /// the anatomy should have. Grown from a trained [`cpu_deep_tone`] enhancer,
-/// the curve starting as the identity.
+/// the curve starting as the identity; the default bundle's since 0.5.0-cpu.
 pub fn cpu_deep_curve() -> BundleManifest {
     let enhancer =
         EnhancerConfig { tone_curve: true, ..cpu_deep_tone().enhancer.expect("cpu-deep-tone has an enhancer") };

@@ -265,9 +265,9 @@ pub enum Activations {
 /// `paired` options.
 #[derive(Debug, Args)]
 pub struct PairedArgs {
-    /// Architecture preset with an `[enhancer]`: cpu-deep (the default bundle's since 0.4.0-cpu),
-    /// cpu, cpu-deep-tone (with the global tone head), cpu-deep-curve (and the tone curve),
-    /// tiny-paired or tiny-paired-deep (tests).
+    /// Architecture preset with an `[enhancer]`: cpu-deep-curve (the default bundle's since
+    /// 0.5.0-cpu: cpu-deep-tone and a tone curve), cpu-deep-tone (cpu-deep with the global tone
+    /// head), cpu-deep (0.4.0-cpu), cpu, tiny-paired or tiny-paired-deep (tests).
     #[arg(long, default_value = "cpu")]
     preset: String,
     /// Folders of high-quality images (searched recursively; the train split is used, validation images validate).
