@@ -3,6 +3,12 @@
 //! cosine decay, gradient clipping at 1, an exponential moving average of the
 //! weights (the EMA network is the one exported and validated), validation
 //! loss on held-out pairs with fixed timesteps and noise, early stopping.
+//!
+//! The pairs are either fixed ones (`pairs`: G_BA's or the simulator's, at
+//! the preset's size) or, as the paired first stage trains, random patches
+//! of the training images at their own pixel scale, degraded afresh by the
+//! simulator at every step ([`TrainingBatches::Patches`]): the refinement
+//! then sees the noise and blur at the scale the daemon's tiles see them.
 
 use std::path::Path;
 
@@ -17,6 +23,7 @@ use tch::{Device, Tensor};
 
 use crate::checkpoint;
 use crate::data;
+use crate::paired::{self, TrainingPairs};
 use crate::progress::{append_csv, Progress, StopFlag};
 
 /// Hyper-parameters of a diffusion run.
@@ -42,6 +49,10 @@ pub struct DiffusionConfig {
     /// refines from t0 <= 200, so a short (CPU) run spends every step on the
     /// timesteps inference uses; the bundle may then not use a larger t0.
     pub max_timestep: Option<usize>,
+    /// Weights a fresh run starts from (fine-tuning): a bundle folder (its
+    /// `unet`) or a diffusion checkpoint folder (its `unet-best`). Ignored
+    /// when the run resumes.
+    pub init: Option<std::path::PathBuf>,
 }
 
 impl Default for DiffusionConfig {
@@ -56,6 +67,7 @@ impl Default for DiffusionConfig {
             patience: 10,
             seed: 0,
             max_timestep: None,
+            init: None,
         }
     }
 }
@@ -76,6 +88,72 @@ pub struct DiffusionState {
     /// The timesteps trained on were below this (None: all of them).
     #[serde(default)]
     pub max_timestep: Option<usize>,
+    /// Where a fine-tuning run's first weights came from (`--init`).
+    #[serde(default)]
+    pub init: Option<String>,
+}
+
+/// Fills `store` from a bundle folder's `unet` or a diffusion checkpoint
+/// folder's `unet-best` (the same architecture); returns what they are.
+fn load_initial_weights(init: &Path, store: &mut nn::VarStore) -> anyhow::Result<String> {
+    use anyhow::Context;
+    if init.join("bundle.toml").is_file() {
+        let bundle = cxr_led_models::bundle::Bundle::load(init)
+            .with_context(|| format!("loading the --init bundle {}", init.display()))?;
+        bundle.load_weights("unet", store).with_context(|| {
+            format!("taking the UNet of {} (it must have the preset's UNet architecture)", init.display())
+        })?;
+        Ok(format!(
+            "the UNet of bundle {} {} (sha256 {}) at {}",
+            bundle.manifest.name,
+            bundle.manifest.version,
+            bundle.sha256,
+            init.display()
+        ))
+    } else {
+        checkpoint::load_store(init, "unet-best", store).with_context(|| {
+            format!(
+                "--init {}: give a bundle folder or a diffusion checkpoint folder of the same preset",
+                init.display()
+            )
+        })?;
+        Ok(format!("unet-best of the diffusion checkpoint {}", init.display()))
+    }
+}
+
+/// Where each step's (high quality, low quality) batch comes from.
+pub enum TrainingBatches<'a> {
+    /// Random batches of fixed pairs `[N, 1, S, S]` in [-1, 1] (high quality, low quality).
+    Fixed(&'a Tensor, &'a Tensor),
+    /// Random patches of source images degraded afresh every step.
+    Patches {
+        /// The source images (and the simulator's ranges) or fixed pairs.
+        pairs: &'a TrainingPairs,
+        /// Scale factors a source is upsampled by, one drawn per source.
+        scales: &'a [f64],
+        /// Source images per step (the batch is cut evenly from them).
+        sources: i64,
+        /// Side of a square patch in pixels.
+        patch: i64,
+    },
+}
+
+impl TrainingBatches<'_> {
+    /// One batch of `batch` pairs on `device`: (high quality, low quality).
+    fn draw(&self, batch: i64, rng: &mut ChaCha8Rng, device: Device) -> anyhow::Result<(Tensor, Tensor)> {
+        match self {
+            TrainingBatches::Fixed(hq, lq) => {
+                let [hq, lq] = <[Tensor; 2]>::try_from(data::batch(&[hq, lq], batch, rng)).expect("two stacks");
+                Ok((hq.to_device(device), lq.to_device(device)))
+            }
+            TrainingBatches::Patches { pairs, scales, sources, patch } => {
+                let sources = (*sources).clamp(1, batch);
+                let per_source = (batch / sources).max(1);
+                let (hq, lq) = paired::draw_raw_patches(pairs, scales, sources, per_source, *patch, rng)?;
+                Ok((hq.to_device(device), lq.to_device(device)))
+            }
+        }
+    }
 }
 
 fn learning_rate(config: &DiffusionConfig, step: usize) -> f64 {
@@ -111,15 +189,16 @@ fn validation_loss(
     total / count as f64
 }
 
-/// Trains the conditional UNet on training pairs and validates on held-out
-/// ones (`[N, 1, S, S]` each, HQ the target x_0 and LQ the condition),
+/// Trains the conditional UNet on `training` batches and validates on
+/// held-out pairs (`[N, 1, S, S]` each in [-1, 1], HQ the target x_0 and LQ
+/// the condition),
 /// checkpointing into `dir` (`unet`, `unet-ema`, `unet-best` and `state.json`)
 /// and resuming from it.
 #[allow(clippy::too_many_arguments)]
 pub fn train(
     unet_config: &UNetConfig,
     schedule: &NoiseSchedule,
-    train_pairs: (&Tensor, &Tensor),
+    training: &TrainingBatches,
     validation_pairs: (&Tensor, &Tensor),
     config: &DiffusionConfig,
     dir: &Path,
@@ -135,14 +214,28 @@ pub fn train(
         checkpoint::load_store(dir, "unet-ema", &mut ema_store)?;
         eprintln!("diffusion: resuming at step {}", state.step);
     } else {
+        if let Some(init) = &config.init {
+            state.init = Some(load_initial_weights(init, &mut store)?);
+            eprintln!("diffusion: starting from the weights in {}", init.display());
+        }
         ema_store.copy(&store)?;
     }
     let mut optimizer = nn::AdamW { wd: 0.0, ..Default::default() }.build(&store, config.learning_rate)?;
 
-    let (train_hq, train_lq) = (train_pairs.0.to_device(device), train_pairs.1.to_device(device));
     let (val_hq, val_lq) = (validation_pairs.0.to_device(device), validation_pairs.1.to_device(device));
     let val_count = val_hq.size()[0];
-    anyhow::ensure!(val_count > 0 && train_hq.size()[0] > 0, "diffusion needs training and validation pairs");
+    let training_count = match training {
+        TrainingBatches::Fixed(hq, _) => hq.size()[0] as usize,
+        TrainingBatches::Patches { pairs, .. } => pairs.len(),
+    };
+    anyhow::ensure!(val_count > 0 && training_count > 0, "diffusion needs training and validation pairs");
+    if let TrainingBatches::Patches { pairs, patch, .. } = training {
+        anyhow::ensure!(
+            pairs.smallest_side() >= *patch,
+            "--patch {patch} is larger than the smallest training image ({} px): pass a smaller --patch",
+            pairs.smallest_side()
+        );
+    }
     let mut val_noise_source = NoiseSource::new(config.seed.wrapping_add(1));
     let val_noise = val_noise_source.normal(&val_hq.size(), device);
     let mut val_rng = ChaCha8Rng::seed_from_u64(config.seed.wrapping_add(2));
@@ -176,11 +269,11 @@ pub fn train(
             eprintln!("diffusion: stopped at step {}; run the same command again to resume", state.step);
             return Ok(state);
         }
-        let batch = data::batch(&[&train_hq, &train_lq], config.batch, &mut rng);
-        let t: Vec<i64> = (0..config.batch).map(|_| rng.gen_range(0..t_end)).collect();
+        let (hq, lq) = training.draw(config.batch, &mut rng, device)?;
+        let t: Vec<i64> = (0..hq.size()[0]).map(|_| rng.gen_range(0..t_end)).collect();
         let t = Tensor::from_slice(&t).to_device(device);
-        let eps = noise.normal(&batch[0].size(), device);
-        let loss = schedule.epsilon_loss(&batch[0], &t, &eps, |x_t, t| unet.forward(x_t, &batch[1], t));
+        let eps = noise.normal(&hq.size(), device);
+        let loss = schedule.epsilon_loss(&hq, &t, &eps, |x_t, t| unet.forward(x_t, &lq, t));
         optimizer.set_lr(learning_rate(config, state.step));
         optimizer.zero_grad();
         loss.backward();

@@ -146,15 +146,21 @@ pub enum TrainingPairs {
 }
 
 impl TrainingPairs {
-    fn is_empty(&self) -> bool {
+    /// Whether there is nothing to train on.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// How many source images (or fixed pairs) there are.
+    pub fn len(&self) -> usize {
         match self {
-            TrainingPairs::Simulated { images, .. } => images.is_empty(),
-            TrainingPairs::Fixed(pairs) => pairs.is_empty(),
+            TrainingPairs::Simulated { images, .. } => images.len(),
+            TrainingPairs::Fixed(pairs) => pairs.len(),
         }
     }
 
     /// The smallest side of any training image.
-    fn smallest_side(&self) -> i64 {
+    pub fn smallest_side(&self) -> i64 {
         let side = |t: &Tensor| t.size()[2].min(t.size()[3]);
         match self {
             TrainingPairs::Simulated { images, .. } => images.iter().map(side).min(),
@@ -211,11 +217,9 @@ pub struct ValidationScore {
 impl ValidationSet {
     /// Degrades each image once with parameters seeded by `seed` and its index.
     pub fn new(images: &[Tensor], ranges: &DegradationRanges, seed: u64) -> anyhow::Result<Self> {
-        let mut pairs = Vec::with_capacity(images.len());
-        for (i, hq) in images.iter().enumerate() {
-            let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            pairs.push(validation_input(&degrade_image(hq, ranges, &mut rng)?, hq)?);
-        }
+        let degraded = degrade_fixed(images, ranges, seed)?;
+        let pairs =
+            degraded.iter().zip(images).map(|(lq, hq)| validation_input(lq, hq)).collect::<anyhow::Result<_>>()?;
         let clean = images.iter().map(|hq| validation_input(hq, hq)).collect::<anyhow::Result<_>>()?;
         Ok(Self { pairs, clean })
     }
@@ -271,10 +275,60 @@ fn ssim(a: &Tensor, b: &Tensor, window: &Tensor) -> Tensor {
     (numerator / denominator).mean(Kind::Float)
 }
 
-/// Whether this source stays undegraded (`clean_share`). Without clean
-/// sources nothing is drawn, so such a run draws what it always drew.
-fn draws_clean(config: &PairedConfig, rng: &mut impl Rng) -> bool {
-    config.clean_share > 0.0 && rng.gen_bool(config.clean_share)
+/// One source image of a step, as (low quality, high quality) `[1, 1, H, W]`
+/// in [0, 1]: drawn at random, flipped, and (simulated pairs) upsampled by
+/// one of `scales` and degraded afresh, or left undegraded (`clean_share`).
+pub fn draw_source(
+    train: &TrainingPairs,
+    scales: &[f64],
+    clean_share: f64,
+    rng: &mut impl Rng,
+) -> anyhow::Result<(Tensor, Tensor)> {
+    let (flip_x, flip_y) = (rng.gen_bool(0.5), rng.gen_bool(0.5));
+    let flip = |mut image: Tensor| {
+        if flip_x {
+            image = image.flip([3]);
+        }
+        if flip_y {
+            image = image.flip([2]);
+        }
+        image
+    };
+    // Without clean sources nothing is drawn, so such a run draws what it always drew.
+    let draws_clean = |rng: &mut dyn rand::RngCore| clean_share > 0.0 && rng.gen_bool(clean_share);
+    Ok(match train {
+        TrainingPairs::Simulated { images, ranges } => {
+            let mut image = images[rng.gen_range(0..images.len())].shallow_clone();
+            let scale = scales[rng.gen_range(0..scales.len())];
+            if scale > 1.0 {
+                let (h, w) = (image.size()[2], image.size()[3]);
+                let size = [(h as f64 * scale).round() as i64, (w as f64 * scale).round() as i64];
+                image = image.upsample_bilinear2d(size, false, None, None);
+            }
+            let image = flip(image);
+            if draws_clean(rng) {
+                (image.shallow_clone(), image)
+            } else {
+                (degrade_image(&image, ranges, rng)?, image)
+            }
+        }
+        TrainingPairs::Fixed(pairs) => {
+            let (low, high) = &pairs[rng.gen_range(0..pairs.len())];
+            let high = flip(high.shallow_clone());
+            if draws_clean(rng) {
+                (high.shallow_clone(), high)
+            } else {
+                (flip(low.shallow_clone()), high)
+            }
+        }
+    })
+}
+
+/// A random `patch`-px square at the same place of each of `images` (`[1, 1, H, W]`).
+fn crop_together(images: [&Tensor; 2], patch: i64, rng: &mut impl Rng) -> [Tensor; 2] {
+    let (h, w) = (images[1].size()[2], images[1].size()[3]);
+    let (y, x) = (rng.gen_range(0..=h - patch), rng.gen_range(0..=w - patch));
+    images.map(|t| t.narrow(2, y, patch).narrow(3, x, patch))
 }
 
 /// One step's batch: stretched low-quality patches, their planes, high-quality patches.
@@ -286,54 +340,55 @@ fn draw_batch(
     let per_source = (config.batch / config.sources).max(1);
     let (mut lq, mut planes, mut hq) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..config.sources {
-        let (flip_x, flip_y) = (rng.gen_bool(0.5), rng.gen_bool(0.5));
-        let flip = |mut image: Tensor| {
-            if flip_x {
-                image = image.flip([3]);
-            }
-            if flip_y {
-                image = image.flip([2]);
-            }
-            image
-        };
-        let (degraded, image) = match train {
-            TrainingPairs::Simulated { images, ranges } => {
-                let mut image = images[rng.gen_range(0..images.len())].shallow_clone();
-                let scale = config.scales[rng.gen_range(0..config.scales.len())];
-                if scale > 1.0 {
-                    let (h, w) = (image.size()[2], image.size()[3]);
-                    let size = [(h as f64 * scale).round() as i64, (w as f64 * scale).round() as i64];
-                    image = image.upsample_bilinear2d(size, false, None, None);
-                }
-                let image = flip(image);
-                if draws_clean(config, rng) {
-                    (image.shallow_clone(), image)
-                } else {
-                    (degrade_image(&image, ranges, rng)?, image)
-                }
-            }
-            TrainingPairs::Fixed(pairs) => {
-                let (low, high) = &pairs[rng.gen_range(0..pairs.len())];
-                let high = flip(high.shallow_clone());
-                if draws_clean(config, rng) {
-                    (high.shallow_clone(), high)
-                } else {
-                    (flip(low.shallow_clone()), high)
-                }
-            }
-        };
+        let (degraded, image) = draw_source(train, &config.scales, config.clean_share, rng)?;
         let stats = ToneStats::measure(&degraded)?;
         let stretched = stats.stretch(&degraded);
-        let (h, w) = (image.size()[2], image.size()[3]);
         for _ in 0..per_source {
-            let (y, x) = (rng.gen_range(0..=h - config.patch), rng.gen_range(0..=w - config.patch));
-            let crop = |t: &Tensor| t.narrow(2, y, config.patch).narrow(3, x, config.patch);
-            lq.push(crop(&stretched));
-            hq.push(crop(&image));
+            let [low, high] = crop_together([&stretched, &image], config.patch, rng);
+            lq.push(low);
+            hq.push(high);
             planes.push(stats.planes());
         }
     }
     Ok((Tensor::cat(&lq, 0), Tensor::cat(&planes, 0), Tensor::cat(&hq, 0)))
+}
+
+/// Random raw (unstretched) patch pairs for the diffusion refinement, which is
+/// conditioned on the low-quality image as the daemon receives it: `sources`
+/// source images ([`draw_source`], nothing left undegraded), `per_source`
+/// patches of `patch` px from each. Returns (high quality, low quality), each
+/// `[sources * per_source, 1, patch, patch]` in [-1, 1].
+pub fn draw_raw_patches(
+    train: &TrainingPairs,
+    scales: &[f64],
+    sources: i64,
+    per_source: i64,
+    patch: i64,
+    rng: &mut impl Rng,
+) -> anyhow::Result<(Tensor, Tensor)> {
+    let (mut hq, mut lq) = (Vec::new(), Vec::new());
+    for _ in 0..sources {
+        let (degraded, image) = draw_source(train, scales, 0.0, rng)?;
+        for _ in 0..per_source {
+            let [high, low] = crop_together([&image, &degraded], patch, rng);
+            hq.push(high);
+            lq.push(low);
+        }
+    }
+    Ok((Tensor::cat(&hq, 0) * 2.0 - 1.0, Tensor::cat(&lq, 0) * 2.0 - 1.0))
+}
+
+/// Each image degraded once, with parameters from `ranges` seeded by `seed`
+/// and its index: fixed validation inputs (`[1, 1, H, W]` in [0, 1]).
+pub fn degrade_fixed(images: &[Tensor], ranges: &DegradationRanges, seed: u64) -> anyhow::Result<Vec<Tensor>> {
+    images
+        .iter()
+        .enumerate()
+        .map(|(i, hq)| {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            degrade_image(hq, ranges, &mut rng)
+        })
+        .collect()
 }
 
 /// Fills `store` (architecture `config`) from a bundle folder's `enhancer`

@@ -192,9 +192,27 @@ pub fn pairs(args: &PairsArgs) -> anyhow::Result<()> {
 pub struct DiffusionArgs {
     #[command(flatten)]
     common: Common,
-    /// The file `pairs` wrote.
+    /// The file `pairs` wrote (fixed pairs at the preset's size).
+    #[arg(long, required_unless_present = "high_quality", conflicts_with_all = ["ranges", "high_quality"])]
+    pairs: Option<PathBuf>,
+    /// Instead of --pairs: folders of high-quality images, cut into random
+    /// --patch patches at their own pixel scale and degraded afresh by the
+    /// simulator every step, as `paired` trains the first stage (the train
+    /// split trains, validation images validate).
+    #[arg(long, num_args = 1..)]
+    high_quality: Vec<PathBuf>,
+    /// Degradation ranges with --high-quality: training, held-out, or a TOML file.
     #[arg(long)]
-    pairs: PathBuf,
+    ranges: Option<String>,
+    /// Patch side in pixels with --high-quality (a multiple of the UNet's size multiple).
+    #[arg(long, default_value_t = 128)]
+    patch: i64,
+    /// Source images per step with --high-quality (each cut into batch / sources patches).
+    #[arg(long, default_value_t = 4)]
+    sources: i64,
+    /// Validation images with --high-quality (a centre patch of each, fixed degradations).
+    #[arg(long, default_value_t = 32)]
+    validation_images: usize,
     /// Checkpoint folder (resumed when it holds a checkpoint).
     #[arg(long)]
     out: PathBuf,
@@ -213,6 +231,9 @@ pub struct DiffusionArgs {
     /// Validations without improvement before stopping.
     #[arg(long, default_value_t = 10)]
     patience: usize,
+    /// Start a fresh run from these weights (fine-tuning): a bundle folder or a diffusion checkpoint folder.
+    #[arg(long)]
+    init: Option<PathBuf>,
     /// Train on timesteps below this only (default: all 1000). LED refines
     /// from t0 <= 200: a short CPU run can spend every step there; the
     /// exported bundle then refuses a larger t0.
@@ -224,31 +245,83 @@ pub struct DiffusionArgs {
 pub fn diffusion(args: &DiffusionArgs) -> anyhow::Result<()> {
     let device = device::parse_device(&args.common.device)?;
     let manifest = args.common.manifest()?;
-    let named: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(&args.pairs)
-        .with_context(|| format!("reading pairs {}", args.pairs.display()))?
-        .into_iter()
-        .collect();
-    let get = |name: &str| named.get(name).with_context(|| format!("{} has no {name}", args.pairs.display()));
     let config = DiffusionConfig {
         steps: args.steps,
         batch: args.batch,
         learning_rate: args.learning_rate,
-        validate_every: args.validate_every,
+        validate_every: args.validate_every.max(1),
         patience: args.patience,
         seed: args.common.seed,
         max_timestep: args.max_timestep,
+        init: args.init.clone(),
         ..Default::default()
     };
     let schedule = NoiseSchedule::new(&manifest.schedule)?;
-    let state = diffusion::train(
-        &manifest.unet,
-        &schedule,
-        (get("train_hq")?, get("train_lq")?),
-        (get("val_hq")?, get("val_lq")?),
-        &config,
-        &args.out,
-        device,
-    )?;
+    let state = match &args.pairs {
+        Some(file) => {
+            let named: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(file)
+                .with_context(|| format!("reading pairs {}", file.display()))?
+                .into_iter()
+                .collect();
+            let get = |name: &str| named.get(name).with_context(|| format!("{} has no {name}", file.display()));
+            let training = diffusion::TrainingBatches::Fixed(get("train_hq")?, get("train_lq")?);
+            let validation = (get("val_hq")?, get("val_lq")?);
+            diffusion::train(&manifest.unet, &schedule, &training, validation, &config, &args.out, device)?
+        }
+        None => {
+            let multiple = manifest.unet.size_multiple();
+            anyhow::ensure!(
+                args.patch >= multiple && args.patch % multiple == 0,
+                "--patch {} must be a positive multiple of {multiple} (the UNet halves it {} times)",
+                args.patch,
+                multiple.trailing_zeros()
+            );
+            let ranges = DegradationRanges::from_arg(args.ranges.as_deref().unwrap_or("training"))?;
+            let ranges_text = toml::to_string_pretty(&ranges)?;
+            record_training_data(&args.out, RANGES_FILE, &ranges_text, |previous| previous == ranges_text)?;
+            let (images, skipped_train) =
+                paired::load_images(&split_images(&args.high_quality, Split::Train)?, args.patch as u32);
+            let mut validation_paths = split_images(&args.high_quality, Split::Validation)?;
+            validation_paths
+                .sort_by(|a, b| data::name_fraction(a, "validation").total_cmp(&data::name_fraction(b, "validation")));
+            validation_paths.truncate(args.validation_images.max(1));
+            let (validation, skipped_validation) = paired::load_images(&validation_paths, args.patch as u32);
+            anyhow::ensure!(
+                !images.is_empty() && !validation.is_empty(),
+                "no usable {} images of at least {} px under {:?}: pass a smaller --patch or other folders",
+                if images.is_empty() { "training" } else { "validation" },
+                args.patch,
+                args.high_quality
+            );
+            let skipped: Vec<_> = skipped_train.iter().chain(&skipped_validation).collect();
+            eprintln!(
+                "diffusion: {} training and {} validation images at their own size, {} skipped",
+                images.len(),
+                validation.len(),
+                skipped.len()
+            );
+            std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+            std::fs::write(args.out.join("skipped.json"), serde_json::to_vec_pretty(&skipped)?)?;
+            // Validation: the centre patch of each image, degraded once.
+            let degraded = paired::degrade_fixed(&validation, &ranges, args.common.seed.wrapping_add(1))?;
+            let centre = |image: &Tensor| {
+                let (h, w) = (image.size()[2], image.size()[3]);
+                image.narrow(2, (h - args.patch) / 2, args.patch).narrow(3, (w - args.patch) / 2, args.patch) * 2.0
+                    - 1.0
+            };
+            let val_hq = Tensor::cat(&validation.iter().map(centre).collect::<Vec<_>>(), 0);
+            let val_lq = Tensor::cat(&degraded.iter().map(centre).collect::<Vec<_>>(), 0);
+            let pairs = paired::TrainingPairs::Simulated { images, ranges: Box::new(ranges) };
+            let scales = PairedConfig::default().scales;
+            let training = diffusion::TrainingBatches::Patches {
+                pairs: &pairs,
+                scales: &scales,
+                sources: args.sources,
+                patch: args.patch,
+            };
+            diffusion::train(&manifest.unet, &schedule, &training, (&val_hq, &val_lq), &config, &args.out, device)?
+        }
+    };
     println!("{}", serde_json::to_string(&state)?);
     Ok(())
 }
@@ -514,9 +587,26 @@ pub struct ExportArgs {
     #[arg(long)]
     report: Option<PathBuf>,
     /// Keep the `[hallucination]` calibration of the bundle already at --out
-    /// (refused unless its networks are the same weights, byte for byte).
+    /// (refused unless its networks are the same weights, byte for byte, or
+    /// only the UNet differs where nothing uses it: t0 = 0 and no LED samples).
     #[arg(long)]
     keep_calibration: bool,
+}
+
+/// Whether the `[hallucination]` calibration of `previous` holds for `new`:
+/// the same weights, or only another UNet where that UNet shapes neither the
+/// outputs nor the check (no refinement, t0 = 0, and no LED samples drawn).
+fn calibration_holds(previous: &BundleManifest, new: &BundleManifest) -> bool {
+    let unet_unused = new.inference.t0 == 0
+        && previous.hallucination.as_ref().is_some_and(|calibration| calibration.config.samples == 0);
+    let checked = |manifest: &BundleManifest| {
+        let mut files = manifest.files.clone();
+        if unet_unused {
+            files.remove("unet");
+        }
+        files
+    };
+    checked(previous) == checked(new)
 }
 
 /// Where one network of the exported bundle comes from.
@@ -631,7 +721,27 @@ pub fn export(args: &ExportArgs) -> anyhow::Result<()> {
         }
     }
     stages.extend(args.cyclegan.as_ref().map(|_| "cyclegan".to_string()));
-    stages.extend(args.diffusion.as_ref().map(|_| "pairs, diffusion".to_string()));
+    if let Some(dir) = &args.diffusion {
+        // A refinement trained on simulator patches records its ranges; one on fixed pairs does not.
+        match std::fs::read_to_string(dir.join(RANGES_FILE)) {
+            Ok(text) => {
+                let ranges: DegradationRanges =
+                    toml::from_str(&text).with_context(|| format!("reading {}", dir.join(RANGES_FILE).display()))?;
+                manifest.training.insert("diffusion-degradation-ranges".into(), toml::Value::try_from(ranges)?);
+                let init = std::fs::read_to_string(dir.join("state.json"))
+                    .ok()
+                    .and_then(|state| serde_json::from_str::<diffusion::DiffusionState>(&state).ok())
+                    .and_then(|state| state.init);
+                stages.push(match init {
+                    Some(init) => {
+                        format!("diffusion (simulator patches at the images' own scale, fine-tuned from {init})")
+                    }
+                    None => "diffusion (simulator patches at the images' own scale)".into(),
+                });
+            }
+            Err(_) => stages.push("pairs, diffusion".into()),
+        }
+    }
     let mut method =
         format!("cxr-led-train {}, export", if stages.is_empty() { "export".into() } else { stages.join(", ") });
     if let Some(base) = &base {
@@ -712,7 +822,7 @@ pub fn export(args: &ExportArgs) -> anyhow::Result<()> {
     )?;
     if let Some(previous) = previous {
         anyhow::ensure!(
-            previous.files == bundle.manifest.files,
+            calibration_holds(&previous, &bundle.manifest),
             "--keep-calibration: the networks differ from the calibrated bundle's, so its calibration does not hold; \
              {} is written uncalibrated: run hallucination-bench --write-bundle on it",
             args.out.display()
@@ -729,4 +839,39 @@ pub fn export(args: &ExportArgs) -> anyhow::Result<()> {
         bundle.sha256
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use cxr_led_models::bundle::WeightFile;
+    use cxr_led_models::hallucination::HallucinationCalibration;
+
+    use super::*;
+
+    fn with_files(mut manifest: BundleManifest, unet: &str, enhancer: &str) -> BundleManifest {
+        for (name, sha256) in [("unet", unet), ("enhancer", enhancer), ("g_ba", "g")] {
+            manifest.files.insert(name.into(), WeightFile { path: format!("{name}.safetensors"), sha256: sha256.into() });
+        }
+        manifest
+    }
+
+    #[test]
+    fn a_new_refinement_keeps_the_calibration_only_where_nothing_uses_it() {
+        let mut calibrated = with_files(presets::cpu_deep_curve(), "u1", "e1");
+        calibrated.hallucination =
+            Some(HallucinationCalibration { hold_threshold: 0.7, config: Default::default(), benchmark: Default::default() });
+        assert_eq!(calibrated.inference.t0, 0);
+        assert!(calibration_holds(&calibrated, &with_files(presets::cpu_deep_curve(), "u1", "e1")));
+        // t0 = 0 and no samples: another UNet changes no output and no score.
+        assert!(calibration_holds(&calibrated, &with_files(presets::cpu_deep_curve(), "u2", "e1")));
+        // Another first stage changes the outputs the check was calibrated on.
+        assert!(!calibration_holds(&calibrated, &with_files(presets::cpu_deep_curve(), "u1", "e2")));
+        // A bundle that refines uses its UNet for every output.
+        let mut refining = with_files(presets::cpu_deep_curve(), "u2", "e1");
+        refining.inference.t0 = 50;
+        assert!(!calibration_holds(&calibrated, &refining));
+        // The check's own LED samples use the UNet too.
+        calibrated.hallucination.as_mut().unwrap().config.samples = 4;
+        assert!(!calibration_holds(&calibrated, &with_files(presets::cpu_deep_curve(), "u2", "e1")));
+    }
 }

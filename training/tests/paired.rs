@@ -2,7 +2,8 @@
 //! files in the training folder named and skipped or converted, training
 //! with validation and checkpoints, a resume, wrong options refused with
 //! their reason, export with the base bundle's G_BA and UNet, and the
-//! exported bundle enhancing with and without refinement.
+//! exported bundle enhancing with and without refinement; and the diffusion
+//! refinement trained the same way, on fresh simulator patches.
 
 mod common;
 
@@ -200,4 +201,90 @@ fn paired_training_resumes_skips_bad_files_and_exports_a_working_bundle() {
     // Without a base bundle the missing networks are named.
     let error = train_fails(&["export", "--preset", "tiny-paired", "--enhancer", &out, "--out", &path("nothing")]);
     assert!(error.contains("no source for the bundle's g_ba"), "{error}");
+}
+
+#[test]
+fn the_refinement_trains_on_fresh_simulator_patches_resumes_and_exports() {
+    let work = tempfile::tempdir().unwrap();
+    let images = work.path().join("images");
+    write_images(&images, 40);
+    let path = |name: &str| work.path().join(name).to_string_lossy().into_owned();
+    let images = images.to_string_lossy().into_owned();
+    let out = path("refinement");
+    let args = [
+        "diffusion",
+        "--preset",
+        "tiny-paired",
+        "--device",
+        "cpu",
+        "--high-quality",
+        &images,
+        "--out",
+        &out,
+        "--patch",
+        "32",
+        "--batch",
+        "4",
+        "--sources",
+        "2",
+        "--validate-every",
+        "2",
+        "--validation-images",
+        "4",
+        "--max-timestep",
+        "250",
+        "--learning-rate",
+        "1e-3",
+    ];
+    let (stdout, stderr) = train(&[&args[..], &["--steps", "2"]].concat());
+    assert!(stdout.contains("\"step\":2"), "{stdout}");
+    assert!(stderr.contains("at their own size"), "{stderr}");
+    let (stdout, stderr) = train(&[&args[..], &["--steps", "4"]].concat());
+    assert!(stderr.contains("resuming at step 2"), "{stderr}");
+    assert!(stdout.contains("\"step\":4"), "{stdout}");
+    let csv = std::fs::read_to_string(Path::new(&out).join("metrics.csv")).unwrap();
+    let rows: Vec<Vec<&str>> = csv.lines().skip(1).map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.iter().map(|r| r[0]).collect::<Vec<_>>(), ["2", "4"], "{csv}");
+    assert!(rows.iter().all(|r| r[3].parse::<f64>().unwrap().is_finite()), "a finite validation loss: {csv}");
+
+    // The unreadable and tiny files are named and counted; other ranges or patch sizes are refused.
+    // (Which bad files are read depends on the name-hashed split they fall in.)
+    let skipped: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(Path::new(&out).join("skipped.json")).unwrap()).unwrap();
+    let skipped = skipped.as_array().unwrap();
+    assert!(!skipped.is_empty(), "the tiny file at least is skipped");
+    for entry in skipped {
+        let name = Path::new(entry["path"].as_str().unwrap()).file_name().unwrap().to_string_lossy().into_owned();
+        assert!(["not-an-image.png", "tiny.png", "truncated.png"].contains(&name.as_str()), "{name}");
+        assert!(stderr.contains(&name), "{name} is not named on stderr: {stderr}");
+    }
+    let error = train_fails(&[&args[..], &["--steps", "6", "--ranges", "held-out"]].concat());
+    assert!(error.contains("other degradation ranges"), "{error}");
+    let mut wrong = args.to_vec();
+    let fresh = path("fresh");
+    (wrong[8], wrong[10]) = (fresh.as_str(), "31");
+    assert!(train_fails(&wrong).contains("--patch 31 must be a positive multiple of 2"));
+    wrong[10] = "64";
+    let error = train_fails(&wrong);
+    assert!(error.contains("of at least 64 px") && error.contains("pass a smaller --patch"), "{error}");
+    let error = train_fails(&["diffusion", "--preset", "tiny", "--out", &fresh]);
+    assert!(error.contains("--pairs"), "neither pairs nor images: {error}");
+
+    // Export: the refinement from the checkpoint, its ranges recorded; the bundle refines.
+    let tiny = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/bundles/tiny");
+    let bundle_dir = path("bundle");
+    train(&["export", "--preset", "tiny", "--diffusion", &out, "--base-bundle", tiny, "--out", &bundle_dir]);
+    let bundle = Bundle::load(&bundle_dir).unwrap();
+    let method = bundle.manifest.training["method"].as_str().unwrap();
+    assert!(method.contains("diffusion (simulator patches at the images' own scale)"), "{method}");
+    let ranges = bundle.manifest.training["diffusion-degradation-ranges"].as_table().unwrap();
+    assert!(ranges.contains_key("gamma") && ranges.contains_key("bits"), "{ranges:?}");
+    assert_eq!(bundle.manifest.training["diffusion-max-timestep"].as_integer(), Some(250));
+    let base = Bundle::load(tiny).unwrap();
+    assert_ne!(bundle.manifest.files["unet"].sha256, base.manifest.files["unet"].sha256);
+    let model = LedModel::from_bundle(&bundle, tch::Device::Cpu, Precision::F32).unwrap();
+    let input = tch::Tensor::rand([1, 1, 40, 36], (tch::Kind::Float, tch::Device::Cpu)) * 2.0 - 1.0;
+    let refined = model.enhance(&input, &bundle.manifest.inference, &mut NoiseSource::new(0)).unwrap();
+    assert_eq!(refined.output.size(), vec![1, 1, 40, 36]);
+    assert!(bundle.manifest.inference.t0 > 0 && !refined.output.equal(&refined.estimate.clamp(-1.0, 1.0)));
 }
