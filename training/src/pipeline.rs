@@ -761,21 +761,27 @@ pub fn export(args: &ExportArgs) -> anyhow::Result<()> {
             base.manifest.version,
             base.sha256
         ));
-        // Keep the chain: where the base bundle's own networks came from.
+        // Keep the chain: the base's whole method, since the networks carried
+        // over may be ones the base trained itself (its part before "; ").
         if let Some(base_method) = base.manifest.training.get("method").and_then(toml::Value::as_str) {
-            let origin = base_method.split_once("; ").map_or(base_method, |(_, carried)| carried);
-            if origin != base_method || !carried.is_empty() {
-                method.push_str(&format!(" [the base's method: {origin}]"));
+            if !carried.is_empty() {
+                method.push_str(&format!(" [the base's method: {base_method}]"));
             }
         }
+        // A carried network keeps the record of how it was trained.
+        let mut carried_records = Vec::new();
         if args.diffusion.is_none() {
-            if let Some(limit) = base.manifest.training.get("diffusion-max-timestep") {
-                manifest.training.insert("diffusion-max-timestep".into(), limit.clone());
+            carried_records.extend(["diffusion-max-timestep", "diffusion-degradation-ranges"]);
+        }
+        if args.enhancer.is_none() {
+            carried_records.extend(["degradation-ranges", "first-stage-pairs"]);
+            if manifest.enhancer.is_some() {
+                carried_records.push("paired-state");
             }
         }
-        if args.enhancer.is_none() && !manifest.training.contains_key("degradation-ranges") {
-            if let Some(ranges) = base.manifest.training.get("degradation-ranges") {
-                manifest.training.insert("degradation-ranges".into(), ranges.clone());
+        for key in carried_records {
+            if let Some(record) = base.manifest.training.get(key) {
+                manifest.training.entry(key).or_insert_with(|| record.clone());
             }
         }
     }
@@ -850,7 +856,9 @@ mod tests {
 
     fn with_files(mut manifest: BundleManifest, unet: &str, enhancer: &str) -> BundleManifest {
         for (name, sha256) in [("unet", unet), ("enhancer", enhancer), ("g_ba", "g")] {
-            manifest.files.insert(name.into(), WeightFile { path: format!("{name}.safetensors"), sha256: sha256.into() });
+            manifest
+                .files
+                .insert(name.into(), WeightFile { path: format!("{name}.safetensors"), sha256: sha256.into() });
         }
         manifest
     }
@@ -858,8 +866,11 @@ mod tests {
     #[test]
     fn a_new_refinement_keeps_the_calibration_only_where_nothing_uses_it() {
         let mut calibrated = with_files(presets::cpu_deep_curve(), "u1", "e1");
-        calibrated.hallucination =
-            Some(HallucinationCalibration { hold_threshold: 0.7, config: Default::default(), benchmark: Default::default() });
+        calibrated.hallucination = Some(HallucinationCalibration {
+            hold_threshold: 0.7,
+            config: Default::default(),
+            benchmark: Default::default(),
+        });
         assert_eq!(calibrated.inference.t0, 0);
         assert!(calibration_holds(&calibrated, &with_files(presets::cpu_deep_curve(), "u1", "e1")));
         // t0 = 0 and no samples: another UNet changes no output and no score.

@@ -287,4 +287,21 @@ fn the_refinement_trains_on_fresh_simulator_patches_resumes_and_exports() {
     let refined = model.enhance(&input, &bundle.manifest.inference, &mut NoiseSource::new(0)).unwrap();
     assert_eq!(refined.output.size(), vec![1, 1, 40, 36]);
     assert!(bundle.manifest.inference.t0 > 0 && !refined.output.equal(&refined.estimate.clamp(-1.0, 1.0)));
+
+    // A new refinement beside a carried first stage: the first stage keeps its training record.
+    let first = path("first-stage");
+    train(&[&paired_args(["--high-quality", &images], &first, "4")[..], &["--steps", "2"]].concat());
+    let with_first = path("with-first-stage");
+    train(&["export", "--preset", "tiny-paired", "--enhancer", &first, "--base-bundle", tiny, "--out", &with_first]);
+    let refined_dir = path("refined-first-stage");
+    let export = ["export", "--preset", "tiny-paired", "--diffusion", &out, "--base-bundle", &with_first];
+    train(&[&export[..], &["--out", &refined_dir]].concat());
+    let (base, refined) = (Bundle::load(&with_first).unwrap(), Bundle::load(&refined_dir).unwrap());
+    for key in ["paired-state", "degradation-ranges"] {
+        assert_eq!(refined.manifest.training.get(key), base.manifest.training.get(key), "{key}");
+    }
+    assert!(refined.manifest.training.contains_key("diffusion-degradation-ranges"));
+    let method = refined.manifest.training["method"].as_str().unwrap();
+    assert!(method.contains("[the base's method: cxr-led-train paired, export"), "{method}");
+    assert_eq!(refined.manifest.files["enhancer"], base.manifest.files["enhancer"]);
 }
