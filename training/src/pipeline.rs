@@ -281,10 +281,7 @@ pub fn diffusion(args: &DiffusionArgs) -> anyhow::Result<()> {
             record_training_data(&args.out, RANGES_FILE, &ranges_text, |previous| previous == ranges_text)?;
             let (images, skipped_train) =
                 paired::load_images(&split_images(&args.high_quality, Split::Train)?, args.patch as u32);
-            let mut validation_paths = split_images(&args.high_quality, Split::Validation)?;
-            validation_paths
-                .sort_by(|a, b| data::name_fraction(a, "validation").total_cmp(&data::name_fraction(b, "validation")));
-            validation_paths.truncate(args.validation_images.max(1));
+            let validation_paths = validation_subset(&args.high_quality, args.validation_images)?;
             let (validation, skipped_validation) = paired::load_images(&validation_paths, args.patch as u32);
             anyhow::ensure!(
                 !images.is_empty() && !validation.is_empty(),
@@ -478,6 +475,16 @@ fn read_fixed_pairs(file: &Path, validation_images: usize) -> anyhow::Result<(Fi
     Ok((train, validation))
 }
 
+/// The first `count` (at least one) validation images under `folders`, in a
+/// fixed name-hashed order, so that a run validates on the same images
+/// whatever else the folders hold.
+fn validation_subset(folders: &[PathBuf], count: usize) -> anyhow::Result<Vec<PathBuf>> {
+    let mut paths = split_images(folders, Split::Validation)?;
+    paths.sort_by(|a, b| data::name_fraction(a, "validation").total_cmp(&data::name_fraction(b, "validation")));
+    paths.truncate(count.max(1));
+    Ok(paths)
+}
+
 /// The presets with an `[enhancer]` (what `paired` trains and `--enhancer` exports).
 fn enhancer_presets() -> Vec<&'static str> {
     presets::NAMES.into_iter().filter(|name| presets::by_name(name).is_ok_and(|m| m.enhancer.is_some())).collect()
@@ -514,10 +521,7 @@ pub fn paired(args: &PairedArgs) -> anyhow::Result<()> {
             record_training_data(&args.out, RANGES_FILE, &ranges_text, |previous| previous == ranges_text)?;
             let (train, skipped_train) =
                 paired::load_images(&split_images(&args.high_quality, Split::Train)?, args.patch.max(0) as u32);
-            let mut validation_paths = split_images(&args.high_quality, Split::Validation)?;
-            validation_paths
-                .sort_by(|a, b| data::name_fraction(a, "validation").total_cmp(&data::name_fraction(b, "validation")));
-            validation_paths.truncate(args.validation_images.max(1));
+            let validation_paths = validation_subset(&args.high_quality, args.validation_images)?;
             let (validation, skipped_validation) = paired::load_images(&validation_paths, 16);
             anyhow::ensure!(!validation.is_empty(), "no usable validation images under {:?}", args.high_quality);
             eprintln!(
