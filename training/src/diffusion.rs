@@ -230,11 +230,7 @@ pub fn train(
     };
     anyhow::ensure!(val_count > 0 && training_count > 0, "diffusion needs training and validation pairs");
     if let TrainingBatches::Patches { pairs, patch, .. } = training {
-        anyhow::ensure!(
-            pairs.smallest_side() >= *patch,
-            "--patch {patch} is larger than the smallest training image ({} px): pass a smaller --patch",
-            pairs.smallest_side()
-        );
+        pairs.ensure_patch_fits(*patch)?;
     }
     let mut val_noise_source = NoiseSource::new(config.seed.wrapping_add(1));
     let val_noise = val_noise_source.normal(&val_hq.size(), device);

@@ -160,13 +160,23 @@ impl TrainingPairs {
     }
 
     /// The smallest side of any training image.
-    pub fn smallest_side(&self) -> i64 {
+    fn smallest_side(&self) -> i64 {
         let side = |t: &Tensor| t.size()[2].min(t.size()[3]);
         match self {
             TrainingPairs::Simulated { images, .. } => images.iter().map(side).min(),
             TrainingPairs::Fixed(pairs) => pairs.iter().map(|(lq, hq)| side(lq).min(side(hq))).min(),
         }
         .unwrap_or(0)
+    }
+
+    /// Refuses a `patch` larger than the smallest training image.
+    pub fn ensure_patch_fits(&self, patch: i64) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.smallest_side() >= patch,
+            "--patch {patch} is larger than the smallest training image ({} px): pass a smaller --patch",
+            self.smallest_side()
+        );
+        Ok(())
     }
 }
 
@@ -440,12 +450,7 @@ pub fn train(
     device: Device,
 ) -> anyhow::Result<PairedState> {
     anyhow::ensure!(!train.is_empty(), "paired training needs at least one usable training image");
-    anyhow::ensure!(
-        train.smallest_side() >= config.patch,
-        "--patch {} is larger than the smallest training image ({} px): pass a smaller --patch",
-        config.patch,
-        train.smallest_side()
-    );
+    train.ensure_patch_fits(config.patch)?;
     anyhow::ensure!(
         config.patch >= 16 && config.patch % net_config.size_multiple() == 0,
         "--patch {} must be at least 16 and a multiple of {}",

@@ -700,6 +700,7 @@ pub fn export(args: &ExportArgs) -> anyhow::Result<()> {
         }
     };
     let diffusion_state = read_state(&args.diffusion, "diffusion-state");
+    let diffusion_record = serde_json::from_str::<diffusion::DiffusionState>(&diffusion_state).ok();
     let cyclegan_state = read_state(&args.cyclegan, "cyclegan-state");
     let mut stages = Vec::new();
     if let Some(dir) = &args.enhancer {
@@ -732,11 +733,7 @@ pub fn export(args: &ExportArgs) -> anyhow::Result<()> {
                 let ranges: DegradationRanges =
                     toml::from_str(&text).with_context(|| format!("reading {}", dir.join(RANGES_FILE).display()))?;
                 manifest.training.insert("diffusion-degradation-ranges".into(), toml::Value::try_from(ranges)?);
-                let init = std::fs::read_to_string(dir.join("state.json"))
-                    .ok()
-                    .and_then(|state| serde_json::from_str::<diffusion::DiffusionState>(&state).ok())
-                    .and_then(|state| state.init);
-                stages.push(match init {
+                stages.push(match diffusion_record.as_ref().and_then(|state| state.init.as_ref()) {
                     Some(init) => {
                         format!("diffusion (simulator patches at the images' own scale, fine-tuned from {init})")
                     }
@@ -791,7 +788,7 @@ pub fn export(args: &ExportArgs) -> anyhow::Result<()> {
     }
     manifest.training.insert("method".into(), method.into());
     manifest.training.insert("cyclegan-state".into(), cyclegan_state.into());
-    if let Ok(state) = serde_json::from_str::<crate::diffusion::DiffusionState>(&diffusion_state) {
+    if let Some(state) = &diffusion_record {
         if let Some(limit) = state.max_timestep {
             anyhow::ensure!(
                 manifest.inference.t0 < limit,
