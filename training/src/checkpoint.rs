@@ -9,6 +9,7 @@
 use std::path::Path;
 
 use anyhow::Context;
+use cxr_led_models::Bundle;
 use serde::{de::DeserializeOwned, Serialize};
 use tch::nn::VarStore;
 
@@ -43,4 +44,27 @@ pub fn load_state<T: DeserializeOwned>(dir: &Path) -> anyhow::Result<Option<T>> 
     }
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     Ok(Some(serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?))
+}
+
+/// The bundle a fine-tuning run starts from (`--init`), or None when `init`
+/// is not a bundle folder (then it is a checkpoint folder).
+pub fn init_bundle(init: &Path) -> anyhow::Result<Option<Bundle>> {
+    if !init.join("bundle.toml").is_file() {
+        return Ok(None);
+    }
+    let bundle = Bundle::load(init).with_context(|| format!("loading the --init bundle {}", init.display()))?;
+    Ok(Some(bundle))
+}
+
+/// How a run's record names the part of a bundle it started from
+/// (`what`: "the UNet", "the enhancer"): name, version, sha256 and folder,
+/// so the provenance chain in `bundle.toml` can be followed back.
+pub fn describe_init(what: &str, bundle: &Bundle, init: &Path) -> String {
+    format!(
+        "{what} of bundle {} {} (sha256 {}) at {}",
+        bundle.manifest.name,
+        bundle.manifest.version,
+        bundle.sha256,
+        init.display()
+    )
 }

@@ -97,19 +97,11 @@ pub struct DiffusionState {
 /// folder's `unet-best` (the same architecture); returns what they are.
 fn load_initial_weights(init: &Path, store: &mut nn::VarStore) -> anyhow::Result<String> {
     use anyhow::Context;
-    if init.join("bundle.toml").is_file() {
-        let bundle = cxr_led_models::bundle::Bundle::load(init)
-            .with_context(|| format!("loading the --init bundle {}", init.display()))?;
+    if let Some(bundle) = checkpoint::init_bundle(init)? {
         bundle.load_weights("unet", store).with_context(|| {
             format!("taking the UNet of {} (it must have the preset's UNet architecture)", init.display())
         })?;
-        Ok(format!(
-            "the UNet of bundle {} {} (sha256 {}) at {}",
-            bundle.manifest.name,
-            bundle.manifest.version,
-            bundle.sha256,
-            init.display()
-        ))
+        Ok(checkpoint::describe_init("the UNet", &bundle, init))
     } else {
         checkpoint::load_store(init, "unet-best", store).with_context(|| {
             format!(
