@@ -102,6 +102,13 @@ impl Enhancer {
             params.steps = config.steps;
         }
         params.precision = config.precision;
+        if params.precision == Precision::Bf16 && !cxr_led_models::device::has_native_bf16(device) {
+            // Allowed (the output is the same to 0.007 of the display range), but slow.
+            tracing::warn!(
+                "pipeline.precision = \"bf16\" on a CPU without AVX-512 BF16 or AMX: libtorch emulates bf16, \
+                 several times slower than f32; set precision = \"f32\" on this host"
+            );
+        }
         // A diffusion model trained on low timesteps only (a CPU bundle) has
         // never seen the noise of a larger t0.
         let trained_below = bundle.manifest.training.get(DIFFUSION_MAX_TIMESTEP).and_then(toml::Value::as_integer);

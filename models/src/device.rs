@@ -37,3 +37,26 @@ pub fn describe(device: Device) -> String {
         _ => format!("cpu ({} threads)", tch::get_num_threads()),
     }
 }
+
+/// Whether `device` computes in bfloat16 natively, so that bf16 activations
+/// are faster than f32 there: CUDA, or a CPU with AVX-512 BF16 or AMX-BF16.
+/// Elsewhere libtorch emulates bf16: on an AVX2-only CPU, paired training in
+/// bf16 ran at 3.1 patches/s against 28 in f32 (2026-12-06).
+pub fn has_native_bf16(device: Device) -> bool {
+    match device {
+        Device::Cpu => cpu_has_bf16(),
+        _ => true,
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn cpu_has_bf16() -> bool {
+    // Every CPU with AMX-BF16 also has AVX-512 BF16 (and its detection is unstable in std).
+    std::arch::is_x86_feature_detected!("avx512bf16")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn cpu_has_bf16() -> bool {
+    // aarch64 has BF16 dot products on some cores; without a measurement, f32.
+    false
+}

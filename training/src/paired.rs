@@ -9,7 +9,9 @@
 //! inference measures a whole image) and cut into `batch / sources` random
 //! patches. A share of sources (`clean_share`) is left undegraded, its target
 //! itself, so that a good image comes through unchanged. Loss: L1 plus
-//! `ssim_weight` (1 - SSIM) against the high-quality patch. Adam with a
+//! `ssim_weight` (1 - SSIM) against the high-quality patch, plus
+//! `spectrum_weight` times the L1 distance of the two patches' amplitude
+//! spectra (see [`spectrum_distance`]: it keeps texture). Adam with a
 //! linear warm-up and a cosine decay. Every `validate_every` steps the network
 //! enhances fixed validation pairs (whole images, fixed degradations) and the
 //! best PSNR's weights are kept as `enhancer-best`; the undegraded validation
@@ -72,6 +74,9 @@ pub struct PairedConfig {
     /// through images that are not under-exposed at all, and a classifier
     /// loses accuracy on a good image the first stage restyles.
     pub clean_share: f64,
+    /// Weight of the texture term ([`spectrum_distance`]) beside L1 and SSIM
+    /// (0: off, the loss of every bundle up to 0.5.1-cpu).
+    pub spectrum_weight: f64,
 }
 
 impl Default for PairedConfig {
@@ -90,6 +95,7 @@ impl Default for PairedConfig {
             seed: 0,
             init: None,
             clean_share: 0.0,
+            spectrum_weight: 0.0,
         }
     }
 }
@@ -118,6 +124,9 @@ pub struct PairedState {
     /// The share of undegraded sources of the last chunk (`--clean-share`).
     #[serde(default)]
     pub clean_share: f64,
+    /// The texture term's weight of the last chunk (`--spectrum-weight`).
+    #[serde(default)]
+    pub spectrum_weight: f64,
 }
 
 fn learning_rate(config: &PairedConfig, step: usize) -> f64 {
@@ -408,9 +417,7 @@ pub fn degrade_fixed(images: &[Tensor], ranges: &DegradationRanges, seed: u64) -
 /// are, for the checkpoint's record.
 fn load_initial_weights(init: &Path, config: &EnhancerConfig, store: &mut nn::VarStore) -> anyhow::Result<String> {
     use anyhow::Context;
-    if init.join("bundle.toml").is_file() {
-        let bundle = cxr_led_models::bundle::Bundle::load(init)
-            .with_context(|| format!("loading the --init bundle {}", init.display()))?;
+    if let Some(bundle) = checkpoint::init_bundle(init)? {
         let Some(trained) = &bundle.manifest.enhancer else {
             anyhow::bail!("the --init bundle {} has no [enhancer] to start from", init.display());
         };
@@ -423,13 +430,7 @@ fn load_initial_weights(init: &Path, config: &EnhancerConfig, store: &mut nn::Va
         enhancer::grow(&source, trained, store, config)
             .with_context(|| format!("growing the enhancer of {} into the preset's", init.display()))?;
         let grown = if trained == config { String::new() } else { format!(", grown from an enhancer {trained}") };
-        Ok(format!(
-            "the enhancer of bundle {} {} (sha256 {}) at {}{grown}",
-            bundle.manifest.name,
-            bundle.manifest.version,
-            bundle.sha256,
-            init.display()
-        ))
+        Ok(format!("{}{grown}", checkpoint::describe_init("the enhancer", &bundle, init)))
     } else {
         checkpoint::load_store(init, "enhancer-best", store).with_context(|| {
             format!("--init {}: give a bundle folder or a paired checkpoint folder of the same preset", init.display())
@@ -472,6 +473,12 @@ pub fn train(
     );
     let mut state: PairedState = checkpoint::load_state(dir)?.unwrap_or_default();
     state.clean_share = config.clean_share;
+    anyhow::ensure!(
+        config.spectrum_weight >= 0.0 && config.spectrum_weight.is_finite(),
+        "--spectrum-weight {} must be a finite number, 0 or more (0 turns the texture term off)",
+        config.spectrum_weight
+    );
+    state.spectrum_weight = config.spectrum_weight;
     if state.step > 0 {
         checkpoint::load_store(dir, "enhancer", &mut store)?;
         eprintln!("paired: resuming at step {}", state.step);
@@ -509,7 +516,10 @@ pub fn train(
         let (lq, hq) = (lq.to_device(device), hq.to_device(device));
         let output = net.forward(&lq.to_kind(config.activations), &planes);
         let structure: Tensor = ssim(&output.clamp(0.0, 1.0), &hq, &window);
-        let loss = (&output - &hq).abs().mean(Kind::Float) + (structure.neg() + 1.0) * config.ssim_weight;
+        let mut loss = (&output - &hq).abs().mean(Kind::Float) + (structure.neg() + 1.0) * config.ssim_weight;
+        if config.spectrum_weight > 0.0 {
+            loss += spectrum_distance(&output, &hq) * config.spectrum_weight;
+        }
         optimizer.set_lr(learning_rate(config, state.step));
         optimizer.zero_grad();
         loss.backward();
@@ -561,6 +571,26 @@ pub fn train(
     Ok(state)
 }
 
+/// Mean L1 distance between the amplitude spectra of `output` and `target`
+/// (N, 1, H, W), each patch's mean removed, orthonormal FFT.
+///
+/// Pixel losses cannot keep texture: the noise and fine grain of a
+/// high-quality image are unpredictable from a noisy input, so L1 and SSIM
+/// pay for any texture drawn with the wrong phase and the network learns to
+/// smooth. A classifier trained on real images reads that smoothness, and the
+/// over-sharpening and the period-2 pattern of the pixel shuffle that the
+/// pixel losses also let through. Amplitudes carry no phase: this term asks
+/// for the target's energy at every frequency, whatever its phase, and L1
+/// pushes every frequency with the same force, the faint high ones included.
+pub fn spectrum_distance(output: &Tensor, target: &Tensor) -> Tensor {
+    let amplitude = |xs: &Tensor| {
+        let xs = xs.to_kind(Kind::Float);
+        let centred = &xs - xs.mean_dim(&[-2i64, -1][..], true, Kind::Float);
+        centred.fft_rfft2(None::<&[i64]>, [-2i64, -1], "ortho").abs()
+    };
+    (amplitude(output) - amplitude(target)).abs().mean(Kind::Float)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -571,6 +601,23 @@ mod tests {
         let (dx, dy) = (&x - x.mean(Kind::Float), &y - y.mean(Kind::Float));
         let slope = (&dx * &dy).sum(Kind::Float) / (&dx * &dx).sum(Kind::Float).clamp_min(1e-12);
         (dy - dx * slope).abs().max().double_value(&[])
+    }
+
+    #[test]
+    fn the_spectrum_distance_ignores_phase_and_sees_lost_texture() {
+        tch::manual_seed(5);
+        let texture = Tensor::randn([2, 1, 32, 32], (Kind::Float, Device::Cpu)) * 0.05 + 0.5;
+        // The same texture moved by a few pixels: every amplitude kept.
+        let moved = texture.roll([3i64, 5], [2i64, 3]);
+        let smooth = texture.avg_pool2d([3, 3], [1, 1], [1, 1], false, true, None::<i64>);
+        let zero = spectrum_distance(&texture, &texture).double_value(&[]);
+        let shifted = spectrum_distance(&moved, &texture).double_value(&[]);
+        let smoothed = spectrum_distance(&smooth, &texture).double_value(&[]);
+        assert!(zero < 1e-7 && shifted < 1e-5, "identical {zero}, shifted {shifted}");
+        assert!(smoothed > 0.01, "smoothing the texture away must cost: {smoothed}");
+        // Pixel L1 would rather have the smoothed patch than the moved one; this term the other way round.
+        let l1 = |a: &Tensor| (a - &texture).abs().mean(Kind::Float).double_value(&[]);
+        assert!(l1(&smooth) < l1(&moved));
     }
 
     #[test]
