@@ -99,15 +99,20 @@ fn paired_training_resumes_skips_bad_files_and_exports_a_working_bundle() {
     let error = train_fails(&[&args[..], &["--steps", "8", "--clean-share", "1"]].concat());
     assert!(error.contains("--clean-share 1 must be at least 0 and below 1"), "{error}");
 
-    // A share of undegraded sources: recorded in the checkpoint's state.
+    let error = train_fails(&[&args[..], &["--steps", "8", "--spectrum-weight=-1"]].concat());
+    assert!(error.contains("--spectrum-weight -1 must be a finite number, 0 or more"), "{error}");
+
+    // A share of undegraded sources and the texture term: trained with, recorded in the checkpoint's state.
     let clean_run = path("clean-share");
     let mut clean_args = args.to_vec();
     clean_args[6] = clean_run.as_str();
-    let (stdout, _) = train(&[&clean_args[..], &["--steps", "2", "--clean-share", "0.5"]].concat());
+    let extra = ["--steps", "2", "--clean-share", "0.5", "--spectrum-weight", "2"];
+    let (stdout, _) = train(&[&clean_args[..], &extra].concat());
     assert!(stdout.contains("\"step\":2"), "{stdout}");
     let state: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(Path::new(&clean_run).join("state.json")).unwrap()).unwrap();
     assert_eq!(state["clean_share"].as_f64(), Some(0.5), "{state}");
+    assert_eq!(state["spectrum_weight"].as_f64(), Some(2.0), "{state}");
 
     // Export: the enhancer from the checkpoint, G_BA and the UNet from the tiny bundle.
     let tiny = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/bundles/tiny");
