@@ -464,21 +464,20 @@ pub fn train(
         config.batch,
         config.sources
     );
-    let mut store = nn::VarStore::new(device);
-    let net = Enhancer::new(&store.root(), net_config)?;
     anyhow::ensure!(
         (0.0..1.0).contains(&config.clean_share),
         "--clean-share {} must be at least 0 and below 1 (the share of training sources left undegraded)",
         config.clean_share
     );
-    let mut state: PairedState = checkpoint::load_state(dir)?.unwrap_or_default();
-    state.clean_share = config.clean_share;
     anyhow::ensure!(
         config.spectrum_weight >= 0.0 && config.spectrum_weight.is_finite(),
         "--spectrum-weight {} must be a finite number, 0 or more (0 turns the texture term off)",
         config.spectrum_weight
     );
-    state.spectrum_weight = config.spectrum_weight;
+    let mut store = nn::VarStore::new(device);
+    let net = Enhancer::new(&store.root(), net_config)?;
+    let mut state: PairedState = checkpoint::load_state(dir)?.unwrap_or_default();
+    (state.clean_share, state.spectrum_weight) = (config.clean_share, config.spectrum_weight);
     if state.step > 0 {
         checkpoint::load_store(dir, "enhancer", &mut store)?;
         eprintln!("paired: resuming at step {}", state.step);
