@@ -8,7 +8,8 @@
 //! Every figure carries a 95% bootstrap interval, and every method its paired
 //! difference to NLM + stretch (the bar) with its interval. `--native DIR`
 //! adds PSNR and SSIM at the images' own matrix size (e.g. 1024 px), through
-//! the daemon's tiled path.
+//! the daemon's tiled path. `per_image.csv` beside the report keeps every
+//! image's figures for `compare`.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -27,6 +28,7 @@ use crate::classifier::{self, Classifier, LabelledSet};
 use crate::data::{self, Split};
 use crate::degrade::DegradationRanges;
 use crate::metrics::{self, Plane};
+use crate::per_image;
 use crate::progress::Progress;
 use crate::report;
 
@@ -445,6 +447,22 @@ pub fn evaluate(args: &EvaluateArgs, command_line: &str) -> anyhow::Result<Evalu
         let quality = (*key != "high-quality").then(|| quality_of(planes, &hq_planes));
         per_image.push((quality, correct));
     }
+    let image_names: Vec<String> = test.paths.iter().map(|p| p.display().to_string()).collect();
+    let mut rows = Vec::new();
+    let mut record = |method: &str, quality: Option<&Quality>, correct: &[f64]| {
+        for (i, image) in image_names.iter().enumerate() {
+            rows.push(per_image::Row {
+                image: image.clone(),
+                method: method.to_string(),
+                psnr_db: quality.map(|q| q.0[i]),
+                ssim: quality.map(|q| q.1[i]),
+                correct: correct[i],
+            });
+        }
+    };
+    for ((key, _), (quality, correct)) in METHODS.iter().zip(&per_image) {
+        record(key, quality.as_ref(), correct);
+    }
     let bar = METHODS.iter().position(|(key, _)| *key == BAR).expect("the bar is a method");
     let mut methods = Vec::new();
     for (((key, label), (_, seconds)), (quality, correct)) in METHODS.iter().zip(&outputs).zip(&per_image) {
@@ -487,7 +505,8 @@ pub fn evaluate(args: &EvaluateArgs, command_line: &str) -> anyhow::Result<Evalu
     }
     let ceiling = if args.ceiling {
         let hq_correct = &per_image[0].1;
-        let mut changed: Vec<(String, Vec<Plane>)> = Vec::new();
+        // (key in per_image.csv, label, the changed images)
+        let mut changed: Vec<(&str, String, Vec<Plane>)> = Vec::new();
         let mut on_high_quality = Vec::with_capacity(n);
         let first_stage_only = cxr_led_models::EnhanceParams { t0: 0, ..params.clone() };
         for result in enhance_all(&model, &test.images, args.batch, &first_stage_only, &mut noise, |_| {})? {
@@ -495,10 +514,10 @@ pub fn evaluate(args: &EvaluateArgs, command_line: &str) -> anyhow::Result<Evalu
                 on_high_quality.push(Plane::from_model_tensor(&result.estimate.get(i).clamp(-1.0, 1.0))?);
             }
         }
-        changed.push(("First stage on the high-quality image".into(), on_high_quality));
-        for sigma in [0.5, 1.0] {
+        changed.push(("ceiling-first-stage", "First stage on the high-quality image".into(), on_high_quality));
+        for (key, sigma) in [("ceiling-blur-0.5", 0.5), ("ceiling-blur-1", 1.0)] {
             let blurred = hq_planes.iter().map(|p| crate::degrade::blur_plane(p, sigma)).collect();
-            changed.push((format!("High quality, Gaussian blur sigma {sigma} px"), blurred));
+            changed.push((key, format!("High quality, Gaussian blur sigma {sigma} px"), blurred));
         }
         // Not a degradation of structure at all: each image's own black and
         // white points (1st and 99th percentiles) forgotten and replaced by
@@ -513,23 +532,33 @@ pub fn evaluate(args: &EvaluateArgs, command_line: &str) -> anyhow::Result<Evalu
         let average =
             (points.iter().map(|p| p.0).sum::<f32>() / count, points.iter().map(|p| p.1).sum::<f32>() / count);
         let forgotten = hq_planes.iter().zip(&points).map(|(p, &own)| move_points(p, own, average)).collect();
-        changed.push(("High quality, its 1st and 99th percentiles moved to the average image's".into(), forgotten));
+        changed.push((
+            "ceiling-average-points",
+            "High quality, its 1st and 99th percentiles moved to the average image's".into(),
+            forgotten,
+        ));
         // Oracles, not methods: each image given the high-quality image's own
         // tone curve. What they recover is what the tone costs, the rest the noise.
         let matched = |planes: &[Plane]| planes.iter().zip(&hq_planes).map(|(p, t)| match_histogram(p, t)).collect();
         let lq_matched = matched(&lq_planes);
         let first_stage = METHODS.iter().position(|(key, _)| *key == "first-stage").expect("a method");
         let first_stage_matched = matched(&outputs[first_stage].0);
-        changed.push(("Oracle: low quality with the high-quality image's tone curve".into(), lq_matched));
         changed.push((
+            "oracle-low-quality-tone",
+            "Oracle: low quality with the high-quality image's tone curve".into(),
+            lq_matched,
+        ));
+        changed.push((
+            "oracle-first-stage-tone",
             "Oracle: first stage on low quality with the high-quality image's tone curve".into(),
             first_stage_matched,
         ));
-        let mut rows = Vec::new();
-        for (label, planes) in changed {
+        let mut ceiling_rows = Vec::new();
+        for (key, label, planes) in changed {
             let correct = correct_of(&planes)?;
             let (psnr, ssim) = quality_of(&planes, &hq_planes);
-            rows.push(CeilingRow {
+            record(key, Some(&(psnr.clone(), ssim.clone())), &correct);
+            ceiling_rows.push(CeilingRow {
                 label,
                 accuracy: bootstrap::mean_interval(&correct, 21),
                 versus_high_quality: bootstrap::paired_difference(&correct, hq_correct, 22),
@@ -537,7 +566,7 @@ pub fn evaluate(args: &EvaluateArgs, command_line: &str) -> anyhow::Result<Evalu
                 ssim: Some(bootstrap::mean_interval(&ssim, 24)),
             });
         }
-        rows
+        ceiling_rows
     } else {
         Vec::new()
     };
@@ -583,6 +612,7 @@ pub fn evaluate(args: &EvaluateArgs, command_line: &str) -> anyhow::Result<Evalu
     let examples: Vec<Vec<&Plane>> =
         (0..args.examples.min(n)).map(|i| outputs.iter().map(|(planes, _)| &planes[i]).collect()).collect();
     report::write(&args.out, &mut report, &examples, &args.curves)?;
+    per_image::write(&args.out, &rows)?;
     Ok(report)
 }
 

@@ -15,8 +15,10 @@ mod pipeline;
 mod baselines;
 mod bootstrap;
 mod classifier;
+mod compare;
 mod evaluate;
 mod metrics;
+mod per_image;
 mod progress;
 mod report;
 
@@ -106,6 +108,9 @@ enum Command {
     Classifier(classifier::ClassifierArgs),
     /// Evaluate a bundle against the classical baselines on the held-out test split and write a report.
     Evaluate(evaluate::EvaluateArgs),
+    /// Compare two evaluations of bundles (a candidate against the default) image by image:
+    /// paired differences with 95% intervals.
+    Compare(compare::CompareArgs),
     /// Enhance a PNG with a bundle, write the result as a 16-bit PNG and print timings.
     Enhance {
         /// The bundle folder.
@@ -169,6 +174,9 @@ fn main() -> anyhow::Result<()> {
         Command::Evaluate(args) => {
             let report = evaluate::evaluate(&args, &command_line())?;
             println!("{}", report::markdown_table(&report));
+        }
+        Command::Compare(args) => {
+            compare::run(&args)?;
         }
         Command::Degrade { input, output, seed, dose, ranges } => {
             use rand::SeedableRng;

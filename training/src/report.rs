@@ -266,7 +266,7 @@ fn interval(value: Option<Interval>, digits: usize, scale: f64) -> String {
 }
 
 /// A paired difference, bold where its whole interval lies above zero.
-fn difference(value: Option<Interval>, digits: usize, scale: f64) -> String {
+pub(crate) fn difference(value: Option<Interval>, digits: usize, scale: f64) -> String {
     match value {
         Some(i) if i.above_zero() => {
             format!("**{:+.digits$}** [{:.digits$}, {:.digits$}]", i.mean * scale, i.low * scale, i.high * scale)

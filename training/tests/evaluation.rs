@@ -180,6 +180,17 @@ fn classifier_evaluate_and_export_write_a_complete_report() {
         let image = image::open(Path::new(&report).join(figure)).unwrap();
         assert!(image.width() > 100 && image.height() > 50, "{figure}");
     }
+    // per_image.csv: every test image under every method and --ceiling row, for `compare`.
+    let per_image = std::fs::read_to_string(Path::new(&report).join("per_image.csv")).unwrap();
+    let images = json["test_images"].as_array().unwrap().iter().map(|c| c[1].as_u64().unwrap()).sum::<u64>();
+    assert_eq!(per_image.lines().count() as u64, 1 + images * (8 + 6), "{per_image}");
+    for key in [",high-quality,", ",first-stage,", ",led,", ",ceiling-first-stage,", ",oracle-first-stage-tone,"] {
+        assert!(per_image.lines().filter(|l| l.contains(key)).count() as u64 == images, "{key}");
+    }
+    // compare: an evaluation against itself is comparable and shows no difference.
+    let (stdout, _) = train(&["compare", "--baseline", &report, "--candidate", &report, "--out", &path("comparison")]);
+    assert!(stdout.contains("identical image by image"), "{stdout}");
+    assert!(Path::new(&path("comparison")).join("comparison.json").is_file());
 
     // export --report: train minimal checkpoints, export, and find the figures in [metrics].
     let common = ["--preset", "tiny", "--size", "32", "--device", "cpu"];
