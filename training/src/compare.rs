@@ -124,7 +124,12 @@ pub fn compare(baseline: &Path, candidate: &Path) -> anyhow::Result<Comparison> 
         base_ranges == cand_ranges,
         "the baseline was evaluated on the {base_ranges:?} ranges and the candidate on {cand_ranges:?}: evaluate both with the same --ranges"
     );
-    let images = |rows: &[Row]| rows.iter().map(|r| r.image.clone()).collect::<Vec<_>>();
+    // The class folder and file name: the same images given as ../shared/data/x or /abs/x match.
+    let images = |rows: &[Row]| {
+        rows.iter()
+            .map(|r| Path::new(&r.image).iter().rev().take(2).map(|c| c.to_string_lossy().into_owned()).collect())
+            .collect::<Vec<Vec<String>>>()
+    };
     let truth = |rows: &BTreeMap<String, Vec<Row>>, key: &str| -> anyhow::Result<Vec<Row>> {
         rows.get(key).cloned().ok_or_else(|| anyhow::anyhow!("an evaluation without the {key:?} rows"))
     };
