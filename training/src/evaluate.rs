@@ -556,8 +556,9 @@ pub fn evaluate(args: &EvaluateArgs, command_line: &str) -> anyhow::Result<Evalu
         let mut ceiling_rows = Vec::new();
         for (key, label, planes) in changed {
             let correct = correct_of(&planes)?;
-            let (psnr, ssim) = quality_of(&planes, &hq_planes);
-            record(key, Some(&(psnr.clone(), ssim.clone())), &correct);
+            let quality = quality_of(&planes, &hq_planes);
+            record(key, Some(&quality), &correct);
+            let (psnr, ssim) = quality;
             ceiling_rows.push(CeilingRow {
                 label,
                 accuracy: bootstrap::mean_interval(&correct, 21),
