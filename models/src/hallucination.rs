@@ -23,7 +23,11 @@
 //! pixel: sharpness is a property of the enhancement, and a per-pixel choice
 //! let a thin line or a small nodule hide behind a local blur. A faithful
 //! output gives z of order 1 everywhere; a planted structure of amplitude A
-//! and width w gives z that grows with A·w / sigma.
+//! and width w gives z that grows with A·w / sigma. With `highpass` > 0 the
+//! difference's own blur at `highpass * s` is taken away first (a difference
+//! of Gaussians): an enhancer's smooth, local change of tone (darker lungs,
+//! brighter mediastinum), which no global table removes, then costs nothing,
+//! while a structure of width s keeps most of its z.
 //!
 //! Where the input says nothing, nothing is checked: within a component's
 //! reach of clipped input pixels (a burnt-out label, a saturated border) and
@@ -35,6 +39,8 @@
 //! - `fine-structure`, `medium-structure`, `coarse-structure`: z_s at three widths.
 //! - `texture-energy`: the local mean of z² at the fine width (a windowed
 //!   chi-square), for changes spread over an area (replaced texture, lines).
+//! - `line-structure`: the fine difference averaged along thin segments in 8
+//!   directions (tubes, wires: coherent along their length).
 //! - `cycle-consistency`: the same z with G_BA(enhanced) in place of the
 //!   enhanced image: the bundle's learnt degradation should give the input back.
 //! - `diffusion-spread` (only with `samples > 0`): the spread of K seeded LED
@@ -60,11 +66,12 @@ use crate::tiling::TileConfig;
 use crate::{Error, Result};
 
 /// The component names, in report order.
-pub const COMPONENTS: [&str; 6] = [
+pub const COMPONENTS: [&str; 7] = [
     "fine-structure",
     "medium-structure",
     "coarse-structure",
     "texture-energy",
+    "line-structure",
     "cycle-consistency",
     "diffusion-spread",
 ];
@@ -95,6 +102,11 @@ impl ComponentConfig {
         Self { scale, weight, offset, spread }
     }
 
+    /// The line component of bundles calibrated before it existed: weight 0.
+    fn line_off() -> Self {
+        Self::new(4.0, 0.0, 5.0, 4.0)
+    }
+
     /// Maps a raw statistic (a tensor of them) to [0, 1].
     fn squash(&self, raw: &Tensor) -> Tensor {
         let excess = (raw - self.offset).clamp_min(0.0) / self.spread.max(1e-6);
@@ -120,7 +132,14 @@ pub struct HallucinationConfig {
     /// none) is chosen for the whole image.
     pub blur_tolerance: Vec<f64>,
     /// Fraction of the shorter side along every edge that is not scored.
+    /// Absent in a bundle: 3 %, what bundles calibrated before the key were scored with.
+    #[serde(default = "HallucinationConfig::earlier_margin")]
     pub margin: f64,
+    /// The structure components look at detail between their width and
+    /// `highpass` times it (a difference of Gaussians); 0 compares everything
+    /// coarser than the width too. Absent in a bundle: 0, as calibrated before it existed.
+    #[serde(default)]
+    pub highpass: f64,
     /// Small structures: nodules, lines.
     pub fine_structure: ComponentConfig,
     /// Medium structures: larger nodules, erased or shifted segments.
@@ -133,6 +152,11 @@ pub struct HallucinationConfig {
     pub cycle_consistency: ComponentConfig,
     /// Spread of `samples` LED samples.
     pub diffusion_spread: ComponentConfig,
+    /// Thin lines (tubes, wires): the fine difference averaged along
+    /// `LINE_ORIENTATIONS` directions over `scale` pixels. Absent in a bundle:
+    /// off, as calibrated before it existed.
+    #[serde(default = "ComponentConfig::line_off")]
+    pub line_structure: ComponentConfig,
     /// LED samples for `diffusion-spread`; 0 turns it off (it costs K enhancements).
     pub samples: usize,
     /// Refinement start of those samples.
@@ -153,13 +177,15 @@ impl Default for HallucinationConfig {
             min_noise: 0.004,
             noise_block: 8,
             blur_tolerance: vec![0.5, 1.0, 1.5, 2.0, 2.5],
-            margin: 0.03,
+            margin: 0.06,
+            highpass: 2.0,
             fine_structure: ComponentConfig::new(1.0, 1.0, 5.0, 4.0),
             medium_structure: ComponentConfig::new(2.5, 1.0, 5.0, 4.0),
             coarse_structure: ComponentConfig::new(6.0, 1.0, 5.0, 4.0),
             texture_energy: ComponentConfig::new(4.0, 1.0, 2.0, 2.0),
             cycle_consistency: ComponentConfig::new(2.5, 0.0, 5.0, 4.0),
             diffusion_spread: ComponentConfig::new(2.5, 0.0, 5.0, 4.0),
+            line_structure: ComponentConfig::new(4.0, 1.0, 5.0, 4.0),
             samples: 0,
             sample_t0: 200,
             sample_steps: 10,
@@ -170,6 +196,10 @@ impl Default for HallucinationConfig {
 }
 
 impl HallucinationConfig {
+    fn earlier_margin() -> f64 {
+        0.03
+    }
+
     /// Checks that the numbers can work.
     pub fn validate(&self) -> Result<()> {
         let bad = |message: String| Err(Error::InvalidParams(format!("hallucination config: {message}")));
@@ -184,6 +214,9 @@ impl HallucinationConfig {
         }
         if self.blur_tolerance.iter().any(|b| !(*b >= 0.0 && *b <= 16.0)) {
             return bad(format!("blur-tolerance {:?} must lie in [0, 16]", self.blur_tolerance));
+        }
+        if !(0.0..=16.0).contains(&self.highpass) {
+            return bad(format!("highpass {} must be 0 (off) or at most 16", self.highpass));
         }
         if !(0.0..=0.25).contains(&self.margin) {
             return bad(format!("margin {} must lie in [0, 0.25]", self.margin));
@@ -203,12 +236,13 @@ impl HallucinationConfig {
     }
 
     /// The component calibrations in [`COMPONENTS`] order.
-    pub fn components(&self) -> [&ComponentConfig; 6] {
+    pub fn components(&self) -> [&ComponentConfig; 7] {
         [
             &self.fine_structure,
             &self.medium_structure,
             &self.coarse_structure,
             &self.texture_energy,
+            &self.line_structure,
             &self.cycle_consistency,
             &self.diffusion_spread,
         ]
@@ -223,6 +257,7 @@ impl HallucinationConfig {
             "texture-energy" => Some(&mut self.texture_energy),
             "cycle-consistency" => Some(&mut self.cycle_consistency),
             "diffusion-spread" => Some(&mut self.diffusion_spread),
+            "line-structure" => Some(&mut self.line_structure),
             _ => None,
         }
     }
@@ -490,7 +525,14 @@ fn choose_blur(
     }
     let mut best = (f64::INFINITY, 0.0, 0.0);
     for (candidate_blur, input_blur) in pairs {
-        let z = structure_z(candidate, input, sigma, config.fine_structure.scale, (candidate_blur, input_blur));
+        let z = structure_z(
+            candidate,
+            input,
+            sigma,
+            config.fine_structure.scale,
+            (candidate_blur, input_blur),
+            config.highpass,
+        );
         let values = z.masked_select(&mask);
         if values.size()[0] == 0 {
             return (0.0, 0.0);
@@ -505,12 +547,109 @@ fn choose_blur(
 
 /// z_s: the noise-normalised difference between `candidate` and `input` at
 /// width `scale`, with the extra blurs `(of the candidate, of the input)`.
-fn structure_z(candidate: &Tensor, input: &Tensor, sigma: &Tensor, scale: f64, blurs: (f64, f64)) -> Tensor {
+/// With `highpass` > 0 the difference's own blur at `highpass * scale` is
+/// taken away first (a difference of Gaussians, i.e. a blob detector of
+/// width `scale`), so a smooth local difference of tone, which no global
+/// look-up table removes, is not read as structure.
+fn structure_z(
+    candidate: &Tensor,
+    input: &Tensor,
+    sigma: &Tensor,
+    scale: f64,
+    blurs: (f64, f64),
+    highpass: f64,
+) -> Tensor {
     let widen = |b: f64| (scale * scale + b * b).sqrt();
     let (h, w) = (input.size()[2], input.size()[3]);
     let input_width = widen(blurs.1);
-    let difference = gaussian_blur(candidate, widen(blurs.0)) - gaussian_blur(input, input_width);
-    difference.abs() / (sigma * noise_gain(h, w, input_width))
+    let mut difference = gaussian_blur(candidate, widen(blurs.0)) - gaussian_blur(input, input_width);
+    let mut gain = noise_gain(h, w, input_width);
+    if highpass > 0.0 {
+        let width = highpass * scale;
+        difference = &difference - gaussian_blur(&difference, width);
+        gain *= band_pass_factor(input_width, width);
+    }
+    difference.abs() / (sigma * gain)
+}
+
+/// Directions the line component averages along (0 to 180 degrees).
+const LINE_ORIENTATIONS: i64 = 8;
+
+/// The line component's z: the fine difference (as [`structure_z`] makes it,
+/// before the absolute value) averaged along a line of Gaussian length
+/// `length` in each of [`LINE_ORIENTATIONS`] directions, each divided by the
+/// noise that averaging leaves, the largest over directions. A thin line is
+/// coherent along itself and so gains sqrt(length) over noise, where the fine
+/// component sees it only at its own width.
+fn line_z(
+    candidate: &Tensor,
+    input: &Tensor,
+    sigma: &Tensor,
+    width: f64,
+    length: f64,
+    blurs: (f64, f64),
+    highpass: f64,
+) -> Tensor {
+    let widen = |b: f64| (width * width + b * b).sqrt();
+    let input_width = widen(blurs.1);
+    let band = |image: &Tensor, blur: f64| {
+        let smooth = gaussian_blur(image, blur);
+        if highpass > 0.0 {
+            &smooth - gaussian_blur(&smooth, highpass * width)
+        } else {
+            smooth
+        }
+    };
+    let difference = band(candidate, widen(blurs.0)) - band(input, input_width);
+    let kernels = line_kernels(length);
+    let radius = kernels.size()[2] / 2;
+    let along = difference.replication_pad2d([radius, radius, radius, radius]).conv2d(
+        &kernels,
+        None::<Tensor>,
+        [1, 1],
+        [0, 0],
+        [1, 1],
+        1,
+    );
+    // The same filters on a unit impulse give each direction's noise gain
+    // (the interior value; the edge margin is not scored).
+    let size = 2 * (radius + (4.0 * input_width.max(highpass * width)).ceil() as i64) + 1;
+    let impulse = Tensor::zeros([1, 1, size, size], (Kind::Float, Device::Cpu));
+    let _ = impulse.get(0).get(0).get(size / 2).get(size / 2).fill_(1.0);
+    let response = band(&impulse, input_width).conv2d(&kernels, None::<Tensor>, [1, 1], [radius, radius], [1, 1], 1);
+    let gains = response.square().sum_dim_intlist([2, 3].as_slice(), true, Kind::Float).sqrt().view([1, -1, 1, 1]);
+    (along.abs() / gains).amax([1].as_slice(), true) / sigma
+}
+
+/// `[LINE_ORIENTATIONS, 1, k, k]`: thin (0.7 px) Gaussian segments of
+/// length scale `length`, one per direction, each summing to 1.
+fn line_kernels(length: f64) -> Tensor {
+    let radius = (2.5 * length).ceil().max(1.0) as i64;
+    let side = 2 * radius + 1;
+    let mut values = Vec::with_capacity((LINE_ORIENTATIONS * side * side) as usize);
+    for k in 0..LINE_ORIENTATIONS {
+        let angle = std::f64::consts::PI * k as f64 / LINE_ORIENTATIONS as f64;
+        let (sin, cos) = angle.sin_cos();
+        let mut kernel = Vec::with_capacity((side * side) as usize);
+        for y in -radius..=radius {
+            for x in -radius..=radius {
+                let (u, v) = (x as f64 * cos + y as f64 * sin, -(x as f64) * sin + y as f64 * cos);
+                kernel.push((-(u * u) / (2.0 * length * length) - (v * v) / (2.0 * 0.7 * 0.7)).exp());
+            }
+        }
+        let sum: f64 = kernel.iter().sum();
+        values.extend(kernel.into_iter().map(|value| (value / sum) as f32));
+    }
+    Tensor::from_slice(&values).view([LINE_ORIENTATIONS, 1, side, side])
+}
+
+/// How much taking away the blur at `width` changes the noise gain of a
+/// Gaussian of width `a` (continuous 2-D Gaussians; `<G_a, G_b> = 1 / (2 pi (a^2 + b^2))`):
+/// `||G_a - G_b|| / ||G_a||` with `b^2 = a^2 + width^2`.
+fn band_pass_factor(a: f64, width: f64) -> f64 {
+    let (a2, b2) = (a * a, a * a + width * width);
+    let norm2 = |x2: f64, y2: f64| 1.0 / (2.0 * std::f64::consts::PI * (x2 + y2));
+    ((norm2(a2, a2) + norm2(b2, b2) - 2.0 * norm2(a2, b2)).max(0.0) / norm2(a2, a2)).sqrt()
 }
 
 /// Scores how far `enhanced` departs from what `low_quality` supports (both
@@ -556,22 +695,28 @@ pub fn score(
     let mut maps: Vec<(usize, Tensor)> = Vec::new();
     let structure = [&config.fine_structure, &config.medium_structure, &config.coarse_structure];
     for (index, component) in structure.iter().enumerate() {
-        let z = structure_z(&mapped, &input, &sigma, component.scale, blurs);
+        let z = structure_z(&mapped, &input, &sigma, component.scale, blurs, config.highpass);
         maps.push((index, z * scored(component.scale)));
     }
     let fine_z = &maps[0].1;
     let energy = gaussian_blur(&(fine_z * fine_z), config.texture_energy.scale).sqrt();
     maps.push((3, energy * scored(config.texture_energy.scale)));
+    if config.line_structure.weight > 0.0 || config.evaluate_unweighted {
+        let scale = config.line_structure.scale;
+        let z = line_z(&mapped, &input, &sigma, config.fine_structure.scale, scale, blurs, config.highpass);
+        maps.push((4, z * scored(scale)));
+    }
 
     if config.cycle_consistency.weight > 0.0 || config.evaluate_unweighted {
         let cycle_degraded = model.degrade(&output.to_device(model.device()), tiles)?.to_device(Device::Cpu);
         let cycle_mapped = tone_map(&cycle_degraded, &input, &tone_noise);
         let scale = config.cycle_consistency.scale;
-        maps.push((4, structure_z(&cycle_mapped, &input, &input_noise, scale, (0.0, 0.0)) * scored(scale)));
+        let z = structure_z(&cycle_mapped, &input, &input_noise, scale, (0.0, 0.0), config.highpass);
+        maps.push((5, z * scored(scale)));
     }
     if config.samples > 0 && (config.diffusion_spread.weight > 0.0 || config.evaluate_unweighted) {
         let spread = diffusion_spread(model, &input, &input_noise, tiles, config)?;
-        maps.push((5, spread * scored(config.diffusion_spread.scale)));
+        maps.push((6, spread * scored(config.diffusion_spread.scale)));
     }
 
     let calibrations = config.components();

@@ -1,6 +1,6 @@
 //! The hallucination check on small synthetic images with the tiny bundle:
-//! faithful outputs score low, a planted blob raises the score and lights the
-//! doubt map where it was planted, results are bit-for-bit repeatable, every
+//! faithful outputs score low, a planted blob, line or texture patch raises
+//! the score and lights the doubt map where it was planted, results are bit-for-bit repeatable, every
 //! value stays in [0, 1], any matrix size works, and the calibration lives in
 //! the bundle manifest.
 
@@ -157,6 +157,36 @@ fn a_thin_line_cannot_hide_behind_the_sharpness_of_the_output() {
 }
 
 #[test]
+fn replaced_texture_raises_the_score_and_lights_the_map_where_it_is() {
+    // Fine "lung" texture above the input's noise; inside one disc of the
+    // output it is swapped for the texture of another place, as an
+    // enhancer that invents plausible detail would.
+    let (_, model) = model();
+    let (h, w) = (128, 128);
+    let texture = gaussian_blur(&(NoiseSource::new(9).normal(&[1, 1, h, w], Device::Cpu) * 0.25), 0.8);
+    let clean = (test_image(h, w) * 0.4 + &texture).clamp(-1.0, 1.0);
+    let noise = NoiseSource::new(10).normal(&[1, 1, h, w], Device::Cpu) * 0.03;
+    let low = (&clean * 0.7 + noise).clamp(-1.0, 1.0);
+    let faithful = run(&model, &low, &clean);
+    assert!(faithful.score < UNCALIBRATED_HOLD_THRESHOLD, "faithful {}: {:?}", faithful.score, faithful.raw);
+    let (cy, cx, radius) = (60.0, 70.0, 12.0);
+    let disc = blob(h, w, cy, cx, radius / 2.0, 1.0).gt(0.135).to_kind(Kind::Float);
+    let elsewhere = texture.roll([40, -45], [2, 3]);
+    let planted = run(&model, &low, &(&clean + (elsewhere - &texture) * &disc));
+    assert!(
+        planted.score > UNCALIBRATED_HOLD_THRESHOLD && planted.score > faithful.score + 0.3,
+        "texture {} vs faithful {}: {:?}",
+        planted.score,
+        faithful.score,
+        planted.raw
+    );
+    let inside = planted.doubt_map.masked_select(&disc.gt(0.5)).max().double_value(&[]);
+    let far = blob(h, w, cy, cx, 2.0 * radius, 1.0).lt(0.05);
+    let outside = planted.doubt_map.masked_select(&far).max().double_value(&[]);
+    assert!(inside > 0.5 && inside > outside + 0.3, "doubt inside the disc {inside}, far from it {outside}");
+}
+
+#[test]
 fn the_score_is_bit_for_bit_repeatable() {
     let (_, model) = model();
     let (clean, low) = pair(80, 72, 5);
@@ -186,7 +216,7 @@ fn any_matrix_size_works_and_large_ones_run_at_the_working_size() {
         assert_eq!(report.doubt_map.size(), vec![1, 1, h, w]);
         assert_in_unit_range(&report);
         let names: Vec<&str> = report.components.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(names, &hallucination::COMPONENTS[..4]);
+        assert_eq!(names, &hallucination::COMPONENTS[..5]);
     }
 }
 

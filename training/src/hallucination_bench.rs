@@ -278,11 +278,28 @@ pub fn plant(base: &Tensor, kind: &str, size: usize, rng: &mut ChaCha8Rng) -> an
                 points.push((cy + t * length * uy + offset * ux) as f32);
                 points.push((cx + t * length * ux - offset * uy) as f32);
             }
+            // Distances only inside the line's bounding box (with the profile's
+            // reach): over a whole 1024-px image the pixel-by-point table would
+            // take gigabytes.
+            let reach = (5.0 * width).ceil();
+            let (ys_of, xs_of): (Vec<f32>, Vec<f32>) = points.chunks(2).map(|p| (p[0], p[1])).unzip();
+            let bound = |values: &[f32], n: i64| {
+                let low = values.iter().copied().fold(f32::INFINITY, f32::min) as f64 - reach;
+                let high = values.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64 + reach;
+                let low = (low.floor() as i64).clamp(0, n - 1);
+                (low, (high.ceil() as i64).clamp(low, n - 1) - low + 1)
+            };
+            let ((y0, bh), (x0, bw)) = (bound(&ys_of, h), bound(&xs_of, w));
             let points = Tensor::from_slice(&points).view([1, steps, 2]);
-            let (ys, xs) = grid(h, w);
-            let pixels = Tensor::stack(&[ys.flatten(0, -1), xs.flatten(0, -1)], 1).view([h * w, 1, 2]);
+            let (ys, xs) = grid(bh, bw);
+            let pixels = Tensor::stack(&[(ys + y0 as f64).flatten(0, -1), (xs + x0 as f64).flatten(0, -1)], 1).view([
+                bh * bw,
+                1,
+                2,
+            ]);
             let distance = (pixels - points).square().sum_dim_intlist(2, false, Kind::Float).min_dim(1, false).0.sqrt();
-            let profile = (distance.square() / (-2.0 * width * width)).exp().view([1, 1, h, w]);
+            let local = (distance.square() / (-2.0 * width * width)).exp().view([1, 1, bh, bw]);
+            let profile = local.constant_pad_nd([x0, w - x0 - bw, y0, h - y0 - bh]);
             image + profile * amplitude
         }
         // The fine texture (detail below 2 px) of a disc of radius 8, 16 or 32 px
