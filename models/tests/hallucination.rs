@@ -60,6 +60,19 @@ fn assert_in_unit_range(report: &HallucinationReport) {
     assert_eq!(report.doubt_map.device(), Device::Cpu);
 }
 
+/// A planted change scores above the uncalibrated threshold and well above
+/// the faithful output of the same input.
+#[track_caller]
+fn assert_stands_out(what: &str, planted: &HallucinationReport, faithful: &HallucinationReport) {
+    assert!(
+        planted.score > UNCALIBRATED_HOLD_THRESHOLD && planted.score > faithful.score + 0.3,
+        "{what} {} vs faithful {}: {:?}",
+        planted.score,
+        faithful.score,
+        planted.raw
+    );
+}
+
 #[test]
 fn identical_input_and_output_score_low() {
     let (_, model) = model();
@@ -98,13 +111,7 @@ fn a_planted_blob_raises_the_score_and_lights_the_map_where_it_is() {
     let planted = &clean + blob(h, w, cy, cx, 4.0, 0.35);
     let report = run(&model, &low, &planted);
     assert_in_unit_range(&report);
-    assert!(
-        report.score > faithful.score + 0.3 && report.score > UNCALIBRATED_HOLD_THRESHOLD,
-        "blob {} vs faithful {}: {:?}",
-        report.score,
-        faithful.score,
-        report.raw
-    );
+    assert_stands_out("blob", &report, &faithful);
     let map = report.doubt_map.view([h, w]);
     let flat_index = map.argmax(None, false).int64_value(&[]);
     let (my, mx) = ((flat_index / w) as f64, (flat_index % w) as f64);
@@ -139,13 +146,7 @@ fn a_thin_line_cannot_hide_behind_the_sharpness_of_the_output() {
     assert!(faithful.score < UNCALIBRATED_HOLD_THRESHOLD, "faithful {}: {:?}", faithful.score, faithful.raw);
     let (cy, cx) = (90.0, 64.0);
     let planted = run(&model, &low, &(&clean + line(h, w, cy, cx, 40.0, 0.4)));
-    assert!(
-        planted.score > UNCALIBRATED_HOLD_THRESHOLD && planted.score > faithful.score + 0.3,
-        "line {} vs faithful {}: {:?}",
-        planted.score,
-        faithful.score,
-        planted.raw
-    );
+    assert_stands_out("line", &planted, &faithful);
     // The map lights up along the wire, well above anything in the faithful map.
     let near_line = line(h, w, cy, cx, 40.0, 1.0).max_pool2d([7, 7], [1, 1], [3, 3], [1, 1], false).gt(0.5);
     let on_line = planted.doubt_map.masked_select(&near_line).max().double_value(&[]);
@@ -173,13 +174,7 @@ fn replaced_texture_raises_the_score_and_lights_the_map_where_it_is() {
     let disc = blob(h, w, cy, cx, radius / 2.0, 1.0).gt(0.135).to_kind(Kind::Float);
     let elsewhere = texture.roll([40, -45], [2, 3]);
     let planted = run(&model, &low, &(&clean + (elsewhere - &texture) * &disc));
-    assert!(
-        planted.score > UNCALIBRATED_HOLD_THRESHOLD && planted.score > faithful.score + 0.3,
-        "texture {} vs faithful {}: {:?}",
-        planted.score,
-        faithful.score,
-        planted.raw
-    );
+    assert_stands_out("texture", &planted, &faithful);
     let inside = planted.doubt_map.masked_select(&disc.gt(0.5)).max().double_value(&[]);
     let far = blob(h, w, cy, cx, 2.0 * radius, 1.0).lt(0.05);
     let outside = planted.doubt_map.masked_select(&far).max().double_value(&[]);
