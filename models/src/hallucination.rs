@@ -559,24 +559,35 @@ fn structure_z(
     blurs: (f64, f64),
     highpass: f64,
 ) -> Tensor {
-    let widen = |b: f64| (scale * scale + b * b).sqrt();
     let (h, w) = (input.size()[2], input.size()[3]);
-    let input_width = widen(blurs.1);
-    let mut difference = gaussian_blur(candidate, widen(blurs.0)) - gaussian_blur(input, input_width);
+    let (difference, input_width) = band_difference(candidate, input, scale, blurs, highpass);
     let mut gain = noise_gain(h, w, input_width);
     if highpass > 0.0 {
-        let width = highpass * scale;
-        difference = &difference - gaussian_blur(&difference, width);
-        gain *= band_pass_factor(input_width, width);
+        gain *= band_pass_factor(input_width, highpass * scale);
     }
     difference.abs() / (sigma * gain)
+}
+
+/// The signed difference [`structure_z`] divides by the noise: both images
+/// blurred to width `scale` (widened by their extra blurs), and with
+/// `highpass` > 0 the difference's own blur at `highpass * scale` taken
+/// away. Also returns the input's total blur width, which sets the noise gain.
+fn band_difference(candidate: &Tensor, input: &Tensor, scale: f64, blurs: (f64, f64), highpass: f64) -> (Tensor, f64) {
+    let widen = |b: f64| (scale * scale + b * b).sqrt();
+    let input_width = widen(blurs.1);
+    let difference = gaussian_blur(candidate, widen(blurs.0)) - gaussian_blur(input, input_width);
+    if highpass > 0.0 {
+        (&difference - gaussian_blur(&difference, highpass * scale), input_width)
+    } else {
+        (difference, input_width)
+    }
 }
 
 /// Directions the line component averages along (0 to 180 degrees).
 const LINE_ORIENTATIONS: i64 = 8;
 
-/// The line component's z: the fine difference (as [`structure_z`] makes it,
-/// before the absolute value) averaged along a line of Gaussian length
+/// The line component's z: the fine difference ([`band_difference`] at
+/// `width`) averaged along a line of Gaussian length
 /// `length` in each of [`LINE_ORIENTATIONS`] directions, each divided by the
 /// noise that averaging leaves, the largest over directions. A thin line is
 /// coherent along itself and so gains sqrt(length) over noise, where the fine
@@ -590,17 +601,7 @@ fn line_z(
     blurs: (f64, f64),
     highpass: f64,
 ) -> Tensor {
-    let widen = |b: f64| (width * width + b * b).sqrt();
-    let input_width = widen(blurs.1);
-    let band = |image: &Tensor, blur: f64| {
-        let smooth = gaussian_blur(image, blur);
-        if highpass > 0.0 {
-            &smooth - gaussian_blur(&smooth, highpass * width)
-        } else {
-            smooth
-        }
-    };
-    let difference = band(candidate, widen(blurs.0)) - band(input, input_width);
+    let (difference, input_width) = band_difference(candidate, input, width, blurs, highpass);
     let kernels = line_kernels(length);
     let radius = kernels.size()[2] / 2;
     let along = difference.replication_pad2d([radius, radius, radius, radius]).conv2d(
@@ -611,12 +612,14 @@ fn line_z(
         [1, 1],
         1,
     );
-    // The same filters on a unit impulse give each direction's noise gain
-    // (the interior value; the edge margin is not scored).
+    // The same filters on a unit impulse in the input (the noise's side)
+    // give each direction's noise gain (the interior value; the edge margin
+    // is not scored).
     let size = 2 * (radius + (4.0 * input_width.max(highpass * width)).ceil() as i64) + 1;
     let impulse = Tensor::zeros([1, 1, size, size], (Kind::Float, Device::Cpu));
     let _ = impulse.get(0).get(0).get(size / 2).get(size / 2).fill_(1.0);
-    let response = band(&impulse, input_width).conv2d(&kernels, None::<Tensor>, [1, 1], [radius, radius], [1, 1], 1);
+    let (filtered, _) = band_difference(&impulse.zeros_like(), &impulse, width, blurs, highpass);
+    let response = filtered.conv2d(&kernels, None::<Tensor>, [1, 1], [radius, radius], [1, 1], 1);
     let gains = response.square().sum_dim_intlist([2, 3].as_slice(), true, Kind::Float).sqrt().view([1, -1, 1, 1]);
     (along.abs() / gains).amax([1].as_slice(), true) / sigma
 }

@@ -292,11 +292,8 @@ pub fn plant(base: &Tensor, kind: &str, size: usize, rng: &mut ChaCha8Rng) -> an
             let ((y0, bh), (x0, bw)) = (bound(&ys_of, h), bound(&xs_of, w));
             let points = Tensor::from_slice(&points).view([1, steps, 2]);
             let (ys, xs) = grid(bh, bw);
-            let pixels = Tensor::stack(&[(ys + y0 as f64).flatten(0, -1), (xs + x0 as f64).flatten(0, -1)], 1).view([
-                bh * bw,
-                1,
-                2,
-            ]);
+            let (ys, xs) = ((ys + y0 as f64).flatten(0, -1), (xs + x0 as f64).flatten(0, -1));
+            let pixels = Tensor::stack(&[ys, xs], 1).view([bh * bw, 1, 2]);
             let distance = (pixels - points).square().sum_dim_intlist(2, false, Kind::Float).min_dim(1, false).0.sqrt();
             let local = (distance.square() / (-2.0 * width * width)).exp().view([1, 1, bh, bw]);
             let profile = local.constant_pad_nd([x0, w - x0 - bw, y0, h - y0 - bh]);
