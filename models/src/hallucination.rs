@@ -27,7 +27,13 @@
 //! difference's own blur at `highpass * s` is taken away first (a difference
 //! of Gaussians): an enhancer's smooth, local change of tone (darker lungs,
 //! brighter mediastinum), which no global table removes, then costs nothing,
-//! while a structure of width s keeps most of its z.
+//! while a structure of width s keeps most of its z. With `detail-gain`
+//! `[low, high]`, the difference is first fitted, over a window of two widths,
+//! as the input's own detail at that width times a local factor `a` in
+//! `[low - 1, high - 1]`, and only the residual counts: an enhancer that makes
+//! a rib edge 30 % crisper (or softer) is faithful, while a nodule drawn on
+//! flat lung (no detail there to scale) or an erased edge (a factor of -1)
+//! keeps its z.
 //!
 //! Where the input says nothing, nothing is checked: within a component's
 //! reach of clipped input pixels (a burnt-out label, a saturated border) and
@@ -140,6 +146,14 @@ pub struct HallucinationConfig {
     /// coarser than the width too. Absent in a bundle: 0, as calibrated before it existed.
     #[serde(default)]
     pub highpass: f64,
+    /// The local factor `[low, high]` by which the output's detail at a
+    /// structure component's width may differ from the input's without
+    /// doubt, fitted over a window of twice that width: sharpening or
+    /// softening a rib edge is faithful, drawing a nodule on flat lung
+    /// (nothing there to scale) or erasing an edge (a factor of 0) is not.
+    /// Absent in a bundle: `[1, 1]` (no fit), as calibrated before it existed.
+    #[serde(default = "HallucinationConfig::no_detail_gain")]
+    pub detail_gain: [f64; 2],
     /// Small structures: nodules, lines.
     pub fine_structure: ComponentConfig,
     /// Medium structures: larger nodules, erased or shifted segments.
@@ -179,6 +193,7 @@ impl Default for HallucinationConfig {
             blur_tolerance: vec![0.5, 1.0, 1.5, 2.0, 2.5],
             margin: 0.06,
             highpass: 2.0,
+            detail_gain: [0.5, 2.0],
             fine_structure: ComponentConfig::new(1.0, 1.0, 5.0, 4.0),
             medium_structure: ComponentConfig::new(2.5, 1.0, 5.0, 4.0),
             coarse_structure: ComponentConfig::new(6.0, 1.0, 5.0, 4.0),
@@ -200,6 +215,10 @@ impl HallucinationConfig {
         0.03
     }
 
+    fn no_detail_gain() -> [f64; 2] {
+        [1.0, 1.0]
+    }
+
     /// Checks that the numbers can work.
     pub fn validate(&self) -> Result<()> {
         let bad = |message: String| Err(Error::InvalidParams(format!("hallucination config: {message}")));
@@ -217,6 +236,13 @@ impl HallucinationConfig {
         }
         if !(0.0..=16.0).contains(&self.highpass) {
             return bad(format!("highpass {} must be 0 (off) or at most 16", self.highpass));
+        }
+        let [low, high] = self.detail_gain;
+        if !(low > 0.0 && low <= 1.0 && (1.0..=16.0).contains(&high)) {
+            return bad(format!(
+                "detail-gain {:?} must be [low, high] with 0 < low <= 1 <= high <= 16 ([1, 1]: off)",
+                self.detail_gain
+            ));
         }
         if !(0.0..=0.25).contains(&self.margin) {
             return bad(format!("margin {} must lie in [0, 0.25]", self.margin));
@@ -532,6 +558,7 @@ fn choose_blur(
             config.fine_structure.scale,
             (candidate_blur, input_blur),
             config.highpass,
+            [1.0, 1.0],
         );
         let values = z.masked_select(&mask);
         if values.size()[0] == 0 {
@@ -550,7 +577,9 @@ fn choose_blur(
 /// With `highpass` > 0 the difference's own blur at `highpass * scale` is
 /// taken away first (a difference of Gaussians, i.e. a blob detector of
 /// width `scale`), so a smooth local difference of tone, which no global
-/// look-up table removes, is not read as structure.
+/// look-up table removes, is not read as structure. With a `detail_gain`
+/// range other than `[1, 1]`, the part of the difference that is the input's
+/// own detail scaled by a local factor in that range is taken away too.
 fn structure_z(
     candidate: &Tensor,
     input: &Tensor,
@@ -558,6 +587,7 @@ fn structure_z(
     scale: f64,
     blurs: (f64, f64),
     highpass: f64,
+    detail_gain: [f64; 2],
 ) -> Tensor {
     let (h, w) = (input.size()[2], input.size()[3]);
     let (difference, input_width) = band_difference(candidate, input, scale, blurs, highpass);
@@ -565,8 +595,25 @@ fn structure_z(
     if highpass > 0.0 {
         gain *= band_pass_factor(input_width, highpass * scale);
     }
-    difference.abs() / (sigma * gain)
+    if detail_gain == [1.0, 1.0] {
+        return difference.abs() / (sigma * gain);
+    }
+    // Least squares of the difference on the input's detail over a window of
+    // twice the width gives the local excess factor a (output detail = (1 +
+    // a) input detail), clamped to the allowed range. The residual's noise
+    // is the input's scaled by 1 + a (the input's noise is in both terms).
+    let mut detail = gaussian_blur(input, input_width);
+    if highpass > 0.0 {
+        detail = &detail - gaussian_blur(&detail, highpass * scale);
+    }
+    let window = DETAIL_GAIN_WINDOW * scale;
+    let excess = (gaussian_blur(&(&difference * &detail), window) / (gaussian_blur(&detail.square(), window) + 1e-12))
+        .clamp(detail_gain[0] - 1.0, detail_gain[1] - 1.0);
+    (difference - &excess * detail).abs() / (sigma * gain * (excess + 1.0))
 }
+
+/// The window of the detail-gain fit, in widths of the component.
+const DETAIL_GAIN_WINDOW: f64 = 2.0;
 
 /// The signed difference [`structure_z`] divides by the noise: both images
 /// blurred to width `scale` (widened by their extra blurs), and with
@@ -698,7 +745,7 @@ pub fn score(
     let mut maps: Vec<(usize, Tensor)> = Vec::new();
     let structure = [&config.fine_structure, &config.medium_structure, &config.coarse_structure];
     for (index, component) in structure.iter().enumerate() {
-        let z = structure_z(&mapped, &input, &sigma, component.scale, blurs, config.highpass);
+        let z = structure_z(&mapped, &input, &sigma, component.scale, blurs, config.highpass, config.detail_gain);
         maps.push((index, z * scored(component.scale)));
     }
     let fine_z = &maps[0].1;
@@ -714,7 +761,8 @@ pub fn score(
         let cycle_degraded = model.degrade(&output.to_device(model.device()), tiles)?.to_device(Device::Cpu);
         let cycle_mapped = tone_map(&cycle_degraded, &input, &tone_noise);
         let scale = config.cycle_consistency.scale;
-        let z = structure_z(&cycle_mapped, &input, &input_noise, scale, (0.0, 0.0), config.highpass);
+        let z =
+            structure_z(&cycle_mapped, &input, &input_noise, scale, (0.0, 0.0), config.highpass, config.detail_gain);
         maps.push((5, z * scored(scale)));
     }
     if config.samples > 0 && (config.diffusion_spread.weight > 0.0 || config.evaluate_unweighted) {

@@ -1,6 +1,7 @@
 //! The hallucination check on small synthetic images with the tiny bundle:
 //! faithful outputs score low, a planted blob, line or texture patch raises
-//! the score and lights the doubt map where it was planted, results are bit-for-bit repeatable, every
+//! the score and lights the doubt map where it was planted, crisper faithful
+//! detail is forgiven but an erased edge is not, results are bit-for-bit repeatable, every
 //! value stays in [0, 1], any matrix size works, and the calibration lives in
 //! the bundle manifest.
 
@@ -182,6 +183,38 @@ fn replaced_texture_raises_the_score_and_lights_the_map_where_it_is() {
 }
 
 #[test]
+fn crisper_detail_is_forgiven_but_an_erased_edge_is_not() {
+    // An output whose own edges are 50 % crisper than the input's (an
+    // unsharp mask) is faithful: the detail-gain fit takes much of that away
+    // (a third of the medium z, measured). A stripe smoothed out over a disc
+    // (an edge factor of 0) still stands out.
+    let (_, model) = model();
+    let (h, w) = (128, 112);
+    let (clean, _) = pair(h, w, 11);
+    let low = (&clean * 0.7 + NoiseSource::new(11).normal(&[1, 1, h, w], Device::Cpu) * 0.02).clamp(-1.0, 1.0);
+    let crisper = (&clean + (&clean - gaussian_blur(&clean, 8.0)) * 0.5).clamp(-1.0, 1.0);
+    let (cy, cx) = (0.6 * h as f64, 0.5 * w as f64);
+    let disc = blob(h, w, cy, cx, 6.0, 1.0).gt(0.3).to_kind(Kind::Float);
+    let erased = &clean * (-&disc + 1.0) + gaussian_blur(&clean, 6.0) * &disc;
+    let no_fit = HallucinationConfig { detail_gain: [1.0, 1.0], ..HallucinationConfig::default() };
+    let medium = |report: &HallucinationReport| report.raw.iter().find(|(n, _)| n == "medium-structure").unwrap().1;
+    let with_fit = |candidate: &Tensor| run(&model, &low, candidate);
+    let without_fit = |candidate: &Tensor| score(&model, &low, candidate, &model_tiles(), &no_fit).unwrap();
+
+    let (crisp_fit, crisp_plain) = (with_fit(&crisper), without_fit(&crisper));
+    assert!(
+        medium(&crisp_fit) < 0.75 * medium(&crisp_plain),
+        "crisper edges: medium z {} with the fit, {} without",
+        medium(&crisp_fit),
+        medium(&crisp_plain)
+    );
+    let faithful = with_fit(&clean);
+    let planted = with_fit(&erased);
+    assert_in_unit_range(&planted);
+    assert_stands_out("erased stripe", &planted, &faithful);
+}
+
+#[test]
 fn the_score_is_bit_for_bit_repeatable() {
     let (_, model) = model();
     let (clean, low) = pair(80, 72, 5);
@@ -268,6 +301,9 @@ fn the_config_is_kebab_case_and_refuses_unknown_keys() {
     assert_eq!(config.working_size, 256);
     assert_eq!(config.fine_structure.weight, 0.5);
     assert_eq!(config.medium_structure, HallucinationConfig::default().medium_structure);
+    // Keys newer than a bundle's calibration keep the meaning it was calibrated with.
+    assert_eq!((config.margin, config.highpass, config.detail_gain), (0.03, 0.0, [1.0, 1.0]));
+    assert_eq!(HallucinationConfig::default().detail_gain, [0.5, 2.0]);
     let error = toml::from_str::<HallucinationConfig>("workingsize = 3").unwrap_err().to_string();
     assert!(error.contains("unknown field"), "{error}");
 }
