@@ -590,7 +590,7 @@ fn structure_z(
     detail_gain: [f64; 2],
 ) -> Tensor {
     let (h, w) = (input.size()[2], input.size()[3]);
-    let (difference, input_width) = band_difference(candidate, input, scale, blurs, highpass);
+    let (difference, blurred_input, input_width) = band_difference(candidate, input, scale, blurs, highpass);
     let mut gain = noise_gain(h, w, input_width);
     if highpass > 0.0 {
         gain *= band_pass_factor(input_width, highpass * scale);
@@ -602,10 +602,8 @@ fn structure_z(
     // twice the width gives the local excess factor a (output detail = (1 +
     // a) input detail), clamped to the allowed range. The residual's noise
     // is the input's scaled by 1 + a (the input's noise is in both terms).
-    let mut detail = gaussian_blur(input, input_width);
-    if highpass > 0.0 {
-        detail = &detail - gaussian_blur(&detail, highpass * scale);
-    }
+    let detail =
+        if highpass > 0.0 { &blurred_input - gaussian_blur(&blurred_input, highpass * scale) } else { blurred_input };
     let window = DETAIL_GAIN_WINDOW * scale;
     let excess = (gaussian_blur(&(&difference * &detail), window) / (gaussian_blur(&detail.square(), window) + 1e-12))
         .clamp(detail_gain[0] - 1.0, detail_gain[1] - 1.0);
@@ -618,15 +616,23 @@ const DETAIL_GAIN_WINDOW: f64 = 2.0;
 /// The signed difference [`structure_z`] divides by the noise: both images
 /// blurred to width `scale` (widened by their extra blurs), and with
 /// `highpass` > 0 the difference's own blur at `highpass * scale` taken
-/// away. Also returns the input's total blur width, which sets the noise gain.
-fn band_difference(candidate: &Tensor, input: &Tensor, scale: f64, blurs: (f64, f64), highpass: f64) -> (Tensor, f64) {
+/// away. Also returns the input blurred to its total width (the detail-gain
+/// fit's reference, so it is not blurred twice) and that width, which sets the noise gain.
+fn band_difference(
+    candidate: &Tensor,
+    input: &Tensor,
+    scale: f64,
+    blurs: (f64, f64),
+    highpass: f64,
+) -> (Tensor, Tensor, f64) {
     let widen = |b: f64| (scale * scale + b * b).sqrt();
     let input_width = widen(blurs.1);
-    let difference = gaussian_blur(candidate, widen(blurs.0)) - gaussian_blur(input, input_width);
+    let blurred_input = gaussian_blur(input, input_width);
+    let difference = gaussian_blur(candidate, widen(blurs.0)) - &blurred_input;
     if highpass > 0.0 {
-        (&difference - gaussian_blur(&difference, highpass * scale), input_width)
+        (&difference - gaussian_blur(&difference, highpass * scale), blurred_input, input_width)
     } else {
-        (difference, input_width)
+        (difference, blurred_input, input_width)
     }
 }
 
@@ -648,7 +654,7 @@ fn line_z(
     blurs: (f64, f64),
     highpass: f64,
 ) -> Tensor {
-    let (difference, input_width) = band_difference(candidate, input, width, blurs, highpass);
+    let (difference, _, input_width) = band_difference(candidate, input, width, blurs, highpass);
     let kernels = line_kernels(length);
     let radius = kernels.size()[2] / 2;
     let along = difference.replication_pad2d([radius, radius, radius, radius]).conv2d(
@@ -665,7 +671,7 @@ fn line_z(
     let size = 2 * (radius + (4.0 * input_width.max(highpass * width)).ceil() as i64) + 1;
     let impulse = Tensor::zeros([1, 1, size, size], (Kind::Float, Device::Cpu));
     let _ = impulse.get(0).get(0).get(size / 2).get(size / 2).fill_(1.0);
-    let (filtered, _) = band_difference(&impulse.zeros_like(), &impulse, width, blurs, highpass);
+    let (filtered, _, _) = band_difference(&impulse.zeros_like(), &impulse, width, blurs, highpass);
     let response = filtered.conv2d(&kernels, None::<Tensor>, [1, 1], [radius, radius], [1, 1], 1);
     let gains = response.square().sum_dim_intlist([2, 3].as_slice(), true, Kind::Float).sqrt().view([1, -1, 1, 1]);
     (along.abs() / gains).amax([1].as_slice(), true) / sigma
