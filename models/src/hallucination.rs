@@ -558,7 +558,7 @@ fn choose_blur(
             config.fine_structure.scale,
             (candidate_blur, input_blur),
             config.highpass,
-            [1.0, 1.0],
+            HallucinationConfig::no_detail_gain(),
         );
         let values = z.masked_select(&mask);
         if values.size()[0] == 0 {
@@ -595,7 +595,7 @@ fn structure_z(
     if highpass > 0.0 {
         gain *= band_pass_factor(input_width, highpass * scale);
     }
-    if detail_gain == [1.0, 1.0] {
+    if detail_gain == HallucinationConfig::no_detail_gain() {
         return difference.abs() / (sigma * gain);
     }
     // Least squares of the difference on the input's detail over a window of
