@@ -20,6 +20,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
+use crate::bootstrap::{image_interval, Interval};
 use crate::data::{self, Split};
 use crate::degrade::{degrade_tensor, DegradationRanges};
 use crate::image_io;
@@ -580,7 +581,19 @@ fn calibrate(records: &[Record], faithful: &[String], base: &HallucinationConfig
     config
 }
 
+/// Seed of the bootstrap intervals (fixed, so a report repeats).
+const BOOTSTRAP_SEED: u64 = 18;
+
+/// A figure and its 95% image-bootstrap interval as JSON: the value (4
+/// decimals) under `name` and `[low, high]` under `name_95`.
+fn with_interval(entry: &mut serde_json::Map<String, serde_json::Value>, name: &str, interval: Interval) {
+    entry.insert(name.to_owned(), round4(interval.mean));
+    entry.insert(format!("{name}_95"), serde_json::json!([round4(interval.low), round4(interval.high)]));
+}
+
 /// All figures: the summary that goes into the bundle, and the tables.
+/// Every AUROC and rate comes with a 95% interval from resampling the
+/// images (each image's faithful and planted candidates stay together).
 fn summarise(
     records: &[Record],
     threshold: f64,
@@ -589,25 +602,55 @@ fn summarise(
     config: &HallucinationConfig,
     seconds: f64,
 ) -> serde_json::Value {
-    let calibration: Vec<f64> =
-        records.iter().filter(|r| r.class == "faithful" && args.faithful.contains(&r.kind)).map(|r| r.score).collect();
+    let is_faithful = |r: &Record| r.class == "faithful" && args.faithful.contains(&r.kind);
+    let calibration: Vec<f64> = records.iter().filter(|r| is_faithful(r)).map(|r| r.score).collect();
     let planted: Vec<&Record> = records.iter().filter(|r| r.class == "planted").collect();
     let planted_scores: Vec<f64> = planted.iter().map(|r| r.score).collect();
     let select = |kind: &str, size: Option<&str>| -> Vec<f64> {
         planted.iter().filter(|r| r.kind == kind && size.is_none_or(|s| r.size == s)).map(|r| r.score).collect()
     };
+    let mut names: Vec<&str> = records.iter().map(|r| r.image.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    let by_image: Vec<Vec<&Record>> =
+        names.iter().map(|name| records.iter().filter(|r| r.image == *name).collect()).collect();
+    // The planted scores of `kind` (None: all) at `size` (None: all), and the
+    // faithful ones, of the images in one bootstrap draw.
+    let scores_of = |draw: &[usize], kind: Option<&str>, size: Option<&str>| -> (Vec<f64>, Vec<f64>) {
+        let drawn = draw.iter().flat_map(|&i| by_image[i].iter().copied());
+        let (mut negatives, mut positives) = (Vec::new(), Vec::new());
+        for r in drawn {
+            if is_faithful(r) {
+                negatives.push(r.score);
+            } else if r.class == "planted" && kind.is_none_or(|k| r.kind == k) && size.is_none_or(|s| r.size == s) {
+                positives.push(r.score);
+            }
+        }
+        (negatives, positives)
+    };
+    let auroc_interval = |kind: Option<&str>, size: Option<&str>| {
+        image_interval(
+            by_image.len(),
+            |draw| {
+                let (negatives, positives) = scores_of(draw, kind, size);
+                auroc(&negatives, &positives)
+            },
+            BOOTSTRAP_SEED,
+        )
+    };
+    let detection_interval = |kind: Option<&str>, size: Option<&str>| {
+        image_interval(by_image.len(), |draw| rate_above(&scores_of(draw, kind, size).1, threshold), BOOTSTRAP_SEED)
+    };
     let mut per_kind = serde_json::Map::new();
     for kind in KINDS {
         let mut sizes = serde_json::Map::new();
-        for size in SIZES {
-            let scores = select(kind, Some(size));
-            sizes.insert(
-                size.to_owned(),
-                serde_json::json!({"auroc": round4(auroc(&calibration, &scores)), "detection": round4(rate_above(&scores, threshold)), "count": scores.len()}),
-            );
+        for size in SIZES.iter().map(|s| Some(*s)).chain([None]) {
+            let mut entry = serde_json::Map::new();
+            with_interval(&mut entry, "auroc", auroc_interval(Some(kind), size));
+            with_interval(&mut entry, "detection", detection_interval(Some(kind), size));
+            entry.insert("count".to_owned(), serde_json::json!(select(kind, size).len()));
+            sizes.insert(size.unwrap_or("all").to_owned(), serde_json::Value::Object(entry));
         }
-        let all = select(kind, None);
-        sizes.insert("all".to_owned(), serde_json::json!({"auroc": round4(auroc(&calibration, &all)), "detection": round4(rate_above(&all, threshold)), "count": all.len()}));
         per_kind.insert(kind.to_owned(), serde_json::Value::Object(sizes));
     }
     let mut faithful = serde_json::Map::new();
@@ -667,27 +710,46 @@ fn summarise(
         if args.from_defaults { " --from-defaults" } else { "" },
         args.out.display()
     );
-    let medium_aurocs: Vec<f64> = KINDS.iter().map(|k| auroc(&calibration, &select(k, Some("medium")))).collect();
+    // The weakest kind at medium size, with its interval.
+    let weakest_medium = KINDS
+        .iter()
+        .map(|k| auroc_interval(Some(k), Some("medium")))
+        .min_by(|a, b| a.mean.total_cmp(&b.mean))
+        .unwrap_or(Interval { mean: f64::NAN, low: f64::NAN, high: f64::NAN });
+    let mut summary = serde_json::Map::new();
+    for (key, value) in [
+        ("command", serde_json::json!(command)),
+        ("bundle", serde_json::json!(bundle.manifest.name)),
+        ("bundle_version", serde_json::json!(bundle.manifest.version)),
+        (
+            "images",
+            serde_json::json!(records.iter().filter(|r| r.class == "faithful" && r.kind == "ground-truth").count()),
+        ),
+        ("calibration", serde_json::json!("threshold, offsets, spreads and weights from the other (alternate) images")),
+        ("intervals", serde_json::json!("95 %, the evaluating images resampled with replacement")),
+        ("size", serde_json::json!(args.size)),
+        ("seed", serde_json::json!(args.seed)),
+        ("faithful_kinds", serde_json::json!(args.faithful.join(","))),
+        ("faithful_count", serde_json::json!(calibration.len())),
+        ("planted_count", serde_json::json!(planted_scores.len())),
+        ("hold_threshold", serde_json::json!(threshold)),
+        ("false_hold_target", serde_json::json!(FALSE_HOLD_TARGET)),
+    ] {
+        summary.insert(key.to_owned(), value);
+    }
+    let false_holds =
+        image_interval(by_image.len(), |draw| rate_above(&scores_of(draw, None, None).0, threshold), BOOTSTRAP_SEED);
+    with_interval(&mut summary, "false_hold_rate", false_holds);
+    with_interval(&mut summary, "detection_rate", detection_interval(None, None));
+    with_interval(&mut summary, "medium_detection_rate", {
+        let medium = |draw: &[usize]| rate_above(&scores_of(draw, None, Some("medium")).1, threshold);
+        image_interval(by_image.len(), medium, BOOTSTRAP_SEED)
+    });
+    with_interval(&mut summary, "auroc", auroc_interval(None, None));
+    with_interval(&mut summary, "min_medium_auroc", weakest_medium);
+    summary.insert("seconds".to_owned(), serde_json::json!((seconds * 10.0).round() / 10.0));
     serde_json::json!({
-        "summary": {
-            "command": command,
-            "bundle": bundle.manifest.name,
-            "bundle_version": bundle.manifest.version,
-            "images": records.iter().filter(|r| r.class == "faithful" && r.kind == "ground-truth").count(),
-            "calibration": "threshold, offsets, spreads and weights from the other (alternate) images",
-            "size": args.size,
-            "seed": args.seed,
-            "faithful_kinds": args.faithful.join(","),
-            "faithful_count": calibration.len(),
-            "planted_count": planted_scores.len(),
-            "hold_threshold": threshold,
-            "false_hold_target": FALSE_HOLD_TARGET,
-            "false_hold_rate": round4(rate_above(&calibration, threshold)),
-            "detection_rate": round4(rate_above(&planted_scores, threshold)),
-            "auroc": round4(auroc(&calibration, &planted_scores)),
-            "min_medium_auroc": round4(medium_aurocs.iter().copied().fold(f64::INFINITY, f64::min)),
-            "seconds": (seconds * 10.0).round() / 10.0,
-        },
+        "summary": summary,
         "per_kind": per_kind,
         "faithful": faithful,
         "components": components,
@@ -697,6 +759,12 @@ fn summarise(
 
 fn cell(value: &serde_json::Value) -> String {
     value.as_f64().map_or_else(|| "n/a".to_owned(), |v| format!("{v:.3}"))
+}
+
+/// `entry[name]` with its interval `entry[name_95]`, as "0.918 [0.901-0.934]".
+fn cell95(entry: &serde_json::Value, name: &str) -> String {
+    let interval = &entry[format!("{name}_95")];
+    format!("{} [{}-{}]", cell(&entry[name]), cell(&interval[0]), cell(&interval[1]))
 }
 
 /// The Markdown report.
@@ -718,20 +786,23 @@ fn markdown(figures: &serde_json::Value, examples: &[(String, String, String, f6
     );
     let _ = writeln!(
         out,
-        "**AUROC {} overall**; hold threshold **{}** (the lowest with at most {:.0}% false holds on faithful candidates): \
-         false holds {}, detection {} of planted changes. Lowest AUROC of a kind at medium size: {}.\n",
-        cell(&s["auroc"]),
+        "**AUROC {} overall**; hold threshold **{}** (the lowest with at most {:.0}% false holds on the \
+         calibrating images' faithful candidates): false holds {}, detection {} of planted changes, {} of \
+         medium-size ones. Lowest AUROC of a kind at medium size: {}. In brackets: {}.\n",
+        cell95(s, "auroc"),
         cell(&s["hold_threshold"]),
         FALSE_HOLD_TARGET * 100.0,
-        cell(&s["false_hold_rate"]),
-        cell(&s["detection_rate"]),
-        cell(&s["min_medium_auroc"])
+        cell95(s, "false_hold_rate"),
+        cell95(s, "detection_rate"),
+        cell95(s, "medium_detection_rate"),
+        cell95(s, "min_medium_auroc"),
+        s["intervals"].as_str().unwrap_or_default()
     );
-    let _ = writeln!(out, "## AUROC (detection at the threshold) by kind and size\n");
+    let _ = writeln!(out, "## AUROC [95 % interval] (detection at the threshold) by kind and size\n");
     let _ = writeln!(out, "| kind | small | medium | large | all |\n| --- | --- | --- | --- | --- |");
     for kind in KINDS {
         let k = &figures["per_kind"][kind];
-        let entry = |size: &str| format!("{} ({})", cell(&k[size]["auroc"]), cell(&k[size]["detection"]));
+        let entry = |size: &str| format!("{} ({})", cell95(&k[size], "auroc"), cell(&k[size]["detection"]));
         let _ = writeln!(
             out,
             "| {kind} | {} | {} | {} | {} |",

@@ -144,6 +144,11 @@ fn score_prints_the_library_number_and_the_bench_calibrates_a_bundle() {
     assert_eq!(scores.len(), 3 * (3 + 5 * 3), "three faithful and fifteen planted candidates per image");
     let auroc = summary["auroc"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&auroc), "{summary}");
+    // Every figure carries its 95 % image-bootstrap interval (one evaluating image: a point).
+    let interval: Vec<f64> = summary["auroc_95"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    assert!(interval[0] <= auroc && auroc <= interval[1], "{summary}");
+    assert!(figures["per_kind"]["line"]["medium"]["detection_95"].is_array(), "{figures}");
+    assert!(summary["medium_detection_rate"].is_f64(), "{summary}");
     // Large planted changes on smooth phantoms are found.
     for kind in ["nodule", "outline-warp"] {
         assert!(figures["per_kind"][kind]["large"]["auroc"].as_f64().unwrap() > 0.9, "{kind}: {figures}");
@@ -158,6 +163,7 @@ fn score_prints_the_library_number_and_the_bench_calibrates_a_bundle() {
     assert!(same(hold_threshold(&calibrated.manifest), threshold));
     let stored = calibrated.manifest.hallucination.as_ref().unwrap();
     assert!(same(stored.benchmark["auroc"].as_float().unwrap(), auroc));
+    assert_eq!(stored.benchmark["auroc_95"].as_array().map(Vec::len), Some(2));
     // Forward selection always keeps the best component.
     assert!(stored.config.components().iter().any(|c| c.weight == 1.0), "{figures}");
     for (name, component) in hallucination::COMPONENTS.iter().zip(stored.config.components()) {
