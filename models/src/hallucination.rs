@@ -36,7 +36,9 @@
 //! keeps its z.
 //!
 //! Where the input says nothing, nothing is checked: within a component's
-//! reach of clipped input pixels (a burnt-out label, a saturated border) and
+//! reach of clipped input pixels (a saturated border, a region pressed into
+//! the floor of the range), of burnt-in annotations (side markers, text:
+//! not anatomy, and often blurred faint in a low-dose input) and
 //! in a thin margin along the image's edges (`margin`), where the comparison
 //! windows run off the image; there the maps are 0.
 //!
@@ -154,6 +156,21 @@ pub struct HallucinationConfig {
     /// Absent in a bundle: `[1, 1]` (no fit), as calibrated before it existed.
     #[serde(default = "HallucinationConfig::no_detail_gain")]
     pub detail_gain: [f64; 2],
+    /// Input pixels within this many `min-noise` of the input's own minimum
+    /// or maximum count as clipped (not scored): a window's clip, or a floor
+    /// the tone curve pressed a region into (the air beside the patient),
+    /// where the input says only "at or beyond the end of the range".
+    /// Absent in a bundle: 0 (exactly at the end only), as calibrated before it existed.
+    #[serde(default)]
+    pub extreme_tolerance: f64,
+    /// Leave burnt-in annotations unscored (side markers, text, arrows:
+    /// drawn after acquisition as white on black, so not anatomy; a low-dose
+    /// acquisition or simulator can blur them faint, and an output that shows
+    /// them crisp then looked invented). Found in the enhanced image at full
+    /// size as pixels at one end of its range with a pixel at the other end
+    /// close by. Absent in a bundle: off, as calibrated before it existed.
+    #[serde(default)]
+    pub skip_annotations: bool,
     /// Small structures: nodules, lines.
     pub fine_structure: ComponentConfig,
     /// Medium structures: larger nodules, erased or shifted segments.
@@ -194,6 +211,8 @@ impl Default for HallucinationConfig {
             margin: 0.06,
             highpass: 2.0,
             detail_gain: [0.5, 2.0],
+            extreme_tolerance: 2.0,
+            skip_annotations: true,
             fine_structure: ComponentConfig::new(1.0, 1.0, 5.0, 4.0),
             medium_structure: ComponentConfig::new(2.5, 1.0, 5.0, 4.0),
             coarse_structure: ComponentConfig::new(6.0, 1.0, 5.0, 4.0),
@@ -242,6 +261,12 @@ impl HallucinationConfig {
             return bad(format!(
                 "detail-gain {:?} must be [low, high] with 0 < low <= 1 <= high <= 16 ([1, 1]: off)",
                 self.detail_gain
+            ));
+        }
+        if !(0.0..=16.0).contains(&self.extreme_tolerance) {
+            return bad(format!(
+                "extreme-tolerance {} must lie in [0, 16] (multiples of min-noise; 0: exactly at the end)",
+                self.extreme_tolerance
             ));
         }
         if !(0.0..=0.25).contains(&self.margin) {
@@ -507,13 +532,75 @@ fn interpolate(values: &Tensor, centres: &[f32], levels: &[f32]) -> Tensor {
     &l0 + t * (l1 - &l0)
 }
 
-/// Where the input is clipped (it sits exactly at its own minimum or maximum
-/// over a visible area), as a `[1, 1, H, W]` 0/1 map; `None` when it is not.
-/// There the input carries no information, so nothing can be checked against it.
-fn clipped_pixels(input: &Tensor) -> Option<Tensor> {
+/// Where the input says nothing, as a `[1, 1, h, w]` 0/1 map at the working
+/// size `(h, w)` of `input`; `None` when nowhere. Two kinds:
+/// - clipped input: over a visible area (0.1 %), pixels within
+///   `extreme-tolerance` times `min-noise` of the input's own minimum or maximum;
+/// - with `skip-annotations`, burnt-in annotations, found in `enhanced` (full
+///   size, where their thin black outlines survive) by [`annotation_pixels`].
+fn unsupported_pixels(input: &Tensor, enhanced: &Tensor, config: &HallucinationConfig) -> Option<Tensor> {
     let (low, high) = (input.min().double_value(&[]), input.max().double_value(&[]));
-    let clipped = input.eq(low).logical_or(&input.eq(high)).to_kind(Kind::Float);
-    (clipped.mean(Kind::Float).double_value(&[]) >= 1e-3).then_some(clipped)
+    let tolerance = config.extreme_tolerance * config.min_noise;
+    let clipped = input.le(low + tolerance).logical_or(&input.ge(high - tolerance)).to_kind(Kind::Float);
+    let clipped = (clipped.mean(Kind::Float).double_value(&[]) >= 1e-3).then_some(clipped);
+    let working = [input.size()[2], input.size()[3]];
+    let annotations = if config.skip_annotations { annotation_pixels(enhanced, working) } else { None };
+    match (clipped, annotations) {
+        (Some(c), Some(a)) => Some(c.maximum(&a)),
+        (c, a) => c.or(a),
+    }
+}
+
+/// How close, in working pixels, the two ends of the range must lie for
+/// [`annotation_pixels`]: a letter and its outline, a marker and its disc.
+const ANNOTATION_REACH: f64 = 2.0;
+/// How far, in working pixels, an annotation is followed from where its two
+/// ends meet, through pixels at either end (the rest of a marker's disc).
+const ANNOTATION_GROWTH: i64 = 8;
+/// How close to an end of the enhanced image's range a pixel must be (a
+/// fraction of the range) to count as drawn white or black.
+const ANNOTATION_LEVEL: f64 = 0.02;
+
+/// Burnt-in annotations in `enhanced` (any size), as a 0/1 map at the
+/// working size `[h, w]`: pixels at one end of its range (within
+/// `ANNOTATION_LEVEL`) with one at the other end within `ANNOTATION_REACH`
+/// working pixels, and from there up to `ANNOTATION_GROWTH` pixels further
+/// through pixels at either end. Anatomy never puts the darkest and the
+/// brightest grey next to each other; white letters outlined in black, a
+/// side marker on a black disc and a collimator's blank edge against open
+/// air do. `None` when there is none.
+fn annotation_pixels(enhanced: &Tensor, working: [i64; 2]) -> Option<Tensor> {
+    let image = enhanced.to_device(Device::Cpu).to_kind(Kind::Float);
+    let (low, high) = (image.min().double_value(&[]), image.max().double_value(&[]));
+    let level = ANNOTATION_LEVEL * (high - low);
+    if level <= 0.0 {
+        return None;
+    }
+    let per_working = image.size()[2].max(image.size()[3]) as f64 / working[0].max(working[1]) as f64;
+    let reach = (ANNOTATION_REACH * per_working.max(1.0)).ceil() as i64;
+    // A square maximum, as two 1-D passes (a native image is millions of pixels).
+    let near = |at: &Tensor| {
+        at.max_pool2d([1, 2 * reach + 1], [1, 1], [0, reach], [1, 1], false).max_pool2d(
+            [2 * reach + 1, 1],
+            [1, 1],
+            [reach, 0],
+            [1, 1],
+            false,
+        )
+    };
+    let (black, white) = (image.le(low + level).to_kind(Kind::Float), image.ge(high - level).to_kind(Kind::Float));
+    let meeting = (&black * near(&white)).maximum(&(&white * near(&black)));
+    if meeting.max().double_value(&[]) < 0.5 {
+        return None;
+    }
+    // At the working size (any drawn pixel marks the working pixel it falls
+    // in), grow from where the ends meet through drawn pixels.
+    let drawn = black.maximum(&white).adaptive_max_pool2d(working).0;
+    let mut annotation = meeting.adaptive_max_pool2d(working).0;
+    for _ in 0..ANNOTATION_GROWTH {
+        annotation = annotation.max_pool2d([3, 3], [1, 1], [1, 1], [1, 1], false) * &drawn;
+    }
+    Some(annotation)
 }
 
 /// The pixels a component of width `scale` can score: not in the edge
@@ -732,10 +819,10 @@ pub fn score(
     let input = to_working(low_quality, config.working_size);
     let output = to_working(enhanced, config.working_size);
     let shape = (input.size()[2], input.size()[3]);
-    let clipped = clipped_pixels(&input);
+    let unsupported = unsupported_pixels(&input, enhanced, config);
     let input_noise = noise_map(&input, config);
     // The tone table leaves clipped neighbourhoods out of its fit.
-    let tone_noise = match &clipped {
+    let tone_noise = match &unsupported {
         Some(c) => input_noise.maximum(&(c.max_pool2d([5, 5], [1, 1], [2, 2], [1, 1], false) * 2.0)),
         None => input_noise.shallow_clone(),
     };
@@ -745,7 +832,7 @@ pub fn score(
     // output cannot raise the noise allowed where it lies.
     let output_noise = noise_map(&mapped, config).median().double_value(&[]);
     let sigma = (input_noise.square() + output_noise * output_noise).sqrt();
-    let scored = |scale: f64| scored_pixels(shape, clipped.as_ref(), scale, config);
+    let scored = |scale: f64| scored_pixels(shape, unsupported.as_ref(), scale, config);
     let blurs = choose_blur(&mapped, &input, &sigma, &scored(config.fine_structure.scale), config);
 
     let mut maps: Vec<(usize, Tensor)> = Vec::new();

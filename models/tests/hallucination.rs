@@ -215,6 +215,69 @@ fn crisper_detail_is_forgiven_but_an_erased_edge_is_not() {
 }
 
 #[test]
+fn a_burnt_in_marker_shown_crisp_is_not_doubted_but_a_nodule_beside_it_is() {
+    // A side marker (a white bar on a black disc, drawn after acquisition)
+    // that the low-dose input shows blurred and faint, and the output crisp:
+    // not anatomy, so not doubted with `skip-annotations`; doubted without.
+    let (_, model) = model();
+    let (h, w) = (128, 112);
+    let (clean, low) = pair(h, w, 12);
+    let (my, mx) = (32.0, 78.0);
+    let disc = blob(h, w, my, mx, 7.0, 1.0).gt(0.3).to_kind(Kind::Float);
+    let bar = (blob(h, w, my, mx, 3.0, 1.0).gt(0.3).to_kind(Kind::Float) * &disc).clamp(0.0, 1.0);
+    let drawn = (-&disc + 1.0) * &clean - &disc + &bar * 2.0;
+    let faint = &low + gaussian_blur(&(&drawn - &clean), 2.0) * 0.15;
+    let plain = HallucinationConfig { skip_annotations: false, ..HallucinationConfig::default() };
+    let faithful = run(&model, &low, &clean);
+    let skipping = run(&model, &faint, &drawn);
+    let not_skipping = score(&model, &faint, &drawn, &model_tiles(), &plain).unwrap();
+    assert!(
+        skipping.score < faithful.score + 0.15 && not_skipping.score > skipping.score + 0.5,
+        "marker: {} skipped, {} not, {} without a marker: {:?}",
+        skipping.score,
+        not_skipping.score,
+        faithful.score,
+        not_skipping.raw
+    );
+    // A nodule away from the marker still stands out.
+    let (cy, cx) = (85.0, 40.0);
+    let planted = run(&model, &faint, &(&drawn + blob(h, w, cy, cx, 4.0, 0.35)));
+    assert_stands_out("blob beside a marker", &planted, &skipping);
+    let map = planted.doubt_map.view([h, w]);
+    let flat_index = map.argmax(None, false).int64_value(&[]);
+    let (py, px) = ((flat_index / w) as f64, (flat_index % w) as f64);
+    assert!((py - cy).hypot(px - cx) <= 4.0, "map peaks at ({py}, {px}), blob at ({cy}, {cx})");
+}
+
+#[test]
+fn a_region_pressed_into_the_floor_of_the_input_is_not_scored() {
+    // The tone curve pressed the left of the input into its floor (within
+    // the quantisation noise of its minimum, not exactly at it): there the
+    // input says only "this dark or darker", so the output's structure there
+    // is not doubted with `extreme-tolerance`; with exact clipping it is.
+    let (_, model) = model();
+    let (h, w) = (128, 112);
+    let (clean, low) = pair(h, w, 13);
+    let floor = low.min().double_value(&[]) - 0.05;
+    let left = Tensor::arange(w, (Kind::Float, Device::Cpu)).view([1, 1, 1, w]).lt(40).to_kind(Kind::Float);
+    let jitter = NoiseSource::new(14).normal(&[1, 1, h, w], Device::Cpu).abs().clamp(0.0, 3.0) * 0.002 + floor;
+    let pressed = &low * (-&left + 1.0) + jitter * &left;
+    // The output is dark there too, with a lobe the input cannot confirm or deny.
+    let dark = blob(h, w, 60.0, 20.0, 6.0, 0.2) - 0.9;
+    let candidate = &clean * (-&left + 1.0) + dark * &left;
+    let exact = HallucinationConfig { extreme_tolerance: 0.0, ..HallucinationConfig::default() };
+    let tolerant = run(&model, &pressed, &candidate);
+    let strict = score(&model, &pressed, &candidate, &model_tiles(), &exact).unwrap();
+    assert!(
+        tolerant.score < UNCALIBRATED_HOLD_THRESHOLD && strict.score > tolerant.score + 0.3,
+        "floored region: {} with the tolerance, {} without: {:?}",
+        tolerant.score,
+        strict.score,
+        strict.raw
+    );
+}
+
+#[test]
 fn the_score_is_bit_for_bit_repeatable() {
     let (_, model) = model();
     let (clean, low) = pair(80, 72, 5);
@@ -303,7 +366,9 @@ fn the_config_is_kebab_case_and_refuses_unknown_keys() {
     assert_eq!(config.medium_structure, HallucinationConfig::default().medium_structure);
     // Keys newer than a bundle's calibration keep the meaning it was calibrated with.
     assert_eq!((config.margin, config.highpass, config.detail_gain), (0.03, 0.0, [1.0, 1.0]));
-    assert_eq!(HallucinationConfig::default().detail_gain, [0.5, 2.0]);
+    assert_eq!((config.extreme_tolerance, config.skip_annotations), (0.0, false));
+    let default = HallucinationConfig::default();
+    assert_eq!((default.detail_gain, default.extreme_tolerance, default.skip_annotations), ([0.5, 2.0], 2.0, true));
     let error = toml::from_str::<HallucinationConfig>("workingsize = 3").unwrap_err().to_string();
     assert!(error.contains("unknown field"), "{error}");
 }
