@@ -147,6 +147,10 @@ impl ModuleT for ResNet18 {
 pub struct Classifier {
     /// What it is.
     pub config: ClassifierConfig,
+    /// sha256 of the weights file it was loaded from (empty for a fresh
+    /// network): `classifier.toml` says how a build was trained, this says
+    /// which build it is (rebuilds on other hosts differ in the last bits).
+    pub weights_sha256: String,
     store: nn::VarStore,
     net: ResNet18,
 }
@@ -156,7 +160,7 @@ impl Classifier {
     pub fn build(config: ClassifierConfig, device: Device) -> anyhow::Result<Self> {
         let store = nn::VarStore::new(device);
         let net = ResNet18::new(&store.root(), &config)?;
-        Ok(Self { config, store, net })
+        Ok(Self { config, weights_sha256: String::new(), store, net })
     }
 
     /// Loads `dir/classifier.toml` and `dir/classifier.safetensors`.
@@ -168,6 +172,8 @@ impl Classifier {
         let config: ClassifierConfig = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
         let mut classifier = Self::build(config, device)?;
         let weights = dir.join(WEIGHTS_FILE);
+        let bytes = std::fs::read(&weights).with_context(|| format!("reading {}", weights.display()))?;
+        classifier.weights_sha256 = cxr_led_models::bundle::sha256_hex(&bytes);
         classifier.store.load(&weights).with_context(|| format!("loading {}", weights.display()))?;
         Ok(classifier)
     }

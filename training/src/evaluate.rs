@@ -247,6 +247,9 @@ pub struct EvaluationReport {
     pub bundle: BundleSummary,
     /// The classifier and how it was trained.
     pub classifier: classifier::ClassifierConfig,
+    /// sha256 of the classifier's weights (absent in reports written before it was recorded).
+    #[serde(default)]
+    pub classifier_sha256: String,
     /// The simulator's ranges.
     pub simulator_ranges: DegradationRanges,
     /// Deviation Index of the simulated test images: min, mean, max.
@@ -600,6 +603,7 @@ pub fn evaluate(args: &EvaluateArgs, command_line: &str) -> anyhow::Result<Evalu
             training_command: bundle.manifest.training.get("command").and_then(|v| v.as_str()).map(String::from),
         },
         classifier: classifier.config.clone(),
+        classifier_sha256: classifier.weights_sha256.clone(),
         simulator_ranges: ranges,
         deviation_index,
         clahe: clahe_params,

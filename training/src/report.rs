@@ -490,8 +490,11 @@ fn markdown(report: &EvaluationReport) -> String {
     let c = &report.classifier;
     let _ = writeln!(
         md,
-        "## Classifier\n\nResNet-18 (one-channel input), width {}, input {} px, classes {:?}.\n",
-        c.width, c.size, c.classes
+        "## Classifier\n\nResNet-18 (one-channel input), width {}, input {} px, classes {:?}; sha256 of its weights `{}`.\n",
+        c.width,
+        c.size,
+        c.classes,
+        if report.classifier_sha256.is_empty() { "not recorded" } else { &report.classifier_sha256 }
     );
     for (key, value) in &c.training {
         let _ = writeln!(md, "- {key}: {value}");

@@ -103,6 +103,15 @@ fn classifier_evaluate_and_export_write_a_complete_report() {
 
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(Path::new(&report).join("report.json")).unwrap()).unwrap();
+    // The report names the classifier build by its weights' hash.
+    let weights = std::fs::read(Path::new(&classifier).join("classifier.safetensors")).unwrap();
+    assert_eq!(
+        json["classifier_sha256"],
+        cxr_led_models::bundle::sha256_hex(&weights),
+        "{}",
+        json["classifier_sha256"]
+    );
+    assert!(markdown.contains(json["classifier_sha256"].as_str().unwrap()), "{markdown}");
     let methods = json["methods"].as_array().unwrap();
     let keys: Vec<&str> = methods.iter().map(|m| m["method"].as_str().unwrap()).collect();
     assert_eq!(keys, ["high-quality", "low-quality", "clahe", "histeq", "nlm", "nlm-stretch", "first-stage", "led"]);
