@@ -171,6 +171,33 @@ fn score_prints_the_library_number_and_the_bench_calibrates_a_bundle() {
         assert_eq!(reported["weight"].as_f64().unwrap(), component.weight, "{name}");
         assert!(same(reported["offset"].as_f64().unwrap(), component.offset), "{name}");
     }
+    // --as-calibrated measures the stored calibration on every image instead of recalibrating.
+    let kept: serde_json::Value = serde_json::from_str(&train(&[
+        "hallucination-bench",
+        "--ranges",
+        &s(&ranges),
+        "--data",
+        &s(&images),
+        "--split",
+        "all",
+        "--count",
+        "3",
+        "--size",
+        "64",
+        "--bundle",
+        &s(&bundle_dir),
+        "--faithful",
+        "ground-truth,denoised",
+        "--examples",
+        "0",
+        "--out",
+        &s(&work.path().join("kept")),
+        "--as-calibrated",
+    ]))
+    .unwrap();
+    assert!(same(kept["hold_threshold"].as_f64().unwrap(), threshold), "{kept}");
+    assert_eq!((kept["images"].as_u64(), kept["planted_count"].as_u64()), (Some(3), Some(5 * 3 * 3)), "{kept}");
+    assert_eq!(Bundle::load(&bundle_dir).unwrap().sha256, calibrated.sha256, "--as-calibrated leaves the bundle alone");
     // The CLI now reads the calibration from the bundle.
     let printed: serde_json::Value = serde_json::from_str(&train(&[
         "score",
