@@ -109,28 +109,31 @@ fn score_prints_the_library_number_and_the_bench_calibrates_a_bundle() {
          blur-sigma = [0.3, 1.5]\nelectronic-noise = [2.0, 8.0]\ncontrast = [0.6, 1.0]\n",
     )
     .unwrap();
-    let stdout = train(&[
-        "hallucination-bench",
-        "--ranges",
-        &s(&ranges),
-        "--data",
-        &s(&images),
-        "--split",
-        "all",
-        "--count",
-        "3",
-        "--size",
-        "64",
-        "--bundle",
-        &s(&bundle_dir),
-        "--faithful",
-        "ground-truth,denoised",
-        "--examples",
-        "2",
-        "--out",
-        &s(&out),
-        "--write-bundle",
-    ]);
+    // The bench on the three phantoms at 64 px, into `out`, with `extra` options.
+    let bench = |out: &Path, extra: &[&str]| {
+        let (ranges, images, bundle, out) = (s(&ranges), s(&images), s(&bundle_dir), s(out));
+        let common = [
+            "hallucination-bench",
+            "--ranges",
+            &ranges,
+            "--data",
+            &images,
+            "--split",
+            "all",
+            "--count",
+            "3",
+            "--size",
+            "64",
+            "--bundle",
+            &bundle,
+            "--faithful",
+            "ground-truth,denoised",
+            "--out",
+            &out,
+        ];
+        train(&[&common[..], extra].concat())
+    };
+    let stdout = bench(&out, &["--examples", "2", "--write-bundle"]);
     let summary: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     let figures: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("figures.json")).unwrap()).unwrap();
@@ -172,29 +175,8 @@ fn score_prints_the_library_number_and_the_bench_calibrates_a_bundle() {
         assert!(same(reported["offset"].as_f64().unwrap(), component.offset), "{name}");
     }
     // --as-calibrated measures the stored calibration on every image instead of recalibrating.
-    let kept: serde_json::Value = serde_json::from_str(&train(&[
-        "hallucination-bench",
-        "--ranges",
-        &s(&ranges),
-        "--data",
-        &s(&images),
-        "--split",
-        "all",
-        "--count",
-        "3",
-        "--size",
-        "64",
-        "--bundle",
-        &s(&bundle_dir),
-        "--faithful",
-        "ground-truth,denoised",
-        "--examples",
-        "0",
-        "--out",
-        &s(&work.path().join("kept")),
-        "--as-calibrated",
-    ]))
-    .unwrap();
+    let kept: serde_json::Value =
+        serde_json::from_str(&bench(&work.path().join("kept"), &["--examples", "0", "--as-calibrated"])).unwrap();
     assert!(same(kept["hold_threshold"].as_f64().unwrap(), threshold), "{kept}");
     assert_eq!((kept["images"].as_u64(), kept["planted_count"].as_u64()), (Some(3), Some(5 * 3 * 3)), "{kept}");
     assert_eq!(Bundle::load(&bundle_dir).unwrap().sha256, calibrated.sha256, "--as-calibrated leaves the bundle alone");
