@@ -39,10 +39,15 @@ pub fn mean_interval(values: &[f64], seed: u64) -> Interval {
         return Interval { mean, low: mean, high: mean };
     }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut means: Vec<f64> =
+    let means: Vec<f64> =
         (0..RESAMPLES).map(|_| (0..n).map(|_| values[rng.gen_range(0..n)]).sum::<f64>() / n as f64).collect();
-    means.sort_by(f64::total_cmp);
-    let at = |q: f64| means[((RESAMPLES - 1) as f64 * q).round() as usize];
+    percentiles(mean, means)
+}
+
+/// `mean` with the 2.5th and 97.5th percentiles of the bootstrap `draws` (not empty).
+fn percentiles(mean: f64, mut draws: Vec<f64>) -> Interval {
+    draws.sort_by(f64::total_cmp);
+    let at = |q: f64| draws[((draws.len() - 1) as f64 * q).round() as usize];
     Interval { mean, low: at(0.025), high: at(0.975) }
 }
 
@@ -66,16 +71,14 @@ pub fn image_interval(images: usize, statistic: impl Fn(&[usize]) -> f64, seed: 
         return Interval { mean, low: mean, high: mean };
     }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut draws: Vec<f64> = (0..RESAMPLES)
+    let draws: Vec<f64> = (0..RESAMPLES)
         .map(|_| statistic(&(0..images).map(|_| rng.gen_range(0..images)).collect::<Vec<_>>()))
         .filter(|v| v.is_finite())
         .collect();
     if draws.is_empty() {
         return Interval { mean, low: f64::NAN, high: f64::NAN };
     }
-    draws.sort_by(f64::total_cmp);
-    let at = |q: f64| draws[((draws.len() - 1) as f64 * q).round() as usize];
-    Interval { mean, low: at(0.025), high: at(0.975) }
+    percentiles(mean, draws)
 }
 
 #[cfg(test)]
