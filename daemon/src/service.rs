@@ -192,8 +192,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     if config.ingest.allowed_calling_ae_titles.is_empty() {
         tracing::warn!("allowed-calling-ae-titles is empty: any calling AE title may store");
     }
-    let workers_spool = Arc::new(Spool::open(&config.ingest.spool_dir)?);
-    let shared = Arc::new(Shared::new(config.ingest.clone(), spool, db.clone(), metrics.clone()));
+    let spool = Arc::new(spool);
+    let shared = Arc::new(Shared::new(config.ingest.clone(), spool.clone(), db.clone(), metrics.clone()));
     let live_ingest = shared.live.clone();
     let (shutdown, stop) = oneshot::channel::<()>();
     let server = tokio::spawn(ingest::serve(
@@ -233,13 +233,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let (stop_workers, stop) = tokio::sync::watch::channel(false);
     let (abandon_jobs, abandon) = tokio::sync::watch::channel(false);
     let live_workers = enhancer.map(|enhancer| {
-        Arc::new(Live::new(worker::WorkerContext::new(
-            &config,
-            db.clone(),
-            workers_spool,
-            Arc::new(enhancer),
-            metrics.clone(),
-        )))
+        Arc::new(Live::new(worker::WorkerContext::new(&config, db.clone(), spool, Arc::new(enhancer), metrics.clone())))
     });
     let workers = match &live_workers {
         Some(context) => {

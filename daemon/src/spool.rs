@@ -6,16 +6,14 @@
 //! `<sha256 of its SOP Instance UID>.dcm`, a Part 10 file (preamble, file meta
 //! group written by us, then the data set bytes exactly as received).
 
+use std::io::{IoSlice, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
 
 /// Sub-folder of the spool that holds files being received.
 pub const TMP_DIR: &str = "tmp";
-/// Write buffer of a file being received.
-const WRITE_BUFFER: usize = 1 << 20;
 /// Suffix of a spooled instance.
 pub const SUFFIX: &str = ".dcm";
 
@@ -27,21 +25,42 @@ pub struct Spool {
     counter: AtomicU64,
 }
 
-/// A file being received into `tmp/`; [`Spool::commit`] moves it into the spool.
+/// A file being received into `tmp/`; [`Spool::commit`] moves it into the
+/// spool. Blocking I/O: it is written from the thread that receives its data
+/// set (`ingest::receive`), never from an async task.
 #[derive(Debug)]
 pub struct TempFile {
     path: PathBuf,
-    /// Buffered: PDUs arrive in pieces of at most max-pdu-length bytes, and
-    /// each write to a tokio file is a hop to the blocking pool.
-    file: tokio::io::BufWriter<tokio::fs::File>,
+    file: std::fs::File,
     written: u64,
+    synced: bool,
 }
 
 impl TempFile {
     /// Appends bytes.
-    pub async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.file.write_all(bytes).await?;
-        self.written += bytes.len() as u64;
+    pub fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.write_pieces(&[bytes])
+    }
+
+    /// Appends the pieces in order, in as few system calls as the kernel
+    /// allows (the PDUs of a data set arrive as separate buffers; gathering
+    /// them would copy every byte once more).
+    pub fn write_pieces<B: AsRef<[u8]>>(&mut self, pieces: &[B]) -> std::io::Result<()> {
+        let mut slices: Vec<IoSlice> = pieces.iter().map(|piece| IoSlice::new(piece.as_ref())).collect();
+        let mut left = &mut slices[..];
+        IoSlice::advance_slices(&mut left, 0);
+        while !left.is_empty() {
+            match self.file.write_vectored(left) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.written += n as u64;
+                    IoSlice::advance_slices(&mut left, n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.synced = false;
         Ok(())
     }
 
@@ -60,21 +79,17 @@ impl TempFile {
         &self.path
     }
 
-    /// Flushes buffered writes to the file (no fsync).
-    pub async fn flush(&mut self) -> std::io::Result<()> {
-        self.file.flush().await
-    }
-
-    /// Flushes and fsyncs the file's data and metadata.
-    pub async fn sync(&mut self) -> std::io::Result<()> {
-        self.file.flush().await?;
-        self.file.get_ref().sync_all().await
+    /// Fsyncs the file's data and metadata.
+    pub fn sync(&mut self) -> std::io::Result<()> {
+        self.file.sync_all()?;
+        self.synced = true;
+        Ok(())
     }
 
     /// Deletes the file (best effort: a leftover is removed at the next start).
-    pub async fn discard(self) {
+    pub fn discard(self) {
         drop(self.file);
-        if let Err(e) = tokio::fs::remove_file(&self.path).await {
+        if let Err(e) = std::fs::remove_file(&self.path) {
             tracing::warn!(path = %self.path.display(), error = %e, "could not remove temporary file");
         }
     }
@@ -104,31 +119,40 @@ impl Spool {
         self.dir.join(file_name)
     }
 
-    /// Creates a new, empty temporary file.
-    pub async fn create_temp(&self) -> std::io::Result<TempFile> {
+    /// Creates a new, empty temporary file (blocking).
+    pub fn create_temp(&self) -> std::io::Result<TempFile> {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
         let path = self.tmp.join(format!("{}-{nanos}-{n}.part", std::process::id()));
-        let file = tokio::fs::OpenOptions::new().write(true).create_new(true).open(&path).await?;
-        Ok(TempFile { path, file: tokio::io::BufWriter::with_capacity(WRITE_BUFFER, file), written: 0 })
+        let file = std::fs::OpenOptions::new().write(true).create_new(true).open(&path)?;
+        Ok(TempFile { path, file, written: 0, synced: false })
     }
 
-    /// Fsyncs a temporary file, renames it to `file_name` in the spool and
-    /// fsyncs the spool folder. An existing file of that name is replaced.
-    pub async fn commit(&self, mut temp: TempFile, file_name: &str) -> std::io::Result<PathBuf> {
-        if let Err(e) = temp.sync().await {
-            temp.discard().await;
-            return Err(e);
-        }
-        let TempFile { path, file, .. } = temp;
-        drop(file);
+    /// Fsyncs a temporary file (unless it was already), renames it to
+    /// `file_name` in the spool and fsyncs the spool folder, on one blocking
+    /// thread. An existing file of that name is replaced.
+    pub async fn commit(&self, temp: TempFile, file_name: &str) -> std::io::Result<PathBuf> {
         let target = self.dir.join(file_name);
-        if let Err(e) = tokio::fs::rename(&path, &target).await {
-            let _ = tokio::fs::remove_file(&path).await;
-            return Err(e);
-        }
-        self.sync_dir().await?;
-        Ok(target)
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut temp = temp;
+            if !temp.synced {
+                if let Err(e) = temp.sync() {
+                    temp.discard();
+                    return Err(e);
+                }
+            }
+            let TempFile { path, file, .. } = temp;
+            drop(file);
+            if let Err(e) = std::fs::rename(&path, &target) {
+                let _ = std::fs::remove_file(&path);
+                return Err(e);
+            }
+            std::fs::File::open(dir)?.sync_all()?;
+            Ok(target)
+        })
+        .await
+        .map_err(std::io::Error::other)?
     }
 
     /// Removes a spooled file (after a failed database insert) and fsyncs the folder.
@@ -191,13 +215,15 @@ mod tests {
     async fn commit_moves_and_clean_temp_removes_leftovers() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path()).unwrap();
-        let mut t = spool.create_temp().await.unwrap();
-        t.write(b"hello").await.unwrap();
+        let mut t = spool.create_temp().unwrap();
+        t.write(b"hel").unwrap();
+        t.write_pieces(&[b"l".to_vec(), Vec::new(), b"o".to_vec()]).unwrap();
+        assert_eq!(t.len(), 5);
         let name = Spool::file_name("1.2.3");
         let path = spool.commit(t, &name).await.unwrap();
         assert_eq!(std::fs::read(path).unwrap(), b"hello");
-        let mut leftover = spool.create_temp().await.unwrap();
-        leftover.write(b"partial").await.unwrap();
+        let mut leftover = spool.create_temp().unwrap();
+        leftover.write(b"partial").unwrap();
         drop(leftover);
         assert_eq!(spool.clean_temp().unwrap(), 1);
         assert_eq!(spool.list().unwrap(), vec![name.clone()]);

@@ -383,8 +383,9 @@ async fn on_pdata<S: AsyncRead + AsyncWrite + Unpin + Send>(
             if store.presentation_context_id != value.presentation_context_id {
                 return Err("data set on another presentation context than its command".into());
             }
-            store.append(&value.data).await;
-            if value.is_last {
+            let is_last = value.is_last;
+            store.append(value.data).await;
+            if is_last {
                 let store = pending.take().expect("checked above");
                 let pc_id = store.presentation_context_id;
                 let command = store.command.clone();

@@ -1,22 +1,22 @@
 //! The received data set, checked before it is made durable.
 //!
-//! First its structure, without reading a single value: every length an
-//! element or item declares must fit in what actually follows it in the
-//! spooled file (for a deflated data set: in what decompresses, at most
-//! `max-instance-size-mib`). A parser that believed a declared length would
-//! allocate it first, so a 4 KiB message declaring 4 GiB would cost 4 GiB.
-//! Only then its identity, read up to the pixel data (every value it reads
-//! is now known to fit in the file), against the C-STORE request.
+//! First its structure, without keeping a single value: every element and
+//! item header is walked as the bytes arrive (`receive` feeds them in while
+//! it writes them to the temporary file), each value skipped, and every
+//! declared length must be matched by bytes that actually follow (for a
+//! deflated data set: by what decompresses, at most `max-instance-size-mib`).
+//! A parser that believed a declared length would allocate it first, so a
+//! 4 KiB message declaring 4 GiB would cost 4 GiB. Only then its identity,
+//! read from the written file up to the pixel data (every value it reads is
+//! now known to be there), against the C-STORE request.
 
 use std::cell::Cell;
-use std::fs::File;
-use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::io::Read;
 use std::path::Path;
 use std::rc::Rc;
 
 use dicom_dictionary_std::tags;
 use dicom_encoding::transfer_syntax::{Codec, TransferSyntaxIndex};
-use dicom_object::meta::FileMetaTable;
 use dicom_object::OpenFileOptions;
 use dicom_parser::dataset::lazy_read::LazyDataSetReader;
 use dicom_parser::dataset::LazyDataToken;
@@ -38,54 +38,35 @@ pub struct Identity {
     pub series_instance_uid: Option<String>,
 }
 
-/// Checks the spooled file (preamble, our file meta group, the received data
-/// set) and returns its identity, or the failure status with its reason.
-pub fn check(path: &Path, command: &Command, max_data_set_bytes: u64) -> Result<Identity, (u16, String)> {
-    check_structure(path, max_data_set_bytes)?;
-    identity(path, command)
-}
-
-/// Walks every element and item header of the data set, skipping values
-/// unread, and refuses the first declared length that does not fit.
-pub fn check_structure(path: &Path, max_data_set_bytes: u64) -> Result<(), (u16, String)> {
+/// Walks every element and item header of the data set read from `source`
+/// (the bytes after the file meta group, in `transfer_syntax`), skipping
+/// values unkept, to the end of `source`, and refuses the first declared
+/// length that the bytes after it do not cover. `source` ends where the data
+/// set does; `max_data_set_bytes` bounds what it may hold (for a deflated
+/// data set, what it may decompress to).
+pub fn check_structure(source: impl Read, transfer_syntax: &str, max_data_set_bytes: u64) -> Result<(), (u16, String)> {
     let cannot = |why: String| (status::CANNOT_UNDERSTAND, why);
-    let io = |e: std::io::Error| (status::OUT_OF_RESOURCES, format!("cannot read the spooled data set: {e}"));
-    let mut file = File::open(path).map_err(io)?;
-    let file_len = file.metadata().map_err(io)?.len();
-    file.seek(SeekFrom::Start(128)).map_err(io)?;
-    let mut file = BufReader::new(file);
-    // The meta group is ours (written from the request), never the peer's.
-    let meta = FileMetaTable::from_reader(&mut file).map_err(|e| cannot(format!("file meta group: {e}")))?;
-    let data_set_start = file.stream_position().map_err(io)?;
-    let ts_uid = meta.transfer_syntax();
     let ts = TransferSyntaxRegistry
-        .get(ts_uid)
-        .ok_or_else(|| cannot(format!("transfer syntax {ts_uid} is not supported")))?;
+        .get(transfer_syntax)
+        .ok_or_else(|| cannot(format!("transfer syntax {transfer_syntax} is not supported")))?;
     let counter = Rc::new(Counter::default());
-    let (source, limit, deflated): (Box<dyn Read>, u64, bool) = match ts.codec() {
-        Codec::Dataset(Some(adapter)) => (adapter.adapt_reader(Box::new(file)), max_data_set_bytes, true),
-        _ => (Box::new(file), file_len - data_set_start, false),
+    let limit = max_data_set_bytes;
+    let (source, deflated): (Box<dyn Read + '_>, bool) = match ts.codec() {
+        Codec::Dataset(Some(adapter)) => (adapter.adapt_reader(Box::new(source)), true),
+        _ => (Box::new(source), false),
     };
-    if limit > max_data_set_bytes {
-        return Err((
-            status::OUT_OF_RESOURCES,
-            format!("data set of {limit} bytes exceeds max-instance-size-mib ({max_data_set_bytes} bytes)"),
-        ));
-    }
     let source = Counted { inner: source, counter: counter.clone(), limit };
     // A read refused at the limit fails the parse; it is answered as too large.
     let failed = |what: String| {
         if counter.exceeded.get() {
-            (
-                status::OUT_OF_RESOURCES,
-                format!("the data set decompresses to more than max-instance-size-mib ({limit} bytes)"),
-            )
+            let grows = if deflated { "decompresses to" } else { "holds" };
+            (status::OUT_OF_RESOURCES, format!("the data set {grows} more than max-instance-size-mib ({limit} bytes)"))
         } else {
             cannot(what)
         }
     };
-    let decoder =
-        StatefulDecoder::new_with_ts(source, ts, 0).map_err(|e| cannot(format!("transfer syntax {ts_uid}: {e}")))?;
+    let decoder = StatefulDecoder::new_with_ts(source, ts, 0)
+        .map_err(|e| cannot(format!("transfer syntax {transfer_syntax}: {e}")))?;
     let mut tokens = LazyDataSetReader::new(decoder);
     while let Some(token) = tokens.advance() {
         let token = token.map_err(|e| failed(format!("cannot parse data set: {e}")))?;
@@ -101,8 +82,7 @@ pub fn check_structure(path: &Path, max_data_set_bytes: u64) -> Result<(), (u16,
         let Some(declared) = declared else {
             return Err(cannot(format!("{what} has an undefined length where a value is expected")));
         };
-        let remaining = limit.saturating_sub(position);
-        if deflated && u64::from(declared) > remaining {
+        if deflated && u64::from(declared) > limit.saturating_sub(position) {
             return Err((
                 status::OUT_OF_RESOURCES,
                 format!(
@@ -111,25 +91,23 @@ pub fn check_structure(path: &Path, max_data_set_bytes: u64) -> Result<(), (u16,
                 ),
             ));
         }
-        if u64::from(declared) > remaining {
-            return Err(cannot(format!(
-                "{what} declares {declared} bytes at offset {position}, but only {remaining} follow: \
-                 the data set is truncated or its length is false"
-            )));
-        }
+        // Skipping reads the value in small pieces and keeps none of it, so
+        // a false length costs the bytes that really follow, never more.
         token.skip().map_err(|e| failed(format!("cannot read {what}: {e}")))?;
-        // A deflated stream may end before what the lengths promised.
-        if counter.consumed.get() < position + u64::from(declared) {
+        let followed = counter.consumed.get().saturating_sub(position);
+        if followed < u64::from(declared) {
             return Err(cannot(format!(
-                "{what} declares {declared} bytes at offset {position}, but the data set ends first"
+                "{what} declares {declared} bytes at offset {position}, but only {followed} follow: \
+                 the data set is truncated or its length is false"
             )));
         }
     }
     Ok(())
 }
 
-/// Reads the data set up to the pixel data and compares it with the request.
-fn identity(path: &Path, command: &Command) -> Result<Identity, (u16, String)> {
+/// Reads the written file's data set up to the pixel data and compares it
+/// with the request; call it only on a data set whose structure was checked.
+pub fn identity(path: &Path, command: &Command) -> Result<Identity, (u16, String)> {
     let obj = OpenFileOptions::new()
         .read_until(tags::PIXEL_DATA)
         .open_file(path)
@@ -175,13 +153,13 @@ struct Counter {
 
 /// Counts the bytes read, and refuses to read past `limit` (a deflated data
 /// set that decompresses to more than the maximum).
-struct Counted {
-    inner: Box<dyn Read>,
+struct Counted<'a> {
+    inner: Box<dyn Read + 'a>,
     counter: Rc<Counter>,
     limit: u64,
 }
 
-impl Read for Counted {
+impl Read for Counted<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let left = self.limit - self.counter.consumed.get();
         // One byte more than allowed tells "over the limit" from "at the end".
@@ -199,32 +177,22 @@ impl Read for Counted {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dicom_object::{open_file, FileMetaTableBuilder};
+    use dicom_object::meta::FileMetaTable;
+    use dicom_object::open_file;
     use dicom_transfer_syntax_registry::entries;
 
-    const CR: &str = "1.2.840.10008.5.1.4.1.1.1";
     const MIB: u64 = 1 << 20;
 
     fn fixture(name: &str) -> std::path::PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
     }
 
-    /// A spooled file as the ingest writes it: preamble, meta group, `data_set`.
-    fn spooled(dir: &Path, transfer_syntax: &str, data_set: &[u8]) -> std::path::PathBuf {
-        let meta = FileMetaTableBuilder::new()
-            .media_storage_sop_class_uid(CR)
-            .media_storage_sop_instance_uid("1.2.3")
-            .transfer_syntax(transfer_syntax)
-            .implementation_class_uid("1.2.3.4")
-            .build()
-            .unwrap();
-        let mut bytes = vec![0u8; 128];
-        bytes.extend_from_slice(b"DICM");
-        meta.write(&mut bytes).unwrap();
-        bytes.extend_from_slice(data_set);
-        let path = dir.join("spooled.dcm");
-        std::fs::write(&path, bytes).unwrap();
-        path
+    /// A Part 10 file's transfer syntax and data set bytes, as an association delivers them.
+    fn data_set_of(path: &Path) -> (String, Vec<u8>) {
+        let bytes = std::fs::read(path).unwrap();
+        let mut rest = &bytes[128..];
+        let meta = FileMetaTable::from_reader(&mut rest).unwrap();
+        (meta.transfer_syntax().to_string(), rest.to_vec())
     }
 
     fn request(obj: &dicom_object::DefaultDicomObject) -> Command {
@@ -249,17 +217,18 @@ mod tests {
     #[test]
     fn real_images_pass_in_every_encoding() {
         for name in ["CR1_6154.dcm", "dx_image.dcm", "RG1_J2KI.dcm", "RG1_JLSN.dcm"] {
+            let (ts, data_set) = data_set_of(&fixture(name));
+            check_structure(&data_set[..], &ts, 512 * MIB).unwrap_or_else(|e| panic!("{name}: {e:?}"));
             let obj = open_file(fixture(name)).unwrap();
-            let identity = check(&fixture(name), &request(&obj), 512 * MIB).unwrap_or_else(|e| panic!("{name}: {e:?}"));
+            let identity = identity(&fixture(name), &request(&obj)).unwrap_or_else(|e| panic!("{name}: {e:?}"));
             assert!(!identity.study_instance_uid.is_empty(), "{name}");
         }
     }
 
     #[test]
-    fn a_length_beyond_the_file_is_refused_without_reading_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = spooled(dir.path(), entries::EXPLICIT_VR_LITTLE_ENDIAN.uid(), &lying_ob(0xFFFF_FFF0, 4096));
-        let (code, why) = check_structure(&path, 512 * MIB).unwrap_err();
+    fn a_length_beyond_the_data_set_is_refused_without_keeping_it() {
+        let explicit = entries::EXPLICIT_VR_LITTLE_ENDIAN.uid();
+        let (code, why) = check_structure(&lying_ob(0xFFFF_FFF0, 4096)[..], explicit, 512 * MIB).unwrap_err();
         assert_eq!(code, status::CANNOT_UNDERSTAND);
         assert!(
             why.contains("element (0009,1010) declares 4294967280 bytes") && why.contains("only 4096 follow"),
@@ -270,20 +239,19 @@ mod tests {
         let mut implicit = vec![0x09, 0x00, 0x10, 0x10];
         implicit.extend_from_slice(&0xFFFF_FFF0u32.to_le_bytes());
         implicit.extend(std::iter::repeat_n(0u8, 4096));
-        let path = spooled(dir.path(), entries::IMPLICIT_VR_LITTLE_ENDIAN.uid(), &implicit);
-        assert_eq!(check_structure(&path, 512 * MIB).unwrap_err().0, status::CANNOT_UNDERSTAND);
+        let refused = check_structure(&implicit[..], entries::IMPLICIT_VR_LITTLE_ENDIAN.uid(), 512 * MIB);
+        assert_eq!(refused.unwrap_err().0, status::CANNOT_UNDERSTAND);
     }
 
     #[test]
     fn a_truncated_image_and_a_lying_fragment_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
         // The uncompressed CR minus the last 100 bytes of its pixel data.
         let obj = open_file(fixture("CR1_6154.dcm")).unwrap();
         let mut data_set = Vec::new();
         obj.write_dataset_with_ts(&mut data_set, &entries::EXPLICIT_VR_LITTLE_ENDIAN.erased()).unwrap();
         data_set.truncate(data_set.len() - 100);
-        let path = spooled(dir.path(), entries::EXPLICIT_VR_LITTLE_ENDIAN.uid(), &data_set);
-        let (code, why) = check_structure(&path, 512 * MIB).unwrap_err();
+        let (code, why) =
+            check_structure(&data_set[..], entries::EXPLICIT_VR_LITTLE_ENDIAN.uid(), 512 * MIB).unwrap_err();
         assert_eq!(code, status::CANNOT_UNDERSTAND);
         assert!(why.contains("element (7FE0,0010)"), "{why}");
 
@@ -293,15 +261,13 @@ mod tests {
         encapsulated.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0]);
         encapsulated.extend_from_slice(&(1u32 << 30).to_le_bytes());
         encapsulated.extend(std::iter::repeat_n(0u8, 64));
-        let path = spooled(dir.path(), entries::JPEG_BASELINE.uid(), &encapsulated);
-        let (code, why) = check_structure(&path, 512 * MIB).unwrap_err();
+        let (code, why) = check_structure(&encapsulated[..], entries::JPEG_BASELINE.uid(), 512 * MIB).unwrap_err();
         assert_eq!(code, status::CANNOT_UNDERSTAND);
         assert!(why.contains("a pixel data fragment declares 1073741824 bytes"), "{why}");
     }
 
     #[test]
     fn a_deflated_data_set_is_held_to_the_maximum_after_decompression() {
-        let dir = tempfile::tempdir().unwrap();
         // 4 MiB of zeros deflate to a few KiB: a small message, a large data set.
         let mut obj = open_file(fixture("CR1_6154.dcm")).unwrap().into_inner();
         obj.put(dicom_core::DataElement::new(
@@ -312,23 +278,20 @@ mod tests {
         let mut deflated = Vec::new();
         obj.write_dataset_with_ts(&mut deflated, &entries::DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN.erased()).unwrap();
         assert!(deflated.len() < 64 * 1024, "{} bytes", deflated.len());
-        let path = spooled(dir.path(), entries::DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN.uid(), &deflated);
-        check_structure(&path, 8 * MIB).unwrap();
-        let (code, why) = check_structure(&path, MIB).unwrap_err();
+        let ts = entries::DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN.uid();
+        check_structure(&deflated[..], ts, 8 * MIB).unwrap();
+        let (code, why) = check_structure(&deflated[..], ts, MIB).unwrap_err();
         assert_eq!(code, status::OUT_OF_RESOURCES, "{why}");
         assert!(why.contains("decompress to more than max-instance-size-mib"), "{why}");
 
         // Cut short, the deflated stream ends before its lengths.
-        let path =
-            spooled(dir.path(), entries::DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN.uid(), &deflated[..deflated.len() / 2]);
-        assert!(check_structure(&path, 8 * MIB).is_err());
+        assert!(check_structure(&deflated[..deflated.len() / 2], ts, 8 * MIB).is_err());
     }
 
     #[test]
     fn an_uncompressed_data_set_over_the_maximum_is_too_large() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = spooled(dir.path(), entries::EXPLICIT_VR_LITTLE_ENDIAN.uid(), &lying_ob(4096, 4096));
-        assert!(check_structure(&path, MIB).is_ok());
-        assert_eq!(check_structure(&path, 1024).unwrap_err().0, status::OUT_OF_RESOURCES);
+        let explicit = entries::EXPLICIT_VR_LITTLE_ENDIAN.uid();
+        assert!(check_structure(&lying_ob(4096, 4096)[..], explicit, MIB).is_ok());
+        assert_eq!(check_structure(&lying_ob(4096, 4096)[..], explicit, 1024).unwrap_err().0, status::OUT_OF_RESOURCES);
     }
 }

@@ -6,15 +6,18 @@
 //!   local-limit-exceeded).
 //! - [`association`] negotiates (AE title and peer allow-lists, presentation
 //!   contexts) and runs the DIMSE loop with read and idle timeouts.
-//! - [`store`] turns one received data set into a spooled file and a database
-//!   row, then picks the C-STORE status.
-//! - [`check`] walks the spooled data set's structure without believing a
-//!   declared length, then reads its identity.
+//! - [`receive`] writes a data set to a temporary file as its PDUs arrive,
+//!   checking its structure in the same pass.
+//! - [`store`] turns the received data set into a spooled file and a
+//!   database row, then picks the C-STORE status.
+//! - [`check`] walks a data set's structure without believing a declared
+//!   length, and reads its identity.
 //! - [`dimse`] reads and writes command sets.
 
 pub mod association;
 pub mod check;
 pub mod dimse;
+pub mod receive;
 pub mod store;
 
 pub use association::Transport;
@@ -77,8 +80,8 @@ pub struct Shared {
     /// `[ingest]` as last reloaded: every association reads the allow-lists
     /// from it (hot reload).
     pub live: Arc<Live<IngestConfig>>,
-    /// The spool folder.
-    pub spool: Spool,
+    /// The spool folder (its receiving threads hold it too).
+    pub spool: Arc<Spool>,
     /// The database.
     pub db: PgPool,
     /// SOP Instance UIDs being stored right now: a second copy waits for the
@@ -90,7 +93,7 @@ pub struct Shared {
 
 impl Shared {
     /// Bundles the parts.
-    pub fn new(config: IngestConfig, spool: Spool, db: PgPool, metrics: Arc<Metrics>) -> Shared {
+    pub fn new(config: IngestConfig, spool: Arc<Spool>, db: PgPool, metrics: Arc<Metrics>) -> Shared {
         let live = Arc::new(Live::new(config.clone()));
         Shared { config, live, spool, db, in_flight: Mutex::new(HashSet::new()), metrics }
     }

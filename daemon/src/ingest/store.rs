@@ -1,6 +1,9 @@
-//! One C-STORE: stream the data set to a temporary file, check it, fsync,
-//! rename into the spool, fsync the folder, commit the instance row, its
-//! study's upsert and its audit event in one call, and only then answer Success.
+//! One C-STORE: the data set is written to a temporary file and its
+//! structure checked as it arrives (`receive`), its identity read and the
+//! file fsynced while the database is asked whether the instance is known;
+//! then the file is renamed into the spool, the folder fsynced, the instance
+//! row, its study's upsert and its audit event committed in one call, and
+//! only then is Success answered.
 //!
 //! Every failure answers a failure status and leaves neither a file nor a row:
 //! the temporary file is removed, a spooled file whose transaction did not
@@ -14,9 +17,10 @@ use dicom_object::FileMetaTableBuilder;
 
 use super::check::Identity;
 use super::dimse::{status, Command};
+use super::receive::{Incoming, Received};
 use super::Shared;
 use crate::audit;
-use crate::spool::{Spool, TempFile};
+use crate::spool::Spool;
 
 /// Our Implementation Class UID (file meta group of spooled files).
 pub const IMPLEMENTATION_CLASS_UID: &str = "2.25.160934586124567883390151283911830312769";
@@ -42,7 +46,7 @@ pub struct Pending {
     /// The request.
     pub command: Command,
     transfer_syntax: String,
-    temp: Option<TempFile>,
+    incoming: Option<Incoming>,
     /// The failure status decided so far; the rest of the data set is still read and dropped.
     failure: Option<(u16, String)>,
     received: u64,
@@ -83,7 +87,7 @@ impl Pending {
             presentation_context_id,
             command,
             transfer_syntax: transfer_syntax.to_string(),
-            temp: None,
+            incoming: None,
             failure: refusal,
             received: 0,
             max_bytes: shared.live.get().max_instance_bytes(),
@@ -99,22 +103,19 @@ impl Pending {
                 return pending;
             }
         };
-        match shared.spool.create_temp().await {
-            Ok(mut temp) => match temp.write(&meta).await {
-                Ok(()) => pending.temp = Some(temp),
-                Err(e) => {
-                    temp.discard().await;
-                    pending.failure = Some((status::OUT_OF_RESOURCES, format!("spool write failed: {e}")));
-                }
-            },
-            Err(e) => pending.failure = Some((status::OUT_OF_RESOURCES, format!("spool file creation failed: {e}"))),
-        }
+        pending.incoming = Some(Incoming::start(
+            shared.spool.clone(),
+            meta,
+            pending.transfer_syntax.clone(),
+            pending.command.clone(),
+            pending.max_bytes,
+        ));
         pending
     }
 
     /// Appends a fragment of the data set (dropped once a failure is decided,
     /// or once the data set has grown past `max-instance-size-mib`).
-    pub async fn append(&mut self, bytes: &[u8]) {
+    pub async fn append(&mut self, bytes: Vec<u8>) {
         self.received += bytes.len() as u64;
         if self.received > self.max_bytes && self.failure.is_none() {
             self.failure = Some((
@@ -124,25 +125,20 @@ impl Pending {
                     self.max_bytes
                 ),
             ));
-            if let Some(temp) = self.temp.take() {
-                temp.discard().await;
+            if let Some(incoming) = self.incoming.take() {
+                incoming.abandon().await;
             }
         }
-        if let Some(temp) = self.temp.as_mut() {
-            if let Err(e) = temp.write(bytes).await {
-                self.failure = Some((status::OUT_OF_RESOURCES, format!("spool write failed: {e}")));
-                if let Some(temp) = self.temp.take() {
-                    temp.discard().await;
-                }
-            }
+        if let Some(incoming) = self.incoming.as_mut() {
+            incoming.push(bytes).await;
         }
     }
 
     /// The association ended before the data set was complete: remove the
     /// temporary file and record the failure.
     pub async fn abandon(mut self, shared: &Arc<Shared>, peer: &Peer, why: &str) {
-        if let Some(temp) = self.temp.take() {
-            temp.discard().await;
+        if let Some(incoming) = self.incoming.take() {
+            incoming.abandon().await;
         }
         shared.metrics.instances_received.abandoned.inc();
         let detail = format!("association ended mid-transfer ({why}) after {} bytes; nothing stored", self.received);
@@ -150,19 +146,19 @@ impl Pending {
         record_instance(shared, peer, &self.command.affected_sop_instance_uid, None, "failure", &detail).await;
     }
 
-    /// The data set is complete: check it, make it durable, register it and
-    /// return the status to answer (with an Error Comment for failures).
+    /// The data set is complete: finish its check, make it durable, register
+    /// it and return the status to answer (with an Error Comment for failures).
     pub async fn finish(mut self, shared: &Arc<Shared>, peer: &Peer) -> (u16, Option<String>) {
         let uid = self.command.affected_sop_instance_uid.clone();
-        let outcome = match (self.failure.take(), self.temp.take()) {
-            (Some(failure), temp) => {
-                if let Some(temp) = temp {
-                    temp.discard().await;
+        let outcome = match (self.failure.take(), self.incoming.take()) {
+            (Some(failure), incoming) => {
+                if let Some(incoming) = incoming {
+                    incoming.abandon().await;
                 }
                 Err(failure)
             }
             (None, None) => Err((status::OUT_OF_RESOURCES, "no spool file".to_string())),
-            (None, Some(temp)) => self.store(shared, peer, temp).await,
+            (None, Some(incoming)) => self.store(shared, peer, incoming).await,
         };
         let received = &shared.metrics.instances_received;
         shared.metrics.stage_seconds.receive.observe_duration(self.started.elapsed());
@@ -190,32 +186,20 @@ impl Pending {
         &self,
         shared: &Arc<Shared>,
         peer: &Peer,
-        mut temp: TempFile,
+        incoming: Incoming,
     ) -> Result<Option<String>, (u16, String)> {
         let started = std::time::Instant::now();
-        if let Err(e) = temp.flush().await {
-            temp.discard().await;
-            return Err((status::OUT_OF_RESOURCES, format!("spool write failed: {e}")));
-        }
-        // The check walks the file on a blocking thread; the duplicate lookup
-        // goes to the database meanwhile, under the request's UID, which the
-        // check requires the data set to carry.
+        // The receiving thread reads the identity and fsyncs the file; the
+        // duplicate lookup goes to the database meanwhile, under the
+        // request's UID, which the check requires the data set to carry.
         let _guard = InFlight::acquire(shared, &self.command.affected_sop_instance_uid).await;
-        let (structure, lookup) = tokio::join!(
-            check(temp.path().to_path_buf(), self.command.clone(), self.max_bytes),
-            is_known(&shared.db, &self.command.affected_sop_instance_uid),
-        );
-        let identity = match structure {
-            Ok(identity) => identity,
-            Err(failure) => {
-                temp.discard().await;
-                return Err(failure);
-            }
-        };
-        let checked = started.elapsed();
+        let (received, lookup) =
+            tokio::join!(incoming.finish(), is_known(&shared.db, &self.command.affected_sop_instance_uid));
+        let Received { file: temp, identity } = received?;
+        let sealed = started.elapsed();
         match lookup {
             Ok(true) => {
-                temp.discard().await;
+                discard(temp).await;
                 // A resend is the sender still at work: its study is not quiet yet.
                 if let Err(e) = refresh_activity(&shared.db, &identity.study_instance_uid).await {
                     tracing::warn!(error = %e, "could not refresh the study's last activity for a duplicate");
@@ -234,7 +218,7 @@ impl Pending {
             }
             Ok(false) => {}
             Err(e) => {
-                temp.discard().await;
+                discard(temp).await;
                 return Err((status::OUT_OF_RESOURCES, format!("database unavailable: {e}")));
             }
         }
@@ -250,7 +234,7 @@ impl Pending {
             study_instance_uid = %identity.study_instance_uid,
             sop_instance_uid = %identity.sop_instance_uid,
             bytes = size,
-            ?checked,
+            ?sealed,
             ?spooled,
             total = ?started.elapsed(),
             "instance stored (cumulative timings)"
@@ -337,11 +321,9 @@ fn commit_outcome_unknown(error: &sqlx::Error) -> bool {
     )
 }
 
-/// Checks the spooled file off the async threads (it reads the whole file).
-async fn check(path: std::path::PathBuf, command: Command, max_bytes: u64) -> Result<Identity, (u16, String)> {
-    tokio::task::spawn_blocking(move || super::check::check(&path, &command, max_bytes))
-        .await
-        .map_err(|e| (status::OUT_OF_RESOURCES, format!("checker task failed: {e}")))?
+/// Removes a received file that will not be spooled, off the async threads.
+async fn discard(temp: crate::spool::TempFile) {
+    let _ = tokio::task::spawn_blocking(move || temp.discard()).await;
 }
 
 async fn is_known(db: &sqlx::PgPool, sop_instance_uid: &str) -> Result<bool, sqlx::Error> {
