@@ -5,7 +5,12 @@ by cxr-led (fsync + PostgreSQL), dcmtk storescp and Orthanc, on the same
 files, and each receiver's peak RSS (VmHWM from /proc; storescp forks a child
 per association, so it has none to show), and the CPU time each receiver
 spent per instance while the senders ran (from /proc: the process and its
-children, PostgreSQL's not included). Prints a table with ratios and writes
+children, PostgreSQL's not included). Beside them, two yardsticks for the
+disk: storescp's rate had it made its files durable by the end of the run
+(one `sync` after the senders finish), and an fsync loop doing cxr-led's
+durability steps alone (write, fsync, rename, fsync folder, on as many
+threads as associations). Every run starts after a `sync`, so no run pays for
+the writeback of the one before. Prints a table with ratios and writes
 out/bench/ingest.json.
 
 Needs: dcmtk (storescu, storescp, dcmodify, echoscu), Orthanc (optional, skip
@@ -24,6 +29,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -110,6 +116,44 @@ def send(port, aec, files, parallel):
     return elapsed
 
 
+def fsync_ceiling(files, parallel, folder):
+    """Instances/s the disk allows for cxr-led's durability steps alone: on
+    `parallel` threads, each file's bytes (already in the page cache) written
+    in 1 MiB pieces, fsynced, renamed and the folder fsynced; no network, no
+    parsing, no database. No receiver that fsyncs every instance can go faster."""
+    folder.mkdir()
+    groups = [files[i::parallel] for i in range(parallel)]
+
+    def store(thread, group):
+        for n, source in enumerate(group):
+            data = source.read_bytes()
+            part, final = folder / f"{thread}-{n}.part", folder / f"{thread}-{n}.dcm"
+            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+            try:
+                for offset in range(0, len(data), 1 << 20):
+                    os.write(fd, data[offset:offset + (1 << 20)])
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(part, final)
+            dir_fd = os.open(folder, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+
+    os.sync()
+    start = time.time()
+    threads = [threading.Thread(target=store, args=(i, g)) for i, g in enumerate(groups) if g]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.time() - start
+    shutil.rmtree(folder, ignore_errors=True)
+    return elapsed
+
+
 class CxrLed:
     name = "cxr-led"
     aec = "CXRLED"
@@ -148,11 +192,11 @@ class CxrLed:
 
     def stages_ms(self):
         """Mean milliseconds per stored instance from the last run's log, from the
-        end of the receive to the answer: structure check and identity (the
-        duplicate lookup runs beside it), spool (fsync file, rename, fsync
-        folder), database commit (the instance row, its study and its audit
-        event)."""
-        marks = {"checked": [], "spooled": [], "total": []}
+        end of the receive to the answer: seal (the rest of the structure walk,
+        the identity and the file's fsync, with the duplicate lookup beside it),
+        spool (rename, fsync folder), database commit (the instance row, its
+        study and its audit event)."""
+        marks = {"sealed": [], "spooled": [], "total": []}
         for line in (self.work / "cxrled.log").read_text().splitlines():
             try:
                 fields = json.loads(line).get("fields", {})
@@ -164,7 +208,7 @@ class CxrLed:
         if not marks["total"]:
             return None
         mean = {mark: sum(values) / len(values) for mark, values in marks.items()}
-        return {"check": round(mean["checked"], 2), "spool": round(mean["spooled"] - mean["checked"], 2),
+        return {"seal": round(mean["sealed"], 2), "spool": round(mean["spooled"] - mean["sealed"], 2),
                 "database": round(mean["total"] - mean["spooled"], 2)}
 
 
@@ -252,11 +296,19 @@ def main():
             for parallel in [int(a) for a in args.associations.split(",")]:
                 row = {"files": set_name, "n": len(files), "mb": round(megabytes, 1), "associations": parallel}
                 for receiver in receivers:
+                    # Every run starts with nothing left to write back (the copies made
+                    # above, the receiver before): the disk is the one fsync waits on.
+                    os.sync()
                     receiver.start()
                     try:
                         cpu_before = cpu_seconds(receiver.proc.pid)
                         elapsed = send(receiver.port, receiver.aec, files, parallel)
                         cpu = cpu_seconds(receiver.proc.pid) - cpu_before
+                        # storescp fsyncs nothing: what making its files durable at the
+                        # end of the run (one sync for all, not one per instance) costs.
+                        flush_start = time.time()
+                        os.sync()
+                        flushed = time.time() - flush_start
                         # The parent of storescp --fork holds no data set.
                         peak = None if isinstance(receiver, StoreScp) else peak_rss_mib(receiver.proc)
                     finally:
@@ -266,11 +318,16 @@ def main():
                                           "cpu_ms_per_instance": round(1000 * cpu / len(files), 2)}
                     if isinstance(receiver, CxrLed):
                         row[receiver.name]["stages_ms"] = receiver.stages_ms()
+                    else:
+                        row[receiver.name]["durable_instances_per_s"] = round(len(files) / (elapsed + flushed), 1)
+                ceiling = fsync_ceiling(files, parallel, work / "fsync-loop")
+                row["fsync_loop_instances_per_s"] = round(len(files) / ceiling, 1)
                 results.append(row)
                 print(json.dumps(row), file=sys.stderr)
         names = [r.name for r in receivers]
         header = f"{'files':<16}{'assoc':>6}" + "".join(f"{n + ' inst/s':>18}{'MB/s':>8}{'RSS MiB':>9}{'CPU ms':>8}" for n in names)
         header += "".join(f"{'cxr-led/' + n:>20}" for n in names[1:])
+        header += f"{'storescp+sync inst/s':>22}{'fsync loop inst/s':>19}"
         print(header)
         for row in results:
             line = f"{row['files']:<16}{row['associations']:>6}"
@@ -278,6 +335,7 @@ def main():
                             f"{row[n]['cpu_ms_per_instance']:>8}"
                             for n in names)
             line += "".join(f"{row['cxr-led']['instances_per_s'] / row[n]['instances_per_s']:>20.2f}" for n in names[1:])
+            line += f"{row['storescp']['durable_instances_per_s']:>22}{row['fsync_loop_instances_per_s']:>19}"
             print(line)
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
