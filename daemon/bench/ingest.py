@@ -304,11 +304,12 @@ def main():
                         cpu_before = cpu_seconds(receiver.proc.pid)
                         elapsed = send(receiver.port, receiver.aec, files, parallel)
                         cpu = cpu_seconds(receiver.proc.pid) - cpu_before
-                        # storescp fsyncs nothing: what making its files durable at the
-                        # end of the run (one sync for all, not one per instance) costs.
-                        flush_start = time.time()
-                        os.sync()
-                        flushed = time.time() - flush_start
+                        if not isinstance(receiver, CxrLed):
+                            # It fsyncs nothing: what making its files durable at the end of
+                            # the run (one sync for all, not one per instance) costs.
+                            flush_start = time.time()
+                            os.sync()
+                            flushed = time.time() - flush_start
                         # The parent of storescp --fork holds no data set.
                         peak = None if isinstance(receiver, StoreScp) else peak_rss_mib(receiver.proc)
                     finally:

@@ -48,6 +48,7 @@ impl TempFile {
     pub fn write_pieces<B: AsRef<[u8]>>(&mut self, pieces: &[B]) -> std::io::Result<()> {
         let mut slices: Vec<IoSlice> = pieces.iter().map(|piece| IoSlice::new(piece.as_ref())).collect();
         let mut left = &mut slices[..];
+        // Empty pieces at the front would read as a write of nothing.
         IoSlice::advance_slices(&mut left, 0);
         while !left.is_empty() {
             match self.file.write_vectored(left) {
@@ -93,6 +94,11 @@ impl TempFile {
             tracing::warn!(path = %self.path.display(), error = %e, "could not remove temporary file");
         }
     }
+}
+
+/// Fsyncs a folder, so that the names created or removed in it are on disk.
+fn fsync_folder(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
 }
 
 impl Spool {
@@ -148,7 +154,7 @@ impl Spool {
                 let _ = std::fs::remove_file(&path);
                 return Err(e);
             }
-            std::fs::File::open(dir)?.sync_all()?;
+            fsync_folder(&dir)?;
             Ok(target)
         })
         .await
@@ -166,9 +172,7 @@ impl Spool {
 
     async fn sync_dir(&self) -> std::io::Result<()> {
         let dir = self.dir.clone();
-        tokio::task::spawn_blocking(move || std::fs::File::open(dir)?.sync_all())
-            .await
-            .map_err(std::io::Error::other)?
+        tokio::task::spawn_blocking(move || fsync_folder(&dir)).await.map_err(std::io::Error::other)?
     }
 
     /// Deletes every leftover in `tmp/` (data sets whose C-STORE never got Success).
