@@ -76,7 +76,7 @@ ALTER TABLE audit_event
 -- included) append one after the other; the lock is held until commit, so the
 -- next writer sees this row. seq, not id, is the chain order: ids are drawn
 -- before the lock and may commit out of order. The key is arbitrary but fixed
--- (the ASCII of 'cxr-' and 'audt' as two int4: 0x6378722d, 0x61756474).
+-- ('cxr-led audit chain' as two int4: 0x6378722d, 0x61756474).
 --
 -- Writers must use READ COMMITTED (PostgreSQL's default): in REPEATABLE READ
 -- the head read after the lock could be stale; the UNIQUE seq then refuses
@@ -90,7 +90,7 @@ BEGIN
         RAISE EXCEPTION 'audit_event.at must be a finite time, got %', NEW.at
             USING HINT = 'leave "at" out: it defaults to now()';
     END IF;
-    PERFORM pg_advisory_xact_lock(1668837933, 1635083380);
+    PERFORM pg_advisory_xact_lock(1668444717, 1635083380);
     SELECT seq, row_hash INTO head FROM audit_event ORDER BY seq DESC LIMIT 1;
     IF FOUND THEN
         NEW.seq := head.seq + 1;

@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use cxr_led_daemon::derive;
+use cxr_led_dicom::derive;
 use cxr_led_e2e::studies::{self, Sample};
 use cxr_led_e2e::{lines_with_patient_data, LoopOptions, PacsLoop};
 use dicom_dictionary_std::tags;

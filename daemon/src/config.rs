@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::backoff::Backoff;
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
@@ -355,15 +357,18 @@ impl PipelineConfig {
         Duration::from_secs(self.drain_timeout_secs)
     }
 
-    /// The delay before retry number `attempt` (1-based): exponential, capped.
-    pub fn retry_delay(&self, attempt: i32) -> Duration {
-        let exponent = attempt.saturating_sub(1).clamp(0, 20) as u32;
-        let secs = self.retry_initial_secs.saturating_mul(1u64 << exponent).min(self.retry_max_secs);
-        Duration::from_secs(secs)
+    /// When a failed job is tried again (no jitter: one job per study).
+    pub fn retry_backoff(&self) -> Backoff {
+        Backoff { initial_secs: self.retry_initial_secs, max_secs: self.retry_max_secs }
     }
 }
 
 impl DeliveryConfig {
+    /// When a failed delivery is tried again (with jitter by outbox row).
+    pub fn retry_backoff(&self) -> Backoff {
+        Backoff { initial_secs: self.retry_initial_secs, max_secs: self.retry_max_secs }
+    }
+
     /// [`Self::connect_timeout_secs`] as a duration.
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_secs(self.connect_timeout_secs.max(1))
@@ -576,6 +581,12 @@ impl Error {
     }
 }
 
+/// The SMTP password's credential file name under `$CREDENTIALS_DIRECTORY`
+/// (systemd `LoadCredential=`).
+pub const SMTP_PASSWORD_CREDENTIAL: &str = "smtp-password";
+/// The environment variable read for the SMTP password when there is no credential file.
+pub const SMTP_PASSWORD_ENV: &str = "CXR_LED_SMTP_PASSWORD";
+
 /// Key names that mean someone is about to put a secret in the file.
 const SECRET_KEY_WORDS: &[&str] = &["password", "passwd", "secret", "token", "api-key", "apikey"];
 
@@ -591,9 +602,9 @@ fn secret_keys(table: &toml::Table, prefix: &str, problems: &mut Problems) {
                 format!(
                     "secrets never go in this file: remove it and hand the SMTP password over as the systemd credential \
                      {} (LoadCredential={}:/etc/cxr-led/smtp-password, read from $CREDENTIALS_DIRECTORY) or in ${}",
-                    crate::mail::PASSWORD_CREDENTIAL,
-                    crate::mail::PASSWORD_CREDENTIAL,
-                    crate::mail::PASSWORD_ENV
+                    SMTP_PASSWORD_CREDENTIAL,
+                    SMTP_PASSWORD_CREDENTIAL,
+                    SMTP_PASSWORD_ENV
                 )
             } else if prefix == "database" {
                 "secrets never go in this file: remove it and put DATABASE_URL=postgres://user:PASSWORD@host/db in the \
@@ -629,22 +640,37 @@ fn url_has_password(url: &str) -> bool {
         || url.split(['?', '&']).any(|part| part.to_ascii_lowercase().starts_with("password="))
 }
 
+/// Checks of what a configuration points at (files, names), run after the
+/// value checks by [`Config::load_checked`]; `app::preflight` has the real one.
+pub type Preflight = fn(&Config, &mut Problems);
+
 impl Config {
-    /// Parses a configuration from TOML text and validates it.
+    /// Parses a configuration from TOML text and validates its values.
     pub fn from_toml(text: &str) -> Result<Config, Error> {
-        Self::parse(text, Path::new("<text>"))
+        Self::parse(text, Path::new("<text>"), |_, _| {})
     }
 
-    /// Reads and validates a configuration file.
+    /// Reads a configuration file and validates its values.
     pub fn load(path: &Path) -> Result<Config, Error> {
+        Self::load_checked(path, |_, _| {})
+    }
+
+    /// Reads a configuration file, validates its values and runs `preflight`
+    /// on it; every problem of both is reported together.
+    pub fn load_checked(path: &Path, preflight: Preflight) -> Result<Config, Error> {
         let text = std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.into(), source })?;
-        Self::parse(&text, path)
+        Self::parse(&text, path, preflight)
+    }
+
+    /// [`Self::load_checked`] of TOML text.
+    pub fn from_toml_checked(text: &str, preflight: Preflight) -> Result<Config, Error> {
+        Self::parse(text, Path::new("<text>"), preflight)
     }
 
     /// Secret-looking keys first (they would otherwise be "unknown field"),
     /// then the schema (first error, with its key path and line), then every
-    /// range and consistency problem.
-    fn parse(text: &str, path: &Path) -> Result<Config, Error> {
+    /// range and consistency problem and what `preflight` finds.
+    fn parse(text: &str, path: &Path, preflight: Preflight) -> Result<Config, Error> {
         let mut problems = Problems::default();
         if let Ok(table) = text.parse::<toml::Table>() {
             secret_keys(&table, "", &mut problems);
@@ -660,7 +686,9 @@ impl Config {
                 source: Box::new(e.into_inner()),
             }
         })?;
-        config.validate().map_err(|problems| Error::Invalid { path: path.into(), problems })?;
+        let mut problems = config.validate().err().unwrap_or_default();
+        preflight(&config, &mut problems);
+        problems.into_result().map_err(|problems| Error::Invalid { path: path.into(), problems })?;
         Ok(config)
     }
 
@@ -713,7 +741,6 @@ impl Config {
             format!("{sigma} must be between 0 and 1 (exclusive; default 0.03)"),
         );
         if let Some(tls) = &ingest.tls {
-            crate::tls::check_listener(tls, "ingest.tls", &mut p);
             p.check(
                 tls.listen != ingest.listen || tls.listen.port() == 0,
                 "ingest.tls.listen",
@@ -795,9 +822,6 @@ impl Config {
                 format!("{key}.address"),
                 format!("{:?} must be host:port, e.g. pacs.example.org:104", dest.address),
             );
-            if let Some(tls) = &dest.tls {
-                crate::tls::check_destination(tls, dest.host(), &format!("{key}.tls"), p);
-            }
         }
         p.check(d.retry_initial_secs >= 1, "delivery.retry-initial-secs", "must be at least 1 (default 10)");
         p.check(

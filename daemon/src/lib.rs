@@ -1,42 +1,42 @@
-//! cxr-led's service, `cxr-ledd`, as a library: one module per stage.
+//! cxr-led's service, `cxr-ledd`, as a library: one folder per layer, one
+//! module per stage of the flow.
 //!
-//! - [`config`]: the TOML configuration.
-//! - [`ingest`]: the DICOM SCP (C-ECHO, C-STORE) with its durable [`spool`].
-//! - [`tracker`]: study assembly (quiet period) into the job [`queue`].
-//! - [`worker`]: one job at a time: [`triage`] (exposure gate), [`pixels`]
-//!   (decode to display intensity and back), [`enhance`] (LED and the
-//!   hallucination check), then derive and queue for delivery.
-//! - [`derive`]: the derived DICOM instance (and the doubt map) of an enhancement.
-//! - [`deliver`]: the outbox and the C-STORE SCU that sends derived instances to the PACS.
-//! - [`audit`]: the append-only, hash-chained audit trail and its verification.
-//! - [`alerts`]: alert mails for held results, dead jobs, unreachable PACS ([`mail`] sends them).
-//! - [`db`]: PostgreSQL pool and migrations.
-//! - [`reproduce`]: re-run a recorded enhancement and compare the pixels.
-//! - [`service`]: start-up (recovery), run, shutdown; [`notify`] tells systemd;
-//!   [`reload`] swaps a changed configuration or model bundle in.
-//! - [`tls`]: DICOM TLS configurations for the TLS listener and for destinations.
-//! - [`http`]: `/healthz`, `/readyz` ([`health`]) and `/metrics` ([`metrics`]) for operators.
+//! ```text
+//! PACS ─C-STORE─▶ ingest ─▶ spool (file + row) ─▶ pipeline::tracker (quiet period per study)
+//!                                                        ▼
+//!                 pipeline::queue (jobs in Postgres: leases, retries, dead letter)
+//!                                                        ▼
+//! pipeline::worker: triage (exposure gate) ─flagged─▶ enhance (LED) ─▶ verify (score, hold?)
+//!                                                        ▼ not held
+//!          derive (cxr_led_dicom::derive) ─▶ delivery::outbox ─▶ delivery::scu ─C-STORE─▶ PACS
+//! ```
+//! Every state change writes an [`audit`] event in the same transaction;
+//! [`alerts`] mails what needs a person (held results, dead jobs, an
+//! unreachable PACS).
+//!
+//! Layers, each importing only the ones above it in this list:
+//! - leaves: [`config`] (plain data, value checks), [`live`] (the cell a
+//!   reload swaps), [`backoff`], [`supervise`] (stages that die stop the
+//!   service), [`db`], [`audit`], [`spool`], [`tls`], [`ops::metrics`];
+//! - stages: [`ingest`], [`pipeline`], [`delivery`], [`alerts`];
+//! - operators' endpoints: [`ops`] (`/healthz`, `/readyz`, `/metrics`, systemd notify);
+//! - [`app`]: start-up (preflight, recovery), the supervised run, reload,
+//!   reproduce, shutdown.
+//!
+//! DICOM vocabulary (UIDs, DIMSE, pixels, the derived instance) lives in the
+//! `cxr-led-dicom` crate; tensors only in `cxr-led-models`.
 
 pub mod alerts;
+pub mod app;
 pub mod audit;
+pub mod backoff;
 pub mod config;
 pub mod db;
-pub mod deliver;
-pub mod derive;
-pub mod enhance;
-pub mod health;
-pub mod http;
+pub mod delivery;
 pub mod ingest;
-pub mod mail;
-pub mod metrics;
-pub mod notify;
-pub mod pixels;
-pub mod queue;
-pub mod reload;
-pub mod reproduce;
-pub mod service;
+pub mod live;
+pub mod ops;
+pub mod pipeline;
 pub mod spool;
+pub mod supervise;
 pub mod tls;
-pub mod tracker;
-pub mod triage;
-pub mod worker;

@@ -109,7 +109,7 @@ async fn audit_verify(
 const EXIT_CONFIG: i32 = 78;
 
 fn load_config(path: &std::path::Path) -> cxr_led_daemon::config::Config {
-    match cxr_led_daemon::config::Config::load(path) {
+    match cxr_led_daemon::app::preflight::load(path) {
         Ok(config) => config,
         Err(e) => {
             // Every validation problem on its own line, each naming its key.
@@ -121,21 +121,28 @@ fn load_config(path: &std::path::Path) -> cxr_led_daemon::config::Config {
 
 async fn run(config: cxr_led_daemon::config::Config, path: PathBuf) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let notifier = cxr_led_daemon::notify::Notifier::from_env();
-    let mut running = cxr_led_daemon::service::start(config).await?;
+    let notifier = cxr_led_daemon::ops::notify::Notifier::from_env();
+    let mut running = cxr_led_daemon::app::service::start(config).await?;
     let reloader = running.watch_config(&path);
     let status = format!("listening on {}", running.local_addr);
     notifier.ready(&status);
     let watchdog = tokio::spawn(notifier.clone().run_watchdog());
     let mut term = signal(SignalKind::terminate())?;
     let mut hangup = signal(SignalKind::hangup())?;
+    let stage_died = running.stage_died();
+    tokio::pin!(stage_died);
+    let mut died = None;
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
+            death = &mut stage_died => {
+                died = Some(death);
+                break;
+            }
             _ = hangup.recv() => {
                 notifier.reloading("reloading the configuration and the model bundle");
-                let outcome = match reloader.reload(cxr_led_daemon::reload::Trigger::Signal).await {
+                let outcome = match reloader.reload(cxr_led_daemon::app::reload::Trigger::Signal).await {
                     Ok(_) => "reloaded".to_string(),
                     Err(e) => format!("reload refused ({}); running on the previous configuration", e.lines().next().unwrap_or("")),
                 };
@@ -147,7 +154,11 @@ async fn run(config: cxr_led_daemon::config::Config, path: PathBuf) -> anyhow::R
     notifier.stopping("draining: finishing the current images and deliveries");
     running.stop().await;
     watchdog.abort();
-    Ok(())
+    match died {
+        // Non-zero, so that systemd (Restart=on-failure) starts a whole service again.
+        Some(death) => anyhow::bail!("stage {death}; stopped the service"),
+        None => Ok(()),
+    }
 }
 
 /// Logs to stderr: human-readable on a terminal, JSON lines otherwise (the
@@ -201,7 +212,7 @@ fn main() -> anyhow::Result<()> {
             let reproduction = runtime.block_on(async {
                 let url = config.database_url().context("no database url: set [database] url or DATABASE_URL")?;
                 let db = cxr_led_daemon::db::connect(&url, 2).await.context("connecting to PostgreSQL")?;
-                cxr_led_daemon::reproduce::reproduce(
+                cxr_led_daemon::app::reproduce::reproduce(
                     &db,
                     &config.ingest.spool_dir,
                     &config.pipeline,
@@ -222,7 +233,7 @@ fn main() -> anyhow::Result<()> {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let (role, applied) = runtime.block_on(async {
                 let db = cxr_led_daemon::db::pool(&url, 2).await.context("connecting to PostgreSQL")?;
-                cxr_led_daemon::db::MIGRATOR.run(&db).await.context("applying the migrations")?;
+                cxr_led_daemon::db::migrate(&db).await?;
                 let role = cxr_led_daemon::db::role(&db).await?;
                 let applied: i64 =
                     sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success").fetch_one(&db).await?;

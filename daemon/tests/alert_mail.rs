@@ -9,9 +9,9 @@ mod smtp_sink;
 use std::time::Duration;
 
 use common::TestDb;
+use cxr_led_daemon::alerts::mail::Mailer;
 use cxr_led_daemon::alerts::{self, Alert};
 use cxr_led_daemon::config::AlertsConfig;
-use cxr_led_daemon::mail::Mailer;
 use cxr_led_daemon::{audit, db};
 use pipeline_rows::{insert_decision, insert_enhancement, insert_outbox, insert_source};
 use smtp_sink::{mail_config, wait_for_messages, SmtpSink};

@@ -10,9 +10,9 @@ use std::time::Duration;
 use common::storescp::StoreScp;
 use common::*;
 use cxr_led_daemon::config::{DeliveryConfig, DestinationConfig, DestinationTlsConfig};
-use cxr_led_daemon::derive::{self, Provenance, StoredPixels};
-use cxr_led_daemon::metrics::Metrics;
-use cxr_led_daemon::{db, deliver};
+use cxr_led_daemon::ops::metrics::Metrics;
+use cxr_led_daemon::{db, delivery};
+use cxr_led_dicom::derive::{self, Provenance, StoredPixels};
 use dicom_dictionary_std::tags;
 use dicom_object::open_file;
 use dicom_pixeldata::PixelDecoder;
@@ -82,7 +82,7 @@ fn destination(name: &str, ae: &str, port: u16) -> DestinationConfig {
 
 async fn enqueue(pool: &PgPool, file: &DerivedFile, destinations: &[DestinationConfig]) {
     let mut tx = pool.begin().await.unwrap();
-    deliver::enqueue(
+    delivery::outbox::enqueue(
         &mut tx,
         &file.sop_instance_uid,
         &file.sop_class_uid,
@@ -120,7 +120,7 @@ async fn outbox(pool: &PgPool, destination: &str) -> OutboxRow {
 /// Runs passes until the destination's row is no longer pending (or `limit` passes).
 async fn deliver_until_settled(pool: &PgPool, config: &DeliveryConfig, destination: &str) -> OutboxRow {
     for _ in 0..100 {
-        deliver::deliver_due(pool, config, &Metrics::default()).await.unwrap();
+        delivery::deliver_due(pool, config, &Metrics::default()).await.unwrap();
         let row = outbox(pool, destination).await;
         if row.state != "pending" {
             return row;
@@ -157,7 +157,7 @@ async fn pacs_down_then_up_gets_the_instance_once() {
     assert_eq!(count(&pool, "SELECT count(*) FROM outbox").await, 1);
 
     // The PACS is down: a failure is recorded with a retry time, nothing is lost.
-    assert_eq!(deliver::deliver_due(&pool, &config, &Metrics::default()).await.unwrap(), 1);
+    assert_eq!(delivery::deliver_due(&pool, &config, &Metrics::default()).await.unwrap(), 1);
     let row = outbox(&pool, "pacs").await;
     assert_eq!((row.state.as_str(), row.attempts, row.sent), ("pending", 1, false), "{row:?}");
     let error = row.last_error.unwrap();
@@ -165,7 +165,7 @@ async fn pacs_down_then_up_gets_the_instance_once() {
     assert!(row.due_in_secs > 0.5 && row.due_in_secs < 1.2, "{}", row.due_in_secs);
     assert_eq!(audit_count(&pool, "delivery-failed", "failure").await, 1);
     // Not due yet: the next pass does nothing.
-    assert_eq!(deliver::deliver_due(&pool, &config, &Metrics::default()).await.unwrap(), 0);
+    assert_eq!(delivery::deliver_due(&pool, &config, &Metrics::default()).await.unwrap(), 0);
 
     // The PACS comes up: the next due pass sends it.
     let pacs = StoreScp::start("PACS", port, &[]);
@@ -186,7 +186,7 @@ async fn pacs_down_then_up_gets_the_instance_once() {
 
     // More passes send nothing more.
     for _ in 0..3 {
-        assert_eq!(deliver::deliver_due(&pool, &config, &Metrics::default()).await.unwrap(), 0);
+        assert_eq!(delivery::deliver_due(&pool, &config, &Metrics::default()).await.unwrap(), 0);
     }
     let files = pacs.files();
     assert_eq!(files.len(), 1, "{files:?}");
@@ -244,7 +244,7 @@ async fn refusing_destination_is_retried_and_gives_up_only_when_told() {
     config.max_attempts = 3;
     enqueue(&pool, &file, &config.destinations).await;
 
-    assert_eq!(deliver::deliver_due(&pool, &config, &Metrics::default()).await.unwrap(), 1);
+    assert_eq!(delivery::deliver_due(&pool, &config, &Metrics::default()).await.unwrap(), 1);
     let row = outbox(&pool, "refusing").await;
     assert_eq!((row.state.as_str(), row.attempts), ("pending", 1), "{row:?}");
     let error = row.last_error.unwrap();
@@ -260,7 +260,7 @@ async fn refusing_destination_is_retried_and_gives_up_only_when_told() {
     assert!(detail.contains("giving up after 3 attempts"), "{detail}");
     assert!(pacs.files().is_empty());
     // A failed row is never picked up again.
-    assert_eq!(deliver::deliver_due(&pool, &config, &Metrics::default()).await.unwrap(), 0);
+    assert_eq!(delivery::deliver_due(&pool, &config, &Metrics::default()).await.unwrap(), 0);
     pool.close().await;
 }
 
@@ -285,7 +285,7 @@ async fn failure_status_is_recorded_and_a_resend_is_the_same_instance() {
     let config = delivery_config(vec![destination("ledpacs", AE, pacs.local_addr.port())]);
     enqueue(&pool, &file, &config.destinations).await;
 
-    assert_eq!(deliver::deliver_due(&pool, &config, &Metrics::default()).await.unwrap(), 1);
+    assert_eq!(delivery::deliver_due(&pool, &config, &Metrics::default()).await.unwrap(), 1);
     let row = outbox(&pool, "ledpacs").await;
     assert_eq!((row.state.as_str(), row.attempts, row.last_status), ("pending", 1, Some(0xA700)), "{row:?}");
     assert!(row.last_error.as_deref().unwrap().starts_with("refused with status A700"), "{row:?}");
@@ -367,14 +367,14 @@ async fn two_senders_on_one_database_send_each_row_once() {
         async {
             let mut n = 0;
             for _ in 0..6 {
-                n += deliver::deliver_due(&pool, &config, &Metrics::default()).await.unwrap();
+                n += delivery::deliver_due(&pool, &config, &Metrics::default()).await.unwrap();
             }
             n
         },
         async {
             let mut n = 0;
             for _ in 0..6 {
-                n += deliver::deliver_due(&pool, &config, &Metrics::default()).await.unwrap();
+                n += delivery::deliver_due(&pool, &config, &Metrics::default()).await.unwrap();
             }
             n
         }

@@ -10,7 +10,7 @@ use std::process::Command;
 
 use chrono::TimeZone;
 use common::fixture;
-use cxr_led_daemon::derive::{self, DeriveError, Provenance, StoredPixels};
+use cxr_led_dicom::derive::{self, DeriveError, Provenance, StoredPixels};
 use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::{open_file, DefaultDicomObject};

@@ -6,7 +6,8 @@ mod common;
 
 use common::pki::Pki;
 use common::*;
-use cxr_led_daemon::config::{Config, IngestTlsConfig};
+use cxr_led_daemon::app::preflight;
+use cxr_led_daemon::config::IngestTlsConfig;
 
 /// storescu's arguments for one file to `addr` with extra (TLS) options.
 async fn storescu_tls(addr: std::net::SocketAddr, tls: &[String], file: &std::path::Path) -> std::process::Output {
@@ -110,23 +111,23 @@ fn tls_files_that_are_missing_or_do_not_match_are_named_with_their_keys() {
     let other = pki.issue("other");
     let missing = std::path::Path::new("/nonexistent/cxr-led/ca.pem");
 
-    let good = Config::from_toml(&tls_config_text(&ours.certificate, &ours.private_key, &pki.ca()));
+    let good = preflight::from_toml(&tls_config_text(&ours.certificate, &ours.private_key, &pki.ca()));
     assert!(good.is_ok(), "{:?}", good.err());
 
-    let error = Config::from_toml(&tls_config_text(missing, &ours.private_key, &pki.ca())).unwrap_err();
+    let error = preflight::from_toml(&tls_config_text(missing, &ours.private_key, &pki.ca())).unwrap_err();
     let problems = error.problems();
     assert_eq!(problems.len(), 1, "{error}");
     assert_eq!(problems[0].key, "ingest.tls.certificate");
     assert!(problems[0].message.contains("/nonexistent/cxr-led/ca.pem"), "{error}");
 
     // A key that belongs to another certificate.
-    let error = Config::from_toml(&tls_config_text(&ours.certificate, &other.private_key, &pki.ca())).unwrap_err();
+    let error = preflight::from_toml(&tls_config_text(&ours.certificate, &other.private_key, &pki.ca())).unwrap_err();
     assert_eq!(error.problems()[0].key, "ingest.tls.private-key", "{error}");
     assert!(error.to_string().contains("does not go with"), "{error}");
 
     // A private key where the CA certificates belong.
     let error =
-        Config::from_toml(&tls_config_text(&ours.certificate, &ours.private_key, &ours.private_key)).unwrap_err();
+        preflight::from_toml(&tls_config_text(&ours.certificate, &ours.private_key, &ours.private_key)).unwrap_err();
     assert_eq!(error.problems()[0].key, "ingest.tls.client-ca", "{error}");
     assert!(error.to_string().contains("no PEM CERTIFICATE block"), "{error}");
 
@@ -137,7 +138,7 @@ fn tls_files_that_are_missing_or_do_not_match_are_named_with_their_keys() {
         pki.ca().display().to_string(),
         ours.certificate.display().to_string()
     );
-    let error = Config::from_toml(&text).unwrap_err();
+    let error = preflight::from_toml(&text).unwrap_err();
     let keys: Vec<&str> = error.problems().iter().map(|p| p.key.as_str()).collect();
     assert_eq!(
         keys,

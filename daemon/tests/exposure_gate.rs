@@ -5,9 +5,9 @@
 mod common;
 
 use cxr_led_daemon::config::ExposureConfig;
-use cxr_led_daemon::derive::StoredPixels;
-use cxr_led_daemon::pixels;
-use cxr_led_daemon::triage::{self, Rule};
+use cxr_led_daemon::pipeline::triage::{self, Rule};
+use cxr_led_dicom::derive::StoredPixels;
+use cxr_led_dicom::pixels;
 use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::{open_file, DefaultDicomObject};
@@ -167,9 +167,9 @@ fn our_own_derived_instances_are_never_enhanced_again() {
     // tells it apart, and the gate must see it.
     let mut object = fixture("dx_image.dcm");
     object.put(DataElement::new(
-        dicom_core::Tag(cxr_led_daemon::derive::PRIVATE_GROUP, 0x0010),
+        dicom_core::Tag(cxr_led_dicom::derive::PRIVATE_GROUP, 0x0010),
         VR::LO,
-        PrimitiveValue::from(cxr_led_daemon::derive::PRIVATE_CREATOR),
+        PrimitiveValue::from(cxr_led_dicom::derive::PRIVATE_CREATOR),
     ));
     let decision = triage::decide_from_tags(&object, &ExposureConfig::default()).unwrap();
     assert_eq!(decision.rule, Rule::NotApplicable);

@@ -9,8 +9,9 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use cxr_led_daemon::queue::{self, FailOutcome};
-use cxr_led_daemon::{db, tracker};
+use cxr_led_daemon::db;
+use cxr_led_daemon::pipeline::queue::{self, FailOutcome};
+use cxr_led_daemon::pipeline::tracker;
 use sqlx::{PgPool, Row};
 
 async fn enqueue_studies(pool: &PgPool, count: usize) -> Vec<String> {

@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use cxr_led_daemon::{audit, reproduce};
+use cxr_led_daemon::app::reproduce;
+use cxr_led_daemon::audit;
 use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::open_file;
@@ -398,8 +399,8 @@ async fn the_doubt_map_goes_to_the_pacs_as_a_secondary_capture_when_configured()
             object.meta().media_storage_sop_class_uid().trim_end_matches('\0').to_string()
         })
         .collect();
-    assert!(classes.contains(&cxr_led_daemon::derive::SECONDARY_CAPTURE.to_string()), "{classes:?}");
-    assert!(classes.contains(&cxr_led_daemon::derive::DX_FOR_PRESENTATION.to_string()), "{classes:?}");
+    assert!(classes.contains(&cxr_led_dicom::derive::SECONDARY_CAPTURE.to_string()), "{classes:?}");
+    assert!(classes.contains(&cxr_led_dicom::derive::DX_FOR_PRESENTATION.to_string()), "{classes:?}");
     for file in &files {
         let output = Command::new("dciodvfy").arg(file).output().expect("dciodvfy runs");
         let report = common::text(&output);

@@ -9,8 +9,9 @@
 mod common;
 
 use common::*;
+use cxr_led_daemon::app::service;
 use cxr_led_daemon::audit::{self, Event};
-use cxr_led_daemon::{db, service};
+use cxr_led_daemon::db;
 use dicom_dictionary_std::tags;
 use sqlx::{Connection, Executor, PgConnection};
 

@@ -13,51 +13,58 @@
 //!     [--runs N] [--no-large] [--python] [--compile] [--out DIR]
 //! ```
 //! Writes `enhance.json` (and `pytorch-<preset>.json`) into DIR (default `out/bench` at the workspace root).
+//! `cargo test --benches` runs it once, small, as a smoke test (see [`Options`]).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use cxr_led_models::noise::NoiseSource;
+use clap::Parser;
+use cxr_led_models::sampling::noise::NoiseSource;
 use cxr_led_models::{device, presets, Bundle, LedModel, Precision};
 use serde_json::{json, Value};
 use tch::{Device, Tensor};
 
+/// Enhancement speed, Rust/tch beside PyTorch (see the file's doc comment).
+/// Without `--bench` (that is, under `cargo test --benches`) it makes one
+/// quick round of the tiny preset into a temporary folder, so that a change
+/// that breaks the benchmark fails the test command.
+#[derive(Parser)]
 struct Options {
+    /// A preset to time (repeat for several; default: tiny and default).
+    #[arg(long = "preset", value_name = "NAME")]
     presets: Vec<String>,
+    /// Batch sizes of the 256x256 runs.
+    #[arg(long, value_delimiter = ',', default_value = "1,4")]
     batches: Vec<i64>,
+    /// Timed runs per figure (after one warm-up).
+    #[arg(long, default_value_t = 3)]
     runs: usize,
-    large: bool,
+    /// Skip the native 1955x1841 image.
+    #[arg(long)]
+    no_large: bool,
+    /// Also run the PyTorch reference (`tests/reference`).
+    #[arg(long)]
     python: bool,
+    /// With --python: torch.compile the reference.
+    #[arg(long)]
     compile: bool,
+    /// Where enhance.json goes.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../out/bench"))]
     out: PathBuf,
+    /// Added by `cargo bench`.
+    #[arg(long, hide = true)]
+    bench: bool,
 }
 
 fn options() -> Options {
-    let mut options = Options {
-        presets: Vec::new(),
-        batches: vec![1, 4],
-        runs: 3,
-        large: true,
-        python: false,
-        compile: false,
-        out: concat!(env!("CARGO_MANIFEST_DIR"), "/../out/bench").into(),
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--preset" => options.presets.push(args.next().expect("--preset NAME")),
-            "--batches" => {
-                options.batches =
-                    args.next().expect("--batches 1,4").split(',').map(|b| b.parse().expect("batch size")).collect()
-            }
-            "--runs" => options.runs = args.next().and_then(|n| n.parse().ok()).expect("--runs N"),
-            "--no-large" => options.large = false,
-            "--python" => options.python = true,
-            "--compile" => options.compile = true,
-            "--out" => options.out = args.next().expect("--out DIR").into(),
-            "--bench" => {} // added by cargo bench
-            other => panic!("unknown argument {other}; see the file's doc comment"),
-        }
+    let mut options = Options::parse();
+    if !options.bench {
+        // Smoke run: every code path of a real run but the large image, in seconds.
+        options.presets = vec!["tiny".into()];
+        options.batches = vec![1];
+        options.runs = 1;
+        options.no_large = true;
+        options.out = std::env::temp_dir().join(format!("cxr-led-enhance-bench-smoke-{}", std::process::id()));
     }
     if options.presets.is_empty() {
         options.presets = vec!["tiny".into(), "default".into()];
@@ -88,7 +95,7 @@ fn bench_rust(bundle: &Bundle, precision: Precision, device: Device, options: &O
         "precision": format!("{precision:?}").to_lowercase(),
         "images_per_second_256": per_batch,
     });
-    if options.large {
+    if !options.no_large {
         let image = random_images(1, 1955, 1841, device);
         let started = Instant::now();
         let result = model.enhance(&image, &params, &mut NoiseSource::new(0))?;
@@ -110,7 +117,7 @@ fn bench_python(bundle_dir: &Path, out: &Path, options: &Options) -> anyhow::Res
         .args(["--batches", &batches.join(","), "--runs", &options.runs.to_string(), "--out"])
         .arg(out)
         .env("PYTHONPATH", reference);
-    if !options.large {
+    if options.no_large {
         command.arg("--no-large");
     }
     if options.compile {
@@ -140,7 +147,7 @@ fn main() -> anyhow::Result<()> {
         let manifest = presets::by_name(preset)?;
         tch::manual_seed(0);
         let bundle_dir = options.out.join(format!("bundle-{preset}"));
-        let bundle = Bundle::save(&bundle_dir, &manifest, &LedModel::build(&manifest, Device::Cpu)?)?;
+        let bundle = LedModel::build(&manifest, Device::Cpu)?.save_bundle(&bundle_dir, &manifest)?;
         let rust: Vec<Value> =
             precisions.iter().map(|&p| bench_rust(&bundle, p, device, &options)).collect::<anyhow::Result<_>>()?;
         let python = if options.python {
@@ -162,7 +169,7 @@ fn main() -> anyhow::Result<()> {
                 .iter()
                 .map(|&b| (format!("256px img/s, batch {b}"), "images_per_second_256", Some(b), true))
                 .collect();
-            if options.large {
+            if !options.no_large {
                 figures.push(("1955x1841 seconds".into(), "seconds_1955x1841", None, false));
             }
             for (label, key, batch, higher_is_better) in figures {

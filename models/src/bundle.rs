@@ -11,114 +11,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tch::nn::VarStore;
 use tch::Tensor;
 
-use crate::enhancer::EnhancerConfig;
-use crate::generator::GeneratorConfig;
-use crate::hallucination::HallucinationCalibration;
-use crate::led::{EnhanceParams, LedModel};
-use crate::schedule::ScheduleConfig;
-use crate::unet::UNetConfig;
+pub use crate::manifest::{BundleManifest, Normalisation, WeightFile, ENHANCER_NETWORKS, FORMAT_VERSION, NETWORKS};
 use crate::{Error, Result};
 
 /// The manifest's file name inside a bundle folder.
 pub const MANIFEST_FILE: &str = "bundle.toml";
-/// The manifest format this code reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
-/// The inference networks of a bundle whose first stage is CycleGAN's G_AB,
-/// each in `<name>.safetensors`.
-pub const NETWORKS: [&str; 3] = ["g_ab", "g_ba", "unet"];
-/// The inference networks of a bundle whose first stage is the paired
-/// [`Enhancer`](crate::enhancer::Enhancer) (`[enhancer]` in the manifest).
-pub const ENHANCER_NETWORKS: [&str; 3] = ["enhancer", "g_ba", "unet"];
-
-/// How pixel values map to the model's input range.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-pub struct Normalisation {
-    /// What the caller must supply, in words.
-    pub input: String,
-    /// Range the networks see: input intensity 0 maps to the first, 1 to the second.
-    pub model_range: [f64; 2],
-}
-
-impl Default for Normalisation {
-    fn default() -> Self {
-        Self {
-            input: "display intensity in [0, 1], 0 black (air), 1 white (bone): MONOCHROME2 after \
-                    modality rescale and VOI window"
-                .into(),
-            model_range: [-1.0, 1.0],
-        }
-    }
-}
-
-/// One weight file: where it is and what its bytes hash to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-pub struct WeightFile {
-    /// File name inside the bundle folder (no folders).
-    pub path: String,
-    /// Lower-case hex sha256 of the file.
-    pub sha256: String,
-}
-
-/// `bundle.toml`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-pub struct BundleManifest {
-    /// Manifest format version ([`FORMAT_VERSION`]).
-    pub format: u32,
-    /// Bundle name, e.g. `cxr-led-default`.
-    pub name: String,
-    /// Bundle version, e.g. `1.0.0`.
-    pub version: String,
-    /// One paragraph for humans: what it is for, what it was trained on.
-    #[serde(default)]
-    pub description: String,
-    /// Pixel normalisation.
-    pub normalisation: Normalisation,
-    /// G_AB and G_BA architecture.
-    pub generator: GeneratorConfig,
-    /// The paired first stage's architecture; when present it replaces G_AB
-    /// (file `enhancer`), and G_BA stays for the hallucination check.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub enhancer: Option<EnhancerConfig>,
-    /// Conditional UNet architecture.
-    pub unet: UNetConfig,
-    /// Noise schedule.
-    pub schedule: ScheduleConfig,
-    /// Inference defaults.
-    pub inference: EnhanceParams,
-    /// Training provenance: data summary, degradation parameters, command, commit.
-    #[serde(default)]
-    pub training: toml::Table,
-    /// Evaluation figures.
-    #[serde(default)]
-    pub metrics: toml::Table,
-    /// The hallucination check's calibration: hold threshold, configuration
-    /// and the benchmark figures they were chosen on (absent: uncalibrated).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hallucination: Option<HallucinationCalibration>,
-    /// Weight files by network name ([`NETWORKS`]).
-    #[serde(default)]
-    pub files: BTreeMap<String, WeightFile>,
-}
-
-impl BundleManifest {
-    /// The weight files this manifest's architecture needs, first stage first.
-    pub fn networks(&self) -> [&'static str; 3] {
-        if self.enhancer.is_some() {
-            ENHANCER_NETWORKS
-        } else {
-            NETWORKS
-        }
-    }
-}
-
 /// Lower-case hex sha256 of some bytes.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
@@ -223,12 +124,6 @@ impl Bundle {
         })
     }
 
-    /// Writes `model`'s weights and `manifest` (with the weight hashes filled in)
-    /// to `dir`, then loads the result back, verified. Weights are always saved in f32.
-    pub fn save(dir: impl AsRef<Path>, manifest: &BundleManifest, model: &LedModel) -> Result<Self> {
-        Self::save_stores(dir, manifest, model.var_stores())
-    }
-
     /// Rewrites only `bundle.toml` of the verified bundle in `dir` with
     /// `manifest` (e.g. a new `[hallucination]` calibration), keeping the
     /// weight files and their recorded hashes, then loads the result back,
@@ -241,7 +136,7 @@ impl Bundle {
             return Err(Error::BundleManifest {
                 path,
                 message: "the new manifest records other weight files than the bundle holds; \
-                          use Bundle::save to write new weights"
+                          use LedModel::save_bundle to write new weights"
                     .into(),
             });
         }
@@ -251,7 +146,9 @@ impl Bundle {
         Self::load(dir)
     }
 
-    /// [`Bundle::save`] from the variable stores of the manifest's networks
+    /// Writes the weights of the manifest's networks from their variable stores
+    /// and `manifest` (with the weight hashes filled in) to `dir`, then loads the
+    /// result back, verified (`LedModel::save_bundle` for a whole model). Weights are always saved in f32. The stores are of the manifest's networks
     /// ([`BundleManifest::networks`], as training holds them), each built at its store's root.
     pub fn save_stores<'n, 's>(
         dir: impl AsRef<Path>,

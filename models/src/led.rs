@@ -12,78 +12,19 @@
 
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 
 use crate::bundle::{Bundle, BundleManifest};
-use crate::enhancer::{Enhancer, ToneStats};
-use crate::generator::ResnetGenerator;
-use crate::noise::NoiseSource;
-use crate::sampler::DdimSampler;
-use crate::schedule::NoiseSchedule;
+pub use crate::manifest::{EnhanceParams, Precision};
+use crate::nets::enhancer::{Enhancer, ToneStats};
+use crate::nets::generator::ResnetGenerator;
+use crate::nets::unet::ConditionalUNet;
+use crate::sampling::noise::NoiseSource;
+use crate::sampling::sampler::DdimSampler;
+use crate::sampling::schedule::NoiseSchedule;
 use crate::tiling::{TileConfig, TilePlan};
-use crate::unet::ConditionalUNet;
 use crate::{Error, Result};
-
-/// Floating-point precision of inference.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Precision {
-    /// 32-bit float everywhere (the reference).
-    #[default]
-    F32,
-    /// IEEE half precision weights and activations (CUDA only).
-    F16,
-    /// bfloat16 weights and activations (CUDA, or a CPU with bf16 support:
-    /// AVX-512 BF16 or AMX).
-    Bf16,
-}
-
-impl Precision {
-    /// The tensor kind of weights and activations.
-    pub fn kind(self) -> Kind {
-        match self {
-            Precision::F32 => Kind::Float,
-            Precision::F16 => Kind::Half,
-            Precision::Bf16 => Kind::BFloat16,
-        }
-    }
-}
-
-/// What an enhancement does: the refinement start, the DDIM steps, the tiling
-/// and the precision. Defaults live in each bundle's `[inference]` table.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-pub struct EnhanceParams {
-    /// Timestep the first-stage estimate is noised to (a multiple of
-    /// `steps`, below T); 0: no refinement, the estimate is the output.
-    pub t0: usize,
-    /// DDIM calls of the UNet from t0 to the clean image.
-    pub steps: usize,
-    /// Tiling of native-size images.
-    pub tiles: TileConfig,
-    /// Precision of inference.
-    #[serde(default)]
-    pub precision: Precision,
-}
-
-impl EnhanceParams {
-    /// Whether the diffusion model refines the estimate (t0 > 0).
-    pub fn refines(&self) -> bool {
-        self.t0 > 0
-    }
-
-    /// The DDIM refinement these parameters ask for (None for t0 = 0);
-    /// refuses a t0 that is not a multiple of the steps.
-    pub fn sampler(&self, schedule: &NoiseSchedule) -> Result<Option<DdimSampler>> {
-        if self.refines() {
-            Ok(Some(DdimSampler::refinement(schedule, self.t0, self.steps)?))
-        } else {
-            Ok(None)
-        }
-    }
-}
 
 /// The network that gives the first estimate.
 #[derive(Debug)]
@@ -176,6 +117,13 @@ impl LedModel {
     /// stage, g_ba, unet), for saving.
     pub fn var_stores(&self) -> impl Iterator<Item = (&'static str, &nn::VarStore)> {
         self.networks.iter().copied().zip(&self.stores)
+    }
+
+    /// Writes this model's weights and `manifest` (with the weight hashes
+    /// filled in) to `dir`, then loads the result back, verified. Weights are
+    /// always saved in f32.
+    pub fn save_bundle(&self, dir: impl AsRef<std::path::Path>, manifest: &BundleManifest) -> Result<Bundle> {
+        Bundle::save_stores(dir, manifest, self.var_stores())
     }
 
     /// What the first stage is, in words (for reports).

@@ -3,13 +3,12 @@
 //! bundle; `default` is what a GPU host should train; the default bundle's
 //! first stage is [`cpu_deep_curve`]'s (since 0.5.0-cpu).
 
-use crate::bundle::{BundleManifest, Normalisation, FORMAT_VERSION};
-use crate::enhancer::EnhancerConfig;
-use crate::generator::GeneratorConfig;
-use crate::led::{EnhanceParams, Precision};
-use crate::schedule::ScheduleConfig;
+use crate::manifest::{BundleManifest, EnhanceParams, Normalisation, Precision, FORMAT_VERSION};
+use crate::nets::enhancer::EnhancerConfig;
+use crate::nets::generator::GeneratorConfig;
+use crate::nets::unet::UNetConfig;
+use crate::sampling::schedule::ScheduleConfig;
 use crate::tiling::TileConfig;
-use crate::unet::UNetConfig;
 use crate::{Error, Result};
 
 /// The names [`by_name`] knows.

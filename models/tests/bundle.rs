@@ -13,7 +13,7 @@ fn saved_tiny(dir: &std::path::Path) -> Bundle {
     let _rng = common::global_rng();
     tch::manual_seed(42);
     let model = LedModel::build(&presets::tiny(), Device::Cpu).unwrap();
-    Bundle::save(dir, &presets::tiny(), &model).unwrap()
+    model.save_bundle(dir, &presets::tiny()).unwrap()
 }
 
 /// `LedModel::from_bundle` behind the global RNG lock: it initialises every
@@ -30,7 +30,7 @@ fn save_then_load_then_save_is_bit_exact() {
     let bundle = saved_tiny(first.path());
     let model = model_from(&bundle, Precision::F32).unwrap();
     let second = tempfile::tempdir().unwrap();
-    let again = Bundle::save(second.path(), &bundle.manifest, &model).unwrap();
+    let again = model.save_bundle(second.path(), &bundle.manifest).unwrap();
     assert_eq!(bundle.sha256, again.sha256);
     for name in NETWORKS.iter().map(|n| format!("{n}.safetensors")).chain([MANIFEST_FILE.to_owned()]) {
         assert_eq!(fs::read(first.path().join(&name)).unwrap(), fs::read(second.path().join(&name)).unwrap(), "{name}");
@@ -104,7 +104,7 @@ fn the_checked_in_tiny_bundle_verifies_and_is_what_init_bundle_writes() {
     tch::manual_seed(0);
     let model = LedModel::build(&presets::tiny(), Device::Cpu).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let rebuilt = Bundle::save(dir.path(), &checked_in.manifest, &model).unwrap();
+    let rebuilt = model.save_bundle(dir.path(), &checked_in.manifest).unwrap();
     for network in NETWORKS {
         assert_eq!(checked_in.manifest.files[network].sha256, rebuilt.manifest.files[network].sha256, "{network}");
     }
@@ -134,7 +134,7 @@ fn a_paired_bundle_keeps_its_enhancer_across_save_and_load_and_needs_its_file() 
         tch::manual_seed(7);
         LedModel::build(&manifest, Device::Cpu).unwrap()
     };
-    let bundle = Bundle::save(dir.path(), &manifest, &model).unwrap();
+    let bundle = model.save_bundle(dir.path(), &manifest).unwrap();
     assert_eq!(bundle.manifest.networks(), ["enhancer", "g_ba", "unet"]);
     assert!(dir.path().join("enhancer.safetensors").exists() && !dir.path().join("g_ab.safetensors").exists());
     let reloaded = model_from(&bundle, Precision::F32).unwrap();

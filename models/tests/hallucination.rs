@@ -12,7 +12,7 @@ use cxr_led_models::hallucination::{
     self, gaussian_blur, hold_threshold, score, HallucinationCalibration, HallucinationConfig, HallucinationReport,
     UNCALIBRATED_HOLD_THRESHOLD,
 };
-use cxr_led_models::noise::NoiseSource;
+use cxr_led_models::sampling::noise::NoiseSource;
 use cxr_led_models::{Bundle, LedModel, Precision};
 use tch::{Device, Kind, Tensor};
 

@@ -1,6 +1,6 @@
 //! LED inference end to end on the tiny bundle: native sizes, determinism.
 
-use cxr_led_models::noise::{seed_from_parts, NoiseSource};
+use cxr_led_models::sampling::noise::{seed_from_parts, NoiseSource};
 use cxr_led_models::{Bundle, LedModel, Precision};
 use tch::Device;
 
@@ -78,7 +78,8 @@ fn a_batch_without_tiles_gives_what_each_image_gives_alone() {
     for (i, image) in [a, b].iter().enumerate() {
         let estimate = model.estimate(image, &params.tiles).unwrap();
         let sampler =
-            cxr_led_models::sampler::DdimSampler::refinement(model.schedule(), params.t0, params.steps).unwrap();
+            cxr_led_models::sampling::sampler::DdimSampler::refinement(model.schedule(), params.t0, params.steps)
+                .unwrap();
         let x = model.schedule().q_sample(&estimate, sampler.start(), &start.narrow(0, i as i64, 1));
         let mut predict =
             |x_t: &tch::Tensor, t: usize| Ok(model.unet().forward(x_t, image, &tch::Tensor::from_slice(&[t as i64])));

@@ -1,9 +1,9 @@
 //! Shapes and closed forms of the three networks, at odd sizes too.
 
-use cxr_led_models::discriminator::{DiscriminatorConfig, PatchDiscriminator};
-use cxr_led_models::generator::{GeneratorConfig, ResnetGenerator};
+use cxr_led_models::nets::discriminator::{DiscriminatorConfig, PatchDiscriminator};
+use cxr_led_models::nets::generator::{GeneratorConfig, ResnetGenerator};
+use cxr_led_models::nets::unet::{timestep_embedding, ConditionalUNet, UNetConfig};
 use cxr_led_models::presets;
-use cxr_led_models::unet::{timestep_embedding, ConditionalUNet, UNetConfig};
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 

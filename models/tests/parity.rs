@@ -11,9 +11,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use cxr_led_models::discriminator::{DiscriminatorConfig, PatchDiscriminator};
-use cxr_led_models::noise::NoiseSource;
-use cxr_led_models::sampler::DdimSampler;
+use cxr_led_models::nets::discriminator::{DiscriminatorConfig, PatchDiscriminator};
+use cxr_led_models::sampling::noise::NoiseSource;
+use cxr_led_models::sampling::sampler::DdimSampler;
 use cxr_led_models::{Bundle, LedModel, Precision};
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};

@@ -1,8 +1,8 @@
 //! DDIM and DDPM sampling with an oracle noise predictor recover x_0.
 
-use cxr_led_models::noise::NoiseSource;
-use cxr_led_models::sampler::{DdimSampler, DdpmSampler};
-use cxr_led_models::schedule::{NoiseSchedule, ScheduleConfig};
+use cxr_led_models::sampling::noise::NoiseSource;
+use cxr_led_models::sampling::sampler::{DdimSampler, DdpmSampler};
+use cxr_led_models::sampling::schedule::{NoiseSchedule, ScheduleConfig};
 use cxr_led_models::Result;
 use tch::{Device, Tensor};
 

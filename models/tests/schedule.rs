@@ -1,7 +1,7 @@
 //! The noise schedule against its closed forms, and q(x_t | x_0) on many draws.
 
-use cxr_led_models::noise::NoiseSource;
-use cxr_led_models::schedule::{BetaSchedule, NoiseSchedule, ScheduleConfig};
+use cxr_led_models::sampling::noise::NoiseSource;
+use cxr_led_models::sampling::schedule::{BetaSchedule, NoiseSchedule, ScheduleConfig};
 use tch::{Device, Kind, Tensor};
 
 #[test]

@@ -198,7 +198,7 @@ fn side_by_side(pacs: &mut PacsLoop, sample: &Sample, dir: &std::path::Path) -> 
     let Some(row) = rows.first() else { return Ok(None) };
     let derived = PathBuf::from(row.try_get::<String, _>(0)?);
     let derived_uid: String = row.try_get(1)?;
-    let map_uid = cxr_led_daemon::derive::uid_from_parts(&[b"doubt-map", derived_uid.as_bytes()]);
+    let map_uid = cxr_led_dicom::derive::uid_from_parts(&[b"doubt-map", derived_uid.as_bytes()]);
     let map = derived.with_file_name(cxr_led_daemon::spool::Spool::file_name(&map_uid));
     let panels = [Panel::display_of(&sample.path)?, Panel::display_of(&derived)?, Panel::doubt_map_of(&map)?];
     let png = dir.join(format!("{}.png", sample.label));

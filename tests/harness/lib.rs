@@ -76,10 +76,7 @@ pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// The tiny bundle (random fixed weights) checked into the repository.
-pub fn tiny_bundle() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/bundles/tiny")
-}
+pub use cxr_led_test_kit::tiny_bundle;
 
 /// How to set the loop up.
 #[derive(Debug, Clone)]
@@ -184,7 +181,7 @@ impl PacsLoop {
             .orthanc
             .series_of_study(&sample.study_uid)?
             .into_iter()
-            .find(|series| series["MainDicomTags"]["SeriesDescription"] == cxr_led_daemon::derive::SERIES_DESCRIPTION))
+            .find(|series| series["MainDicomTags"]["SeriesDescription"] == cxr_led_dicom::derive::SERIES_DESCRIPTION))
     }
 
     /// Waits until every sample in `expected` has its derived series in

@@ -31,7 +31,7 @@ impl Panel {
     /// the model saw it).
     pub fn display_of(path: &Path) -> anyhow::Result<Panel> {
         let object = dicom_object::open_file(path).with_context(|| format!("opening {}", path.display()))?;
-        let image = cxr_led_daemon::pixels::decode_display(&object)
+        let image = cxr_led_dicom::pixels::decode_display(&object)
             .with_context(|| format!("decoding the pixels of {}", path.display()))?;
         Ok(Panel { rows: image.rows, columns: image.columns, pixels: image.pixels })
     }
@@ -40,7 +40,7 @@ impl Panel {
     /// 255 = doubt 1.0, shown as stored (no window), so black means no doubt.
     pub fn doubt_map_of(path: &Path) -> anyhow::Result<Panel> {
         let object = dicom_object::open_file(path).with_context(|| format!("opening {}", path.display()))?;
-        let image = cxr_led_daemon::pixels::decode_display(&object)
+        let image = cxr_led_dicom::pixels::decode_display(&object)
             .with_context(|| format!("decoding the doubt map {}", path.display()))?;
         let pixels = image.stored.iter().map(|&v| v as f32 / 255.0).collect();
         Ok(Panel { rows: image.rows, columns: image.columns, pixels })

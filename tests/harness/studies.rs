@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use cxr_led_daemon::derive::uid_from_parts;
+use cxr_led_dicom::derive::uid_from_parts;
 use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::open_file;

@@ -6,8 +6,8 @@
 
 use std::path::Path;
 
-use cxr_led_models::discriminator::{DiscriminatorConfig, PatchDiscriminator};
-use cxr_led_models::generator::{GeneratorConfig, ResnetGenerator};
+use cxr_led_models::nets::discriminator::{DiscriminatorConfig, PatchDiscriminator};
+use cxr_led_models::nets::generator::{GeneratorConfig, ResnetGenerator};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};

@@ -12,9 +12,9 @@
 
 use std::path::Path;
 
-use cxr_led_models::noise::NoiseSource;
-use cxr_led_models::schedule::NoiseSchedule;
-use cxr_led_models::unet::{ConditionalUNet, UNetConfig};
+use cxr_led_models::nets::unet::{ConditionalUNet, UNetConfig};
+use cxr_led_models::sampling::noise::NoiseSource;
+use cxr_led_models::sampling::schedule::NoiseSchedule;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};

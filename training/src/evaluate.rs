@@ -16,8 +16,8 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
-use cxr_led_models::enhancer::{STRETCH_HIGH, STRETCH_LOW};
-use cxr_led_models::noise::NoiseSource;
+use cxr_led_models::nets::enhancer::{STRETCH_HIGH, STRETCH_LOW};
+use cxr_led_models::sampling::noise::NoiseSource;
 use cxr_led_models::{device, hallucination, Bundle, LedModel, Precision};
 use serde::{Deserialize, Serialize};
 use tch::Tensor;

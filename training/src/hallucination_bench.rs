@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::Args;
 use cxr_led_models::hallucination::{self, gaussian_blur, HallucinationCalibration, HallucinationConfig};
-use cxr_led_models::noise::{seed_from_parts, NoiseSource};
+use cxr_led_models::sampling::noise::{seed_from_parts, NoiseSource};
 use cxr_led_models::{device, Bundle, LedModel};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

@@ -32,7 +32,7 @@ pub fn read_image_sized(path: &Path, side: Option<u32>) -> anyhow::Result<(Tenso
         Some("png") => read_png_sized(path, side),
         Some("dcm") => {
             let object = dicom_object::open_file(path).with_context(|| format!("reading DICOM {}", path.display()))?;
-            let image = cxr_led_daemon::pixels::decode_display(&object)
+            let image = cxr_led_dicom::pixels::decode_display(&object)
                 .with_context(|| format!("decoding the pixels of {}", path.display()))?;
             let (h, w) = (i64::from(image.rows), i64::from(image.columns));
             let tensor = Tensor::from_slice(&image.pixels).view([1, 1, h, w]) * 2.0 - 1.0;

@@ -28,7 +28,7 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use cxr_led_models::hallucination;
-use cxr_led_models::noise::NoiseSource;
+use cxr_led_models::sampling::noise::NoiseSource;
 use cxr_led_models::{device, presets, Bundle, LedModel};
 
 #[derive(Parser)]
@@ -159,7 +159,7 @@ fn main() -> anyhow::Result<()> {
                 .insert("command".into(), format!("cxr-led-train init-bundle --preset {preset} --seed {seed}").into());
             tch::manual_seed(seed);
             let model = LedModel::build(&manifest, tch::Device::Cpu)?;
-            let bundle = Bundle::save(&out, &manifest, &model)?;
+            let bundle = model.save_bundle(&out, &manifest)?;
             println!("wrote bundle {} to {} (sha256 {})", manifest.name, out.display(), bundle.sha256);
         }
         Command::Cyclegan(args) => pipeline::cyclegan(&args)?,

@@ -27,7 +27,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use cxr_led_models::enhancer::{self, Enhancer, EnhancerConfig, ToneStats};
+use cxr_led_models::nets::enhancer::{self, Enhancer, EnhancerConfig, ToneStats};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};

@@ -22,8 +22,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use cxr_led_models::generator::ResnetGenerator;
-use cxr_led_models::schedule::NoiseSchedule;
+use cxr_led_models::nets::generator::ResnetGenerator;
+use cxr_led_models::sampling::schedule::NoiseSchedule;
 use cxr_led_models::{device, presets, Bundle, BundleManifest};
 use tch::nn::{self, Module};
 use tch::Tensor;
@@ -690,7 +690,7 @@ pub fn export(args: &ExportArgs) -> anyhow::Result<()> {
             let source =
                 dir.as_deref().map(|d| Source::Checkpoint(d, "enhancer-best")).or_else(|| from_base("enhancer"));
             network_from(source, "enhancer", |p| {
-                cxr_led_models::enhancer::Enhancer::new(p, config)?;
+                cxr_led_models::nets::enhancer::Enhancer::new(p, config)?;
                 Ok(())
             })?
         }
@@ -706,7 +706,7 @@ pub fn export(args: &ExportArgs) -> anyhow::Result<()> {
     let g_ba = network_from(source, "g_ba", build_generator)?;
     let source = args.diffusion.as_deref().map(|d| Source::Checkpoint(d, "unet-best")).or_else(|| from_base("unet"));
     let unet = network_from(source, "unet", |p| {
-        cxr_led_models::unet::ConditionalUNet::new(p, &manifest.unet)?;
+        cxr_led_models::nets::unet::ConditionalUNet::new(p, &manifest.unet)?;
         Ok(())
     })?;
 
@@ -819,7 +819,7 @@ pub fn export(args: &ExportArgs) -> anyhow::Result<()> {
                 args.preset,
                 manifest.inference.t0
             );
-            // Same key as cxr_led_daemon::enhance::DIFFUSION_MAX_TIMESTEP (the daemon refuses a larger t0).
+            // Same key as cxr_led_daemon::pipeline::enhance::DIFFUSION_MAX_TIMESTEP (the daemon refuses a larger t0).
             manifest.training.insert("diffusion-max-timestep".into(), (limit as i64).into());
         }
     }

@@ -9,7 +9,7 @@ mod common;
 
 use std::path::Path;
 
-use cxr_led_models::noise::NoiseSource;
+use cxr_led_models::sampling::noise::NoiseSource;
 use cxr_led_models::{Bundle, LedModel, Precision};
 use image::{ImageBuffer, Luma, Rgb};
 

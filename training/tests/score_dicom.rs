@@ -8,9 +8,9 @@ mod common;
 use std::path::Path;
 
 use cxr_led_daemon::config::PipelineConfig;
-use cxr_led_daemon::derive::{self, Provenance};
-use cxr_led_daemon::enhance::Enhancer;
-use cxr_led_daemon::pixels;
+use cxr_led_daemon::pipeline::enhance::Enhancer;
+use cxr_led_dicom::derive::{self, Provenance};
+use cxr_led_dicom::pixels;
 use cxr_led_models::Bundle;
 
 fn workspace() -> &'static Path {
@@ -41,9 +41,9 @@ fn the_cli_and_the_daemon_give_the_same_score_for_the_same_pair() {
         steps: enhancer.params.steps,
         precision: "f32".into(),
         device: enhancer.device.clone(),
-        score: enhanced.score,
-        score_components: enhanced.components.clone(),
-        hold_threshold: enhancer.hold_threshold,
+        score: enhanced.verdict.score,
+        score_components: enhanced.verdict.components.clone(),
+        hold_threshold: enhanced.verdict.hold_threshold,
         software_version: "test".into(),
         created: chrono::Utc::now(),
     };
@@ -64,10 +64,14 @@ fn the_cli_and_the_daemon_give_the_same_score_for_the_same_pair() {
     ]);
     let printed: serde_json::Value = serde_json::from_str(stdout.trim()).expect("score prints JSON");
     let cli_score = printed["score"].as_f64().unwrap();
-    assert!((cli_score - enhanced.score).abs() <= 1e-12, "CLI {cli_score} vs daemon {} ({printed})", enhanced.score);
-    for (name, value) in &enhanced.components {
+    assert!(
+        (cli_score - enhanced.verdict.score).abs() <= 1e-12,
+        "CLI {cli_score} vs daemon {} ({printed})",
+        enhanced.verdict.score
+    );
+    for (name, value) in &enhanced.verdict.components {
         let cli = printed["components"][name].as_f64().unwrap_or(f64::NAN);
         assert!((cli - value).abs() <= 1e-12, "component {name}: CLI {cli} vs daemon {value}");
     }
-    assert_eq!(printed["held"].as_bool(), Some(enhanced.score > enhancer.hold_threshold));
+    assert_eq!(printed["held"].as_bool(), Some(enhanced.verdict.score > enhancer.verifier.hold_threshold));
 }

@@ -3,6 +3,8 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
+use cxr_led_dicom::dimse::{self, status, Command};
+use cxr_led_dicom::uids::{STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, VERIFICATION};
 use dicom_ul::association::server::AccessControl;
 use dicom_ul::association::{Association as _, Error as UlError};
 use dicom_ul::pdu::{
@@ -12,11 +14,10 @@ use dicom_ul::{Pdu, ServerAssociationOptions};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use super::dimse::{self, status, Command};
 use super::store::{self, Pending};
-use super::{Shared, STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, VERIFICATION};
+use super::Shared;
 use crate::audit::{self, error_chain};
-use crate::metrics::Metrics;
+use crate::ops::metrics::Metrics;
 use crate::tls::TcpSocket;
 
 /// The access policy of one incoming association: called AE title, calling

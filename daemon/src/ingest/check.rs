@@ -23,7 +23,7 @@ use dicom_parser::dataset::LazyDataToken;
 use dicom_parser::stateful::decode::{StatefulDecode, StatefulDecoder};
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 
-use super::dimse::{self, status, Command};
+use cxr_led_dicom::dimse::{self, status, Command};
 
 /// The fields of a received data set the ingest records.
 #[derive(Debug)]

@@ -12,11 +12,10 @@
 //!   database row, then picks the C-STORE status.
 //! - [`check`] walks a data set's structure without believing a declared
 //!   length, and reads its identity.
-//! - [`dimse`] reads and writes command sets.
+//! - [`cxr_led_dicom::dimse`] reads and writes command sets.
 
 pub mod association;
 pub mod check;
-pub mod dimse;
 pub mod receive;
 pub mod store;
 
@@ -40,37 +39,9 @@ use tokio::task::JoinSet;
 
 use crate::audit;
 use crate::config::IngestConfig;
-use crate::metrics::Metrics;
-use crate::reload::Live;
+use crate::live::Live;
+use crate::ops::metrics::Metrics;
 use crate::spool::Spool;
-
-/// Verification SOP class.
-pub const VERIFICATION: &str = "1.2.840.10008.1.1";
-
-/// The storage SOP classes we accept: CR, DX (for presentation and for
-/// processing) and Secondary Capture.
-pub const STORAGE_SOP_CLASSES: &[&str] = &[
-    "1.2.840.10008.5.1.4.1.1.1",     // Computed Radiography Image Storage
-    "1.2.840.10008.5.1.4.1.1.1.1",   // Digital X-Ray Image Storage - For Presentation
-    "1.2.840.10008.5.1.4.1.1.1.1.1", // Digital X-Ray Image Storage - For Processing
-    "1.2.840.10008.5.1.4.1.1.7",     // Secondary Capture Image Storage
-];
-
-/// The transfer syntaxes we accept, in no particular order (the requestor's order wins).
-pub const TRANSFER_SYNTAXES: &[&str] = &[
-    "1.2.840.10008.1.2",      // Implicit VR Little Endian
-    "1.2.840.10008.1.2.1",    // Explicit VR Little Endian
-    "1.2.840.10008.1.2.1.99", // Deflated Explicit VR Little Endian
-    "1.2.840.10008.1.2.4.50", // JPEG Baseline (Process 1)
-    "1.2.840.10008.1.2.4.51", // JPEG Extended (Process 2 & 4)
-    "1.2.840.10008.1.2.4.57", // JPEG Lossless, Non-Hierarchical (Process 14)
-    "1.2.840.10008.1.2.4.70", // JPEG Lossless, First-Order Prediction
-    "1.2.840.10008.1.2.4.80", // JPEG-LS Lossless
-    "1.2.840.10008.1.2.4.81", // JPEG-LS Near-Lossless
-    "1.2.840.10008.1.2.4.90", // JPEG 2000 Lossless Only
-    "1.2.840.10008.1.2.4.91", // JPEG 2000
-    "1.2.840.10008.1.2.5",    // RLE Lossless
-];
 
 /// What every association task shares.
 #[derive(Debug)]

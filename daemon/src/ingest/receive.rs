@@ -13,11 +13,11 @@ use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use cxr_led_dicom::dimse::{status, Command};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::check::{self, Identity};
-use super::dimse::{status, Command};
 use crate::spool::{Spool, TempFile};
 
 /// Bytes handed to the thread at once: one wake-up per batch, not per PDU.

@@ -13,10 +13,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use cxr_led_dicom::dimse::{status, Command};
 use dicom_object::FileMetaTableBuilder;
 
 use super::check::Identity;
-use super::dimse::{status, Command};
 use super::receive::{Incoming, Received};
 use super::Shared;
 use crate::audit;

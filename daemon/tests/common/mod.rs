@@ -1,6 +1,6 @@
 //! Shared helpers of the ingest tests: a fresh database per test, an
 //! in-process daemon on a free port, dcmtk peers and a raw DIMSE client.
-#![allow(dead_code, missing_docs)]
+#![allow(dead_code, missing_docs, unused_imports)]
 
 pub mod pipeline;
 pub mod pki;
@@ -11,14 +11,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use cxr_led_daemon::app::service::{self, Running};
 use cxr_led_daemon::config::Config;
-use cxr_led_daemon::ingest::dimse;
-use cxr_led_daemon::service::{self, Running};
+use cxr_led_dicom::dimse;
 use dicom_dictionary_std::tags;
 use dicom_object::{open_file, InMemDicomObject};
 use dicom_ul::pdu::{PDataValue, PDataValueType};
 use dicom_ul::{ClientAssociationOptions, Pdu};
-use sqlx::{Connection, PgConnection, PgPool, Row};
+use sqlx::{PgPool, Row};
+
+pub use cxr_led_test_kit::database::{admin_url, TestDb};
+pub use cxr_led_test_kit::tiny_bundle;
+pub use cxr_led_test_kit::wait::wait_until;
 
 pub const AE: &str = "CXRLED";
 pub const CR: &str = "1.2.840.10008.5.1.4.1.1.1";
@@ -27,54 +31,6 @@ pub const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
 /// The folder of the copied fixtures.
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
-}
-
-pub fn admin_url() -> String {
-    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
-/// A database created for one test and dropped (forcefully) when dropped.
-pub struct TestDb {
-    pub name: String,
-    pub url: String,
-}
-
-impl TestDb {
-    pub async fn create() -> TestDb {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-        let name = format!("cxrled_test_{}_{}", std::process::id(), nanos % 1_000_000_000_000);
-        let admin = admin_url();
-        let mut conn = PgConnection::connect(&admin).await.expect("connect to DATABASE_URL");
-        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create test database");
-        conn.close().await.ok();
-        let (base, query) = match admin.split_once('?') {
-            Some((b, q)) => (b.to_string(), format!("?{q}")),
-            None => (admin.clone(), String::new()),
-        };
-        let base = base.rsplit_once('/').map(|(b, _)| b.to_string()).unwrap_or(base);
-        TestDb { url: format!("{base}/{name}{query}"), name }
-    }
-
-    pub async fn pool(&self) -> PgPool {
-        PgPool::connect(&self.url).await.expect("connect to test database")
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        let admin = admin_url();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async {
-                if let Ok(mut conn) = PgConnection::connect(&admin).await {
-                    let _ =
-                        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn).await;
-                }
-            });
-        })
-        .join();
-    }
 }
 
 /// A configuration for tests: loopback, port 0, the given spool and database.
@@ -111,11 +67,6 @@ pub fn write_daemon_config(mut config: Config, dir: &Path) -> (PathBuf, u16) {
 /// A loopback port nobody listens on right now (bound, read, released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// The tiny bundle checked into the repository (random fixed weights).
-pub fn tiny_bundle() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/bundles/tiny")
 }
 
 pub async fn start(config: Config) -> Running {
@@ -189,19 +140,6 @@ pub async fn wait_for_count(db: &PgPool, sql: &str, expected: i64) {
             return;
         }
         assert!(start.elapsed() < Duration::from_secs(10), "{sql}: expected {expected}, found {found}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Polls `condition` until it holds, panicking after `limit`.
-pub async fn wait_until<F, Fut>(limit: Duration, what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !condition().await {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

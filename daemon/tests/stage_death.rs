@@ -1,0 +1,78 @@
+//! A stage that dies stops the service instead of leaving it half alive: a
+//! fault injected into the tracker (`CXR_LED_TEST_FAULT`, honoured by test
+//! builds only) makes `/readyz` fail naming the stage, and the real binary
+//! drains and exits non-zero so that systemd restarts it.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const FAULT: &str = "fault injected into the tracker stage (CXR_LED_TEST_FAULT)";
+
+/// `GET path` over a fresh connection: the status code and the body.
+async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect to the HTTP endpoint");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(20), stream.read_to_string(&mut answer))
+        .await
+        .expect("the answer arrives")
+        .expect("read the answer");
+    let status = answer.split(' ').nth(1).and_then(|code| code.parse().ok()).expect("a status line");
+    let body = answer.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_tracker_fails_readiness_with_its_name() {
+    // This test binary is its own process: the variable reaches no other test.
+    std::env::set_var("CXR_LED_TEST_FAULT", "tracker");
+    let db = TestDb::create().await;
+    let spool = tempfile::tempdir().unwrap();
+    let running = start(test_config(&db, spool.path())).await;
+    let http = running.http_addr.expect("[http] is on by default");
+
+    let death = tokio::time::timeout(Duration::from_secs(30), running.stage_died()).await.expect("the tracker dies");
+    assert_eq!(death, format!("tracker panicked: {FAULT}"));
+    let (status, body) = get(http, "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains(&format!("stage: tracker panicked: {FAULT}")), "{body}");
+    // The other stages still drain cleanly.
+    tokio::time::timeout(Duration::from_secs(30), running.stop()).await.expect("the service stops");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_exits_non_zero_when_a_stage_dies() {
+    let db = TestDb::create().await;
+    let spool = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let (config, _port) = write_daemon_config(test_config(&db, spool.path()), work.path());
+    let log = work.path().join("daemon.log");
+    let output = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+    let mut daemon = DaemonProcess(
+        std::process::Command::new(env!("CARGO_BIN_EXE_cxr-ledd"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("CXR_LED_TEST_FAULT", "tracker")
+            .stdout(output.try_clone().unwrap())
+            .stderr(output)
+            .spawn()
+            .expect("start cxr-ledd"),
+    );
+    let mut status = None;
+    wait_until(Duration::from_secs(60), "cxr-ledd to exit", || {
+        status = daemon.0.try_wait().unwrap();
+        std::future::ready(status.is_some())
+    })
+    .await;
+    let status = status.unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(1), "{text}");
+    assert!(text.contains(&format!("stage tracker panicked: {FAULT}")), "{text}");
+}
