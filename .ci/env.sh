@@ -59,6 +59,44 @@ cxr_led_env() {
     export LIBTORCH_USE_PYTORCH=1
     unset LIBTORCH
     export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CXR_LED_CACHE/target}"
+    # The checked queries (sqlx::query!) compile against .sqlx/, never a live
+    # database: builds work before PostgreSQL runs, and the same everywhere.
+    # `cxr_led_sqlx_check` checks that .sqlx/ matches the migrations.
+    export SQLX_OFFLINE=true
+}
+
+# sqlx-cli 0.8.6 (the sqlx of Cargo.lock), for `cargo sqlx prepare`.
+cxr_led_sqlx_cli() {
+    local root="$CXR_LED_CACHE/sqlx-cli"
+    if ! "$root/bin/sqlx" --version 2>/dev/null | grep -q " 0\.8\.6$"; then
+        echo "cxr-led: installing sqlx-cli 0.8.6 into $root (once)" >&2
+        CARGO_TARGET_DIR="$CXR_LED_CACHE/sqlx-cli-build" cargo install --quiet --locked sqlx-cli --version 0.8.6 \
+            --no-default-features --features rustls,postgres --root "$root"
+    fi
+    export PATH="$root/bin:$PATH"
+}
+
+# Fails when .sqlx/ (the query descriptions the build compiles against) does
+# not match the queries and the schema of migrations/: the queries are
+# described afresh against a throw-away database migrated from scratch.
+# After changing a query or a migration, run it with CXR_LED_SQLX_WRITE=1
+# to rewrite .sqlx/, and commit that. Needs cxr_led_test_services.
+cxr_led_sqlx_check() {
+    cxr_led_sqlx_cli
+    local name="cxrled_sqlx_check_$$"
+    local url="${DATABASE_URL%/*}/$name"
+    psql "$DATABASE_URL" -qc "CREATE DATABASE $name"
+    local status=0
+    DATABASE_URL="$url" sqlx migrate run --source migrations >/dev/null || status=$?
+    if [ "$status" -eq 0 ]; then
+        if [ -n "${CXR_LED_SQLX_WRITE:-}" ]; then
+            DATABASE_URL="$url" cargo sqlx prepare --workspace || status=$?
+        else
+            DATABASE_URL="$url" cargo sqlx prepare --workspace --check || status=$?
+        fi
+    fi
+    psql "$DATABASE_URL" -qc "DROP DATABASE $name WITH (FORCE)"
+    return "$status"
 }
 
 # What the daemon's tests need: dcmtk (echoscu, storescu, storescp, dcmdump),

@@ -2,7 +2,9 @@
 //! `migrations/`. The schema owner (or a superuser) applies them, at start-up
 //! in a development set-up or with `cxr-ledd migrate`; the service's own role
 //! (granted `cxr_led_service`) may not change the schema, so it only checks
-//! that every migration has been applied.
+//! that every migration has been applied. The states its CHECK constraints
+//! allow are the enums here, bound and read by the checked queries
+//! (`sqlx::query!`, prepared in `.sqlx/`).
 
 use std::time::Duration;
 
@@ -139,4 +141,40 @@ pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> 
     let role = role(&db).await?;
     prepare(&db, &role).await?;
     Ok(db)
+}
+
+/// `job.state`, as its CHECK constraint allows (migrations/…000002_pipeline.sql).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
+pub enum JobState {
+    /// Waiting for a worker (or for its retry time).
+    Queued,
+    /// Claimed by a worker under a lease.
+    Running,
+    /// Every instance decided.
+    Done,
+    /// Out of attempts, or failed for good: the dead letter.
+    Dead,
+}
+
+impl JobState {
+    /// Every state, in the order of the constraint.
+    pub const ALL: [JobState; 4] = [JobState::Queued, JobState::Running, JobState::Done, JobState::Dead];
+}
+
+/// `outbox.state`, as its CHECK constraint allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
+pub enum OutboxState {
+    /// To be sent (now or at `next_attempt_at`).
+    Pending,
+    /// The destination answered Success or a Warning.
+    Sent,
+    /// Given up after `max-attempts`.
+    Failed,
+}
+
+impl OutboxState {
+    /// Every state, in the order of the constraint.
+    pub const ALL: [OutboxState; 3] = [OutboxState::Pending, OutboxState::Sent, OutboxState::Failed];
 }

@@ -6,11 +6,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{PgConnection, PgPool};
 
 use super::scu::Outcome;
 use crate::audit;
 use crate::config::{DeliveryConfig, DestinationConfig};
+use crate::db::OutboxState;
 use crate::ops::metrics::Metrics;
 
 /// Adds one pending outbox row per destination for a derived instance, in
@@ -24,16 +25,17 @@ pub async fn enqueue(
     file: &Path,
     destinations: &[DestinationConfig],
 ) -> Result<(), sqlx::Error> {
+    let file = file.to_string_lossy();
     for destination in destinations {
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO outbox (sop_instance_uid, sop_class_uid, study_instance_uid, destination, file) \
              VALUES ($1, $2, $3, $4, $5) ON CONFLICT (sop_instance_uid, destination) DO NOTHING",
+            sop_instance_uid,
+            sop_class_uid,
+            study_instance_uid,
+            destination.name,
+            file.as_ref(),
         )
-        .bind(sop_instance_uid)
-        .bind(sop_class_uid)
-        .bind(study_instance_uid)
-        .bind(&destination.name)
-        .bind(file.to_string_lossy().as_ref())
         .execute(&mut *tx)
         .await?;
     }
@@ -65,41 +67,42 @@ pub struct Claimed {
 /// skips the rows until the lease runs out (which is also how a row claimed
 /// by a daemon that died comes back).
 pub async fn claim_due(db: &PgPool, config: &DeliveryConfig) -> Result<Vec<Claimed>, sqlx::Error> {
-    let rows = sqlx::query(
+    // 'pending' is a literal so that the planner matches the partial index
+    // outbox_pending_idx (its predicate names it).
+    let rows = sqlx::query!(
         "WITH due AS ( \
              SELECT id FROM outbox WHERE state = 'pending' AND next_attempt_at <= now() \
              ORDER BY next_attempt_at, id LIMIT $1 FOR UPDATE SKIP LOCKED) \
          UPDATE outbox o SET next_attempt_at = now() + make_interval(secs => $2) FROM due WHERE o.id = due.id \
          RETURNING o.id, o.sop_instance_uid, o.sop_class_uid, o.study_instance_uid, o.destination, o.file, o.attempts",
+        i64::from(config.batch_size),
+        config.lease().as_secs_f64(),
     )
-    .bind(i64::from(config.batch_size))
-    .bind(config.lease().as_secs_f64())
     .fetch_all(db)
     .await?;
-    rows.iter()
-        .map(|row| {
-            Ok(Claimed {
-                id: row.try_get("id")?,
-                sop_instance_uid: row.try_get("sop_instance_uid")?,
-                sop_class_uid: row.try_get("sop_class_uid")?,
-                study_instance_uid: row.try_get("study_instance_uid")?,
-                destination: row.try_get("destination")?,
-                file: PathBuf::from(row.try_get::<String, _>("file")?),
-                attempts: row.try_get("attempts")?,
-            })
+    Ok(rows
+        .into_iter()
+        .map(|row| Claimed {
+            id: row.id,
+            sop_instance_uid: row.sop_instance_uid,
+            sop_class_uid: row.sop_class_uid,
+            study_instance_uid: row.study_instance_uid,
+            destination: row.destination,
+            file: PathBuf::from(row.file),
+            attempts: row.attempts,
         })
-        .collect()
+        .collect())
 }
 
 /// Renews the lease of rows still to be sent in a long batch, so that it
 /// never runs out and another daemon does not send them meanwhile.
 pub async fn renew_lease(db: &PgPool, ids: &[i64], lease: Duration) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE outbox SET next_attempt_at = now() + make_interval(secs => $2) \
-         WHERE id = ANY($1) AND state = 'pending'",
+    sqlx::query!(
+        "UPDATE outbox SET next_attempt_at = now() + make_interval(secs => $2) WHERE id = ANY($1) AND state = $3",
+        ids,
+        lease.as_secs_f64(),
+        OutboxState::Pending as OutboxState,
     )
-    .bind(ids)
-    .bind(lease.as_secs_f64())
     .execute(db)
     .await?;
     Ok(())
@@ -107,10 +110,13 @@ pub async fn renew_lease(db: &PgPool, ids: &[i64], lease: Duration) -> Result<()
 
 /// Makes rows that were claimed but not tried due again, without counting an attempt.
 pub async fn make_due(db: &PgPool, ids: &[i64]) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE outbox SET next_attempt_at = now() WHERE id = ANY($1) AND state = 'pending'")
-        .bind(ids)
-        .execute(db)
-        .await?;
+    sqlx::query!(
+        "UPDATE outbox SET next_attempt_at = now() WHERE id = ANY($1) AND state = $2",
+        ids,
+        OutboxState::Pending as OutboxState,
+    )
+    .execute(db)
+    .await?;
     Ok(())
 }
 
@@ -131,13 +137,14 @@ pub async fn record(
     let mut tx = db.begin().await?;
     let (event, outcome_word, detail) = match outcome {
         Outcome::Stored { status } => {
-            sqlx::query(
-                "UPDATE outbox SET state = 'sent', sent_at = now(), attempts = $2, last_status = $3, last_error = NULL \
+            sqlx::query!(
+                "UPDATE outbox SET state = $4, sent_at = now(), attempts = $2, last_status = $3, last_error = NULL \
                  WHERE id = $1",
+                claimed.id,
+                attempt,
+                i32::from(*status),
+                OutboxState::Sent as OutboxState,
             )
-            .bind(claimed.id)
-            .bind(attempt)
-            .bind(i32::from(*status))
             .execute(&mut *tx)
             .await?;
             tracing::info!(
@@ -169,16 +176,17 @@ pub async fn record(
             };
             let give_up = config.max_attempts > 0 && attempt as u32 >= config.max_attempts;
             let delay = config.retry_backoff().delay_with_jitter(attempt as u32, claimed.id);
-            sqlx::query(
+            let state = if give_up { OutboxState::Failed } else { OutboxState::Pending };
+            sqlx::query!(
                 "UPDATE outbox SET attempts = $2, last_status = $3, last_error = $4, \
                  next_attempt_at = now() + make_interval(secs => $5), state = $6 WHERE id = $1",
+                claimed.id,
+                attempt,
+                status,
+                error,
+                delay.as_secs_f64(),
+                state as OutboxState,
             )
-            .bind(claimed.id)
-            .bind(attempt)
-            .bind(status)
-            .bind(&error)
-            .bind(delay.as_secs_f64())
-            .bind(if give_up { "failed" } else { "pending" })
             .execute(&mut *tx)
             .await?;
             let next = if give_up {

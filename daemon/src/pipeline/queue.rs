@@ -10,9 +10,10 @@
 
 use std::time::Duration;
 
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 
 use crate::audit;
+use crate::db::JobState;
 
 /// A job held by this worker.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,34 +37,33 @@ pub async fn claim(
 ) -> Result<Option<ClaimedJob>, sqlx::Error> {
     loop {
         let mut tx = db.begin().await?;
-        let row = sqlx::query(
-            "SELECT id, study_instance_uid, attempts, state, lease_owner FROM job \
-             WHERE (state = 'queued' AND available_at <= now()) \
-                OR (state = 'running' AND lease_expires_at < now()) \
-             ORDER BY available_at, id LIMIT 1 FOR UPDATE SKIP LOCKED",
+        // The states are literals here so that the planner matches the
+        // partial index job_claimable_idx (its predicate names them).
+        let row = sqlx::query!(
+            r#"SELECT id, study_instance_uid, attempts, state AS "state: JobState", lease_owner FROM job
+               WHERE (state = 'queued' AND available_at <= now()) OR (state = 'running' AND lease_expires_at < now())
+               ORDER BY available_at, id LIMIT 1 FOR UPDATE SKIP LOCKED"#
         )
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = row else {
             return Ok(None);
         };
-        let id: i64 = row.try_get("id")?;
-        let study: String = row.try_get("study_instance_uid")?;
-        let attempts: i32 = row.try_get("attempts")?;
-        let state: String = row.try_get("state")?;
-        let previous_owner: Option<String> = row.try_get("lease_owner")?;
+        let (id, study, attempts, state, previous_owner) =
+            (row.id, row.study_instance_uid, row.attempts, row.state, row.lease_owner);
         if attempts >= max_attempts {
-            let reason = if state == "running" {
+            let reason = if state == JobState::Running {
                 format!("lease expired after attempt {attempts} of {max_attempts}: the worker died or hung")
             } else {
                 format!("{attempts} attempts failed")
             };
-            sqlx::query(
-                "UPDATE job SET state = 'dead', lease_owner = NULL, lease_expires_at = NULL, \
+            sqlx::query!(
+                "UPDATE job SET state = $3, lease_owner = NULL, lease_expires_at = NULL, \
                  finished_at = now(), last_error = coalesce(last_error || '; ', '') || $2 WHERE id = $1",
+                id,
+                reason,
+                JobState::Dead as JobState,
             )
-            .bind(id)
-            .bind(&reason)
             .execute(&mut *tx)
             .await?;
             audit::record(
@@ -81,16 +81,17 @@ pub async fn claim(
             tracing::error!(study = %study, job = id, "job moved to dead letter: {reason}");
             continue;
         }
-        sqlx::query(
-            "UPDATE job SET state = 'running', lease_owner = $2, \
+        sqlx::query!(
+            "UPDATE job SET state = $4, lease_owner = $2, \
              lease_expires_at = now() + make_interval(secs => $3), attempts = attempts + 1 WHERE id = $1",
+            id,
+            worker,
+            lease.as_secs_f64(),
+            JobState::Running as JobState,
         )
-        .bind(id)
-        .bind(worker)
-        .bind(lease.as_secs_f64())
         .execute(&mut *tx)
         .await?;
-        if state == "running" {
+        if state == JobState::Running {
             // The last worker died or hung mid-job: say so, or the trail
             // would show one attempt that never ended.
             let reason = format!(
@@ -119,13 +120,14 @@ pub async fn claim(
 /// Renews the lease; `false` when this worker no longer holds the job (its
 /// lease expired and another worker took it over).
 pub async fn heartbeat(db: &PgPool, job: &ClaimedJob, worker: &str, lease: Duration) -> Result<bool, sqlx::Error> {
-    let renewed = sqlx::query(
+    let renewed = sqlx::query!(
         "UPDATE job SET lease_expires_at = now() + make_interval(secs => $3) \
-         WHERE id = $1 AND state = 'running' AND lease_owner = $2",
+         WHERE id = $1 AND state = $4 AND lease_owner = $2",
+        job.id,
+        worker,
+        lease.as_secs_f64(),
+        JobState::Running as JobState,
     )
-    .bind(job.id)
-    .bind(worker)
-    .bind(lease.as_secs_f64())
     .execute(db)
     .await?
     .rows_affected();
@@ -135,12 +137,14 @@ pub async fn heartbeat(db: &PgPool, job: &ClaimedJob, worker: &str, lease: Durat
 /// Marks the job done (only while this worker holds it).
 pub async fn complete(db: &PgPool, job: &ClaimedJob, worker: &str, summary: &str) -> Result<bool, sqlx::Error> {
     let mut tx = db.begin().await?;
-    let done = sqlx::query(
-        "UPDATE job SET state = 'done', lease_owner = NULL, lease_expires_at = NULL, finished_at = now(), \
-         last_error = NULL WHERE id = $1 AND state = 'running' AND lease_owner = $2",
+    let done = sqlx::query!(
+        "UPDATE job SET state = $3, lease_owner = NULL, lease_expires_at = NULL, finished_at = now(), \
+         last_error = NULL WHERE id = $1 AND state = $4 AND lease_owner = $2",
+        job.id,
+        worker,
+        JobState::Done as JobState,
+        JobState::Running as JobState,
     )
-    .bind(job.id)
-    .bind(worker)
     .execute(&mut *tx)
     .await?
     .rows_affected();
@@ -186,25 +190,29 @@ pub async fn fail(
     let dead = permanent || job.attempt >= max_attempts;
     let mut tx = db.begin().await?;
     let updated = if dead {
-        sqlx::query(
-            "UPDATE job SET state = 'dead', lease_owner = NULL, lease_expires_at = NULL, finished_at = now(), \
-             last_error = $3 WHERE id = $1 AND state = 'running' AND lease_owner = $2",
+        sqlx::query!(
+            "UPDATE job SET state = $4, lease_owner = NULL, lease_expires_at = NULL, finished_at = now(), \
+             last_error = $3 WHERE id = $1 AND state = $5 AND lease_owner = $2",
+            job.id,
+            worker,
+            error,
+            JobState::Dead as JobState,
+            JobState::Running as JobState,
         )
-        .bind(job.id)
-        .bind(worker)
-        .bind(error)
         .execute(&mut *tx)
         .await?
     } else {
-        sqlx::query(
-            "UPDATE job SET state = 'queued', lease_owner = NULL, lease_expires_at = NULL, \
+        sqlx::query!(
+            "UPDATE job SET state = $5, lease_owner = NULL, lease_expires_at = NULL, \
              available_at = now() + make_interval(secs => $4), last_error = $3 \
-             WHERE id = $1 AND state = 'running' AND lease_owner = $2",
+             WHERE id = $1 AND state = $6 AND lease_owner = $2",
+            job.id,
+            worker,
+            error,
+            retry_delay.as_secs_f64(),
+            JobState::Queued as JobState,
+            JobState::Running as JobState,
         )
-        .bind(job.id)
-        .bind(worker)
-        .bind(error)
-        .bind(retry_delay.as_secs_f64())
         .execute(&mut *tx)
         .await?
     }
@@ -231,13 +239,15 @@ pub async fn fail(
 
 /// Hands a job back without counting the attempt (graceful shutdown).
 pub async fn release(db: &PgPool, job: &ClaimedJob, worker: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE job SET state = 'queued', lease_owner = NULL, lease_expires_at = NULL, \
+    sqlx::query!(
+        "UPDATE job SET state = $3, lease_owner = NULL, lease_expires_at = NULL, \
          attempts = greatest(attempts - 1, 0), available_at = now() \
-         WHERE id = $1 AND state = 'running' AND lease_owner = $2",
+         WHERE id = $1 AND state = $4 AND lease_owner = $2",
+        job.id,
+        worker,
+        JobState::Queued as JobState,
+        JobState::Running as JobState,
     )
-    .bind(job.id)
-    .bind(worker)
     .execute(db)
     .await?;
     Ok(())
@@ -245,5 +255,12 @@ pub async fn release(db: &PgPool, job: &ClaimedJob, worker: &str) -> Result<(), 
 
 /// Number of jobs waiting (queued or running), for metrics and tests.
 pub async fn depth(db: &PgPool) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT count(*) FROM job WHERE state IN ('queued', 'running')").fetch_one(db).await
+    let waiting = sqlx::query_scalar!(
+        r#"SELECT count(*) AS "count!" FROM job WHERE state IN ($1, $2)"#,
+        JobState::Queued as JobState,
+        JobState::Running as JobState,
+    )
+    .fetch_one(db)
+    .await?;
+    Ok(waiting)
 }

@@ -15,46 +15,49 @@
 
 use std::time::Duration;
 
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 
 use crate::audit;
+use crate::db::JobState;
 
 /// Enqueues every study whose quiet period has passed; returns the enqueued Study Instance UIDs.
 pub async fn enqueue_complete(db: &PgPool, quiet_period: Duration) -> Result<Vec<String>, sqlx::Error> {
     let mut tx = db.begin().await?;
-    let rows = sqlx::query(
+    let rows = sqlx::query!(
         "SELECT study_instance_uid, instance_count FROM study \
          WHERE enqueued_at IS NULL AND last_received_at <= now() - make_interval(secs => $1) \
          ORDER BY last_received_at LIMIT 500 FOR UPDATE SKIP LOCKED",
+        quiet_period.as_secs_f64(),
     )
-    .bind(quiet_period.as_secs_f64())
     .fetch_all(&mut *tx)
     .await?;
     let mut enqueued = Vec::with_capacity(rows.len());
     for row in rows {
-        let study: String = row.try_get("study_instance_uid")?;
-        let count: i32 = row.try_get("instance_count")?;
-        let open: Option<String> = sqlx::query_scalar(
-            "SELECT state FROM job WHERE study_instance_uid = $1 AND state IN ('queued', 'running')",
+        let (study, count) = (row.study_instance_uid, row.instance_count);
+        let open = sqlx::query_scalar!(
+            r#"SELECT state AS "state: JobState" FROM job WHERE study_instance_uid = $1 AND state IN ($2, $3)"#,
+            study,
+            JobState::Queued as JobState,
+            JobState::Running as JobState,
         )
-        .bind(&study)
         .fetch_optional(&mut *tx)
         .await?;
-        match open.as_deref() {
+        match open {
             // It may have listed the study's instances before the late one: wait for it to end.
-            Some("running") => continue,
+            Some(JobState::Running) => continue,
             // It has not started: it will find the late instance itself.
             Some(_) => {}
             None => {
-                let (earlier, undecided): (i64, i64) = sqlx::query_as(
-                    "SELECT (SELECT count(*) FROM job WHERE study_instance_uid = $1), \
-                     (SELECT count(*) FROM instance i WHERE i.study_instance_uid = $1 AND NOT EXISTS \
-                      (SELECT 1 FROM exposure_decision d WHERE d.sop_instance_uid = i.sop_instance_uid))",
+                let history = sqlx::query!(
+                    r#"SELECT (SELECT count(*) FROM job WHERE study_instance_uid = $1) AS "earlier!",
+                       (SELECT count(*) FROM instance i WHERE i.study_instance_uid = $1 AND NOT EXISTS
+                        (SELECT 1 FROM exposure_decision d WHERE d.sop_instance_uid = i.sop_instance_uid)) AS "undecided!""#,
+                    study,
                 )
-                .bind(&study)
                 .fetch_one(&mut *tx)
                 .await?;
-                sqlx::query("INSERT INTO job (study_instance_uid) VALUES ($1)").bind(&study).execute(&mut *tx).await?;
+                let (earlier, undecided) = (history.earlier, history.undecided);
+                sqlx::query!("INSERT INTO job (study_instance_uid) VALUES ($1)", study).execute(&mut *tx).await?;
                 let detail = if earlier == 0 {
                     format!("{count} instances")
                 } else {
@@ -74,8 +77,7 @@ pub async fn enqueue_complete(db: &PgPool, quiet_period: Duration) -> Result<Vec
                 enqueued.push(study.clone());
             }
         }
-        sqlx::query("UPDATE study SET enqueued_at = now() WHERE study_instance_uid = $1")
-            .bind(&study)
+        sqlx::query!("UPDATE study SET enqueued_at = now() WHERE study_instance_uid = $1", study)
             .execute(&mut *tx)
             .await?;
     }
