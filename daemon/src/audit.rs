@@ -18,7 +18,7 @@
 
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
-use sqlx::{PgExecutor, PgPool, Row};
+use sqlx::{PgExecutor, PgPool};
 
 /// Event: an association was accepted or rejected.
 pub const ASSOCIATION: &str = "association";
@@ -85,19 +85,19 @@ pub struct Event<'a> {
 /// commit: every other audit writer waits for it.
 pub async fn record<'e>(db: impl PgExecutor<'e>, event: &Event<'_>) -> Result<(), sqlx::Error> {
     let text = |value: Option<&'_ str>| value.map(storable);
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO audit_event (event, outcome, peer_address, calling_ae_title, called_ae_title, \
          sop_instance_uid, study_instance_uid, detail, data) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        event.event,
+        event.outcome,
+        text(event.peer_address),
+        text(event.calling_ae_title),
+        text(event.called_ae_title),
+        text(event.sop_instance_uid),
+        text(event.study_instance_uid),
+        text(event.detail),
+        event.data,
     )
-    .bind(event.event)
-    .bind(event.outcome)
-    .bind(text(event.peer_address))
-    .bind(text(event.calling_ae_title))
-    .bind(text(event.called_ae_title))
-    .bind(text(event.sop_instance_uid))
-    .bind(text(event.study_instance_uid))
-    .bind(text(event.detail))
-    .bind(event.data)
     .execute(db)
     .await?;
     Ok(())
@@ -304,11 +304,9 @@ impl std::str::FromStr for Anchor {
 
 /// The newest row's (seq, row_hash), or None for an empty trail.
 pub async fn current_head(db: &PgPool) -> Result<Option<Anchor>, sqlx::Error> {
-    let row: Option<(i64, String)> =
-        sqlx::query_as("SELECT seq, row_hash FROM audit_event WHERE seq IS NOT NULL ORDER BY seq DESC LIMIT 1")
-            .fetch_optional(db)
-            .await?;
-    Ok(row.map(|(seq, row_hash)| Anchor { seq, row_hash }))
+    sqlx::query_as!(Anchor, "SELECT seq, row_hash FROM audit_event WHERE seq IS NOT NULL ORDER BY seq DESC LIMIT 1")
+        .fetch_optional(db)
+        .await
 }
 
 /// Writes the chain head to the journal, for a copy kept outside the
@@ -389,33 +387,18 @@ pub async fn verify_chain_against(db: &PgPool, anchor: Option<&Anchor>) -> Resul
     let mut expected_prev = GENESIS_HASH.to_string();
     let mut after: i64 = i64::MIN;
     loop {
-        let rows = sqlx::query(
+        let rows = sqlx::query_as!(
+            ChainRow,
             "SELECT seq, id, at, event, outcome, peer_address, calling_ae_title, called_ae_title, \
              sop_instance_uid, study_instance_uid, detail, data::text AS data, prev_hash, row_hash \
              FROM audit_event WHERE seq > $1 ORDER BY seq LIMIT $2",
+            after,
+            VERIFY_PAGE,
         )
-        .bind(after)
-        .bind(VERIFY_PAGE)
         .fetch_all(db)
         .await?;
         let page_len = rows.len();
         for row in rows {
-            let row = ChainRow {
-                seq: row.try_get("seq")?,
-                id: row.try_get("id")?,
-                at: row.try_get("at")?,
-                event: row.try_get("event")?,
-                outcome: row.try_get("outcome")?,
-                peer_address: row.try_get("peer_address")?,
-                calling_ae_title: row.try_get("calling_ae_title")?,
-                called_ae_title: row.try_get("called_ae_title")?,
-                sop_instance_uid: row.try_get("sop_instance_uid")?,
-                study_instance_uid: row.try_get("study_instance_uid")?,
-                detail: row.try_get("detail")?,
-                data: row.try_get("data")?,
-                prev_hash: row.try_get("prev_hash")?,
-                row_hash: row.try_get("row_hash")?,
-            };
             let broken = |check, expected: String, found: String| BrokenLink {
                 seq: row.seq,
                 id: row.id,

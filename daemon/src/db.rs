@@ -30,8 +30,7 @@ pub const KNOWN_EDITS: &[(i64, &str)] = &[(
 /// landed file's; returns how many records changed. A database without
 /// `_sqlx_migrations` yet has nothing to repair.
 pub async fn repair_known_edits(db: &PgPool) -> Result<u64, sqlx::Error> {
-    let table: Option<String> =
-        sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations')::text").fetch_one(db).await?;
+    let table = sqlx::query_scalar!("SELECT to_regclass('_sqlx_migrations')::text AS name").fetch_one(db).await?;
     if table.is_none() {
         return Ok(0);
     }
@@ -39,13 +38,15 @@ pub async fn repair_known_edits(db: &PgPool) -> Result<u64, sqlx::Error> {
     for &(version, edited) in KNOWN_EDITS {
         let Some(landed) = MIGRATOR.iter().find(|m| m.version == version) else { continue };
         let edited = hex::decode(edited).expect("KNOWN_EDITS holds hex");
-        let changed = sqlx::query("UPDATE _sqlx_migrations SET checksum = $1 WHERE version = $2 AND checksum = $3")
-            .bind(landed.checksum.as_ref())
-            .bind(version)
-            .bind(&edited)
-            .execute(db)
-            .await?
-            .rows_affected();
+        let changed = sqlx::query!(
+            "UPDATE _sqlx_migrations SET checksum = $1 WHERE version = $2 AND checksum = $3",
+            landed.checksum.as_ref(),
+            version,
+            edited,
+        )
+        .execute(db)
+        .await?
+        .rows_affected();
         if changed > 0 {
             tracing::warn!(
                 version,
@@ -96,15 +97,17 @@ pub async fn pool(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error
 
 /// Who the pool connects as.
 pub async fn role(db: &PgPool) -> Result<Role, sqlx::Error> {
-    let (name, superuser, owns_audit, schema_exists): (String, bool, bool, bool) = sqlx::query_as(
-        "SELECT current_user::text, (SELECT rolsuper FROM pg_roles WHERE rolname = current_user), \
-         EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = current_schema() AND tablename = 'audit_event' \
-                 AND tableowner = current_user), \
-         EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = current_schema() AND tablename = 'audit_event')",
+    sqlx::query_as!(
+        Role,
+        r#"SELECT current_user::text AS "name!",
+                  coalesce((SELECT rolsuper FROM pg_roles WHERE rolname = current_user), false) AS "superuser!",
+                  EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = current_schema() AND tablename = 'audit_event'
+                          AND tableowner = current_user) AS "owns_audit!",
+                  EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = current_schema() AND tablename = 'audit_event')
+                      AS "schema_exists!""#
     )
     .fetch_one(db)
-    .await?;
-    Ok(Role { name, superuser, owns_audit, schema_exists })
+    .await
 }
 
 /// Applies the pending migrations when `role` may change the schema (its
@@ -114,7 +117,7 @@ pub async fn prepare(db: &PgPool, role: &Role) -> anyhow::Result<()> {
     if role.can_rewrite_audit() || !role.schema_exists {
         return migrate(db).await;
     }
-    let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+    let applied: Vec<i64> = sqlx::query_scalar!("SELECT version FROM _sqlx_migrations WHERE success")
         .fetch_all(db)
         .await
         .context("reading _sqlx_migrations (is this role granted cxr_led_service?)")?;

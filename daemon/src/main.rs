@@ -236,7 +236,9 @@ fn main() -> anyhow::Result<()> {
                 cxr_led_daemon::db::migrate(&db).await?;
                 let role = cxr_led_daemon::db::role(&db).await?;
                 let applied: i64 =
-                    sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success").fetch_one(&db).await?;
+                    sqlx::query_scalar!(r#"SELECT count(*) AS "count!" FROM _sqlx_migrations WHERE success"#)
+                        .fetch_one(&db)
+                        .await?;
                 db.close().await;
                 anyhow::Ok((role, applied))
             })?;

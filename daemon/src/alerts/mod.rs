@@ -21,11 +21,12 @@ pub mod mail;
 use std::time::Duration;
 
 use serde_json::json;
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 
 use self::mail::Mailer;
 use crate::audit;
 use crate::config::AlertsConfig;
+use crate::db::{JobState, OutboxState};
 
 /// Alert kind: a result held back by the hallucination check.
 pub const HELD: &str = "held";
@@ -94,28 +95,24 @@ const FOOTER: &str = "\nThis mail carries no patient names, IDs or birth dates: 
 
 /// Held results not alerted yet.
 async fn held(db: &PgPool) -> Result<Vec<Alert>, sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT e.derived_sop_instance_uid, e.source_sop_instance_uid, e.study_instance_uid, e.score, \
-         e.hold_threshold, e.score_components::text AS components, e.bundle_name, e.bundle_version, \
-         to_char(e.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') || ' UTC' AS created \
-         FROM enhancement e WHERE e.held \
-         AND NOT EXISTS (SELECT 1 FROM alert a WHERE a.kind = 'held' AND a.key = e.derived_sop_instance_uid) \
-         ORDER BY e.created_at LIMIT $1",
+    let rows = sqlx::query!(
+        r#"SELECT e.derived_sop_instance_uid, e.source_sop_instance_uid, e.study_instance_uid, e.score,
+                  e.hold_threshold, e.score_components::text AS "components!", e.bundle_name, e.bundle_version,
+                  to_char(e.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') || ' UTC' AS "created!"
+           FROM enhancement e WHERE e.held
+           AND NOT EXISTS (SELECT 1 FROM alert a WHERE a.kind = 'held' AND a.key = e.derived_sop_instance_uid)
+           ORDER BY e.created_at LIMIT $1"#,
+        BATCH,
     )
-    .bind(BATCH)
     .fetch_all(db)
     .await?;
-    rows.iter()
+    Ok(rows
+        .into_iter()
         .map(|row| {
-            let derived: String = row.try_get("derived_sop_instance_uid")?;
-            let source: String = row.try_get("source_sop_instance_uid")?;
-            let study: String = row.try_get("study_instance_uid")?;
-            let score: f64 = row.try_get("score")?;
-            let threshold: f64 = row.try_get("hold_threshold")?;
-            let components: String = row.try_get("components")?;
-            let bundle: String = row.try_get("bundle_name")?;
-            let version: String = row.try_get("bundle_version")?;
-            let created: String = row.try_get("created")?;
+            let (derived, source, study) =
+                (row.derived_sop_instance_uid, row.source_sop_instance_uid, row.study_instance_uid);
+            let (score, threshold, components) = (row.score, row.hold_threshold, row.components);
+            let (bundle, version, created) = (row.bundle_name, row.bundle_version, row.created);
             let subject =
                 format!("[cxr-led] Result held: hallucination-check score {score:.4} above {threshold:.4} ({derived})");
             let body = format!(
@@ -131,7 +128,7 @@ async fn held(db: &PgPool) -> Result<Vec<Alert>, sqlx::Error> {
                  Audit query:\n  SELECT * FROM audit_derived_instance WHERE derived_sop_instance_uid = {};\n{FOOTER}",
                 sql_literal(&derived)
             );
-            Ok(Alert {
+            Alert {
                 kind: HELD,
                 key: derived.clone(),
                 subject,
@@ -140,33 +137,33 @@ async fn held(db: &PgPool) -> Result<Vec<Alert>, sqlx::Error> {
                              "score": score, "hold_threshold": threshold}),
                 sop_instance_uid: Some(derived),
                 study_instance_uid: Some(study),
-            })
+            }
         })
-        .collect()
+        .collect())
 }
 
 /// Dead jobs not alerted yet.
 async fn dead_jobs(db: &PgPool) -> Result<Vec<Alert>, sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT j.id, j.study_instance_uid, j.attempts, coalesce(j.last_error, '(no error recorded)') AS last_error, \
-         coalesce(to_char(j.finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') || ' UTC', 'unknown') AS finished, \
-         array(SELECT i.sop_instance_uid FROM instance i WHERE i.study_instance_uid = j.study_instance_uid \
-               ORDER BY i.received_at, i.sop_instance_uid) AS instances \
-         FROM job j WHERE j.state = 'dead' \
-         AND NOT EXISTS (SELECT 1 FROM alert a WHERE a.kind = 'dead-job' AND a.key = j.id::text) \
-         ORDER BY j.id LIMIT $1",
+    let rows = sqlx::query!(
+        r#"SELECT j.id, j.study_instance_uid, j.attempts,
+                  coalesce(j.last_error, '(no error recorded)') AS "last_error!",
+                  coalesce(to_char(j.finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') || ' UTC', 'unknown')
+                      AS "finished!",
+                  array(SELECT i.sop_instance_uid FROM instance i WHERE i.study_instance_uid = j.study_instance_uid
+                        ORDER BY i.received_at, i.sop_instance_uid) AS "instances!"
+           FROM job j WHERE j.state = $2
+           AND NOT EXISTS (SELECT 1 FROM alert a WHERE a.kind = 'dead-job' AND a.key = j.id::text)
+           ORDER BY j.id LIMIT $1"#,
+        BATCH,
+        JobState::Dead as JobState,
     )
-    .bind(BATCH)
     .fetch_all(db)
     .await?;
-    rows.iter()
+    Ok(rows
+        .into_iter()
         .map(|row| {
-            let id: i64 = row.try_get("id")?;
-            let study: String = row.try_get("study_instance_uid")?;
-            let attempts: i32 = row.try_get("attempts")?;
-            let reason: String = row.try_get("last_error")?;
-            let finished: String = row.try_get("finished")?;
-            let instances: Vec<String> = row.try_get("instances")?;
+            let (id, study, attempts) = (row.id, row.study_instance_uid, row.attempts);
+            let (reason, finished, instances) = (row.last_error, row.finished, row.instances);
             let subject = format!("[cxr-led] Job {id} failed for good after {attempts} attempts (study {study})");
             let body = format!(
                 "cxr-led gave up on a study: its job failed {attempts} times and will not be retried.\n\
@@ -182,7 +179,7 @@ async fn dead_jobs(db: &PgPool) -> Result<Vec<Alert>, sqlx::Error> {
                 list = uid_list(&instances),
                 study_lit = sql_literal(&study),
             );
-            Ok(Alert {
+            Alert {
                 kind: DEAD_JOB,
                 key: id.to_string(),
                 subject,
@@ -191,54 +188,52 @@ async fn dead_jobs(db: &PgPool) -> Result<Vec<Alert>, sqlx::Error> {
                              "last_error": reason}),
                 sop_instance_uid: None,
                 study_instance_uid: Some(study),
-            })
+            }
         })
-        .collect()
+        .collect())
 }
 
 /// Destinations with a derived instance pending for longer than `after` and no
 /// delivery in that time, not alerted yet for this outage.
 async fn unreachable(db: &PgPool, after: Duration) -> Result<Vec<Alert>, sqlx::Error> {
-    let rows = sqlx::query(
-        "WITH stale AS ( \
-             SELECT destination, count(*) AS pending, min(created_at) AS oldest, max(attempts) AS attempts, \
-                    (array_agg(last_error ORDER BY next_attempt_at DESC) FILTER (WHERE last_error IS NOT NULL))[1] \
-                        AS last_error, \
-                    (array_agg(sop_instance_uid ORDER BY created_at, sop_instance_uid))[1:$3] AS uids \
-             FROM outbox WHERE state = 'pending' AND created_at < now() - make_interval(secs => $1) \
-             GROUP BY destination), \
-         outage AS ( \
-             SELECT s.*, (SELECT max(o.sent_at) FROM outbox o WHERE o.destination = s.destination \
-                          AND o.state = 'sent') AS last_sent \
-             FROM stale s), \
-         keyed AS ( \
-             SELECT o.*, o.destination || ' last-sent=' || coalesce(to_char(o.last_sent AT TIME ZONE 'UTC', \
-                    'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), 'never') AS key \
-             FROM outage o \
-             WHERE o.last_sent IS NULL OR o.last_sent < now() - make_interval(secs => $1)) \
-         SELECT k.destination, k.key, k.pending, k.attempts, k.last_error, k.uids, \
-                to_char(k.oldest AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') || ' UTC' AS oldest, \
-                coalesce(to_char(k.last_sent AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') || ' UTC', 'never') \
-                    AS last_sent \
-         FROM keyed k \
-         WHERE NOT EXISTS (SELECT 1 FROM alert a WHERE a.kind = 'pacs-unreachable' AND a.key = k.key) \
-         ORDER BY k.destination LIMIT $2",
+    let rows = sqlx::query!(
+        r#"WITH stale AS (
+               SELECT destination, count(*) AS pending, min(created_at) AS oldest, max(attempts) AS attempts,
+                      (array_agg(last_error ORDER BY next_attempt_at DESC) FILTER (WHERE last_error IS NOT NULL))[1]
+                          AS last_error,
+                      (array_agg(sop_instance_uid ORDER BY created_at, sop_instance_uid))[1:$3] AS uids
+               FROM outbox WHERE state = $4 AND created_at < now() - make_interval(secs => $1)
+               GROUP BY destination),
+           outage AS (
+               SELECT s.*, (SELECT max(o.sent_at) FROM outbox o WHERE o.destination = s.destination
+                            AND o.state = $5) AS last_sent
+               FROM stale s),
+           keyed AS (
+               SELECT o.*, o.destination || ' last-sent=' || coalesce(to_char(o.last_sent AT TIME ZONE 'UTC',
+                      'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'), 'never') AS key
+               FROM outage o
+               WHERE o.last_sent IS NULL OR o.last_sent < now() - make_interval(secs => $1))
+           SELECT k.destination AS "destination!", k.key AS "key!", k.pending AS "pending!",
+                  k.attempts AS "attempts!", k.last_error, k.uids AS "uids!",
+                  to_char(k.oldest AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') || ' UTC' AS "oldest!",
+                  coalesce(to_char(k.last_sent AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') || ' UTC', 'never')
+                      AS "last_sent!"
+           FROM keyed k
+           WHERE NOT EXISTS (SELECT 1 FROM alert a WHERE a.kind = 'pacs-unreachable' AND a.key = k.key)
+           ORDER BY k.destination LIMIT $2"#,
+        after.as_secs_f64(),
+        BATCH,
+        MAX_UIDS as i32,
+        OutboxState::Pending as OutboxState,
+        OutboxState::Sent as OutboxState,
     )
-    .bind(after.as_secs_f64())
-    .bind(BATCH)
-    .bind(MAX_UIDS as i32)
     .fetch_all(db)
     .await?;
-    rows.iter()
+    Ok(rows
+        .into_iter()
         .map(|row| {
-            let destination: String = row.try_get("destination")?;
-            let key: String = row.try_get("key")?;
-            let pending: i64 = row.try_get("pending")?;
-            let attempts: i32 = row.try_get("attempts")?;
-            let last_error: Option<String> = row.try_get("last_error")?;
-            let uids: Vec<String> = row.try_get("uids")?;
-            let oldest: String = row.try_get("oldest")?;
-            let last_sent: String = row.try_get("last_sent")?;
+            let (destination, key, pending, attempts) = (row.destination, row.key, row.pending, row.attempts);
+            let (last_error, uids, oldest, last_sent) = (row.last_error, row.uids, row.oldest, row.last_sent);
             let minutes = after.as_secs() / 60;
             let subject = format!(
                 "[cxr-led] PACS unreachable: {destination}: {pending} derived instances waiting since {oldest}"
@@ -262,7 +257,7 @@ async fn unreachable(db: &PgPool, after: Duration) -> Result<Vec<Alert>, sqlx::E
                 error = last_error.as_deref().unwrap_or("(none recorded)"),
                 dest_lit = sql_literal(&destination),
             );
-            Ok(Alert {
+            Alert {
                 kind: PACS_UNREACHABLE,
                 key: key.clone(),
                 subject,
@@ -271,9 +266,9 @@ async fn unreachable(db: &PgPool, after: Duration) -> Result<Vec<Alert>, sqlx::E
                              "pending": pending, "attempts": attempts}),
                 sop_instance_uid: None,
                 study_instance_uid: None,
-            })
+            }
         })
-        .collect()
+        .collect())
 }
 
 /// Every alert due now, not sent yet: held results, dead jobs, unreachable destinations.
@@ -290,13 +285,13 @@ pub async fn pending(db: &PgPool, config: &AlertsConfig) -> Result<Vec<Alert>, s
 pub async fn send(db: &PgPool, mailer: &Mailer, alert: &Alert) -> Result<bool, Error> {
     let recipients = mailer.recipients();
     let mut tx = db.begin().await?;
-    let inserted = sqlx::query(
+    let inserted = sqlx::query!(
         "INSERT INTO alert (kind, key, recipients, subject) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        alert.kind,
+        alert.key,
+        recipients,
+        alert.subject,
     )
-    .bind(alert.kind)
-    .bind(&alert.key)
-    .bind(&recipients)
-    .bind(&alert.subject)
     .execute(&mut *tx)
     .await?
     .rows_affected();

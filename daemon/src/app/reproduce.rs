@@ -13,7 +13,7 @@ use cxr_led_dicom::derive::StoredPixels;
 use cxr_led_dicom::pixels;
 use dicom_dictionary_std::tags;
 use serde::Serialize;
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 
 use crate::audit;
 use crate::config::PipelineConfig;
@@ -56,23 +56,18 @@ pub async fn reproduce(
     pipeline: &PipelineConfig,
     derived_sop_instance_uid: &str,
 ) -> anyhow::Result<Reproduction> {
-    let row = sqlx::query(
+    let row = sqlx::query!(
         "SELECT e.source_sop_instance_uid, e.bundle_sha256, e.params, e.pixel_sha256, e.derived_file, e.score, \
          i.spool_file, i.study_instance_uid FROM enhancement e \
          JOIN instance i ON i.sop_instance_uid = e.source_sop_instance_uid WHERE e.derived_sop_instance_uid = $1",
+        derived_sop_instance_uid,
     )
-    .bind(derived_sop_instance_uid)
     .fetch_optional(db)
     .await?
     .with_context(|| format!("no enhancement recorded for derived SOP Instance UID {derived_sop_instance_uid}"))?;
-    let source_uid: String = row.try_get("source_sop_instance_uid")?;
-    let bundle_sha256: String = row.try_get("bundle_sha256")?;
-    let params: serde_json::Value = row.try_get("params")?;
-    let recorded_pixel_sha256: String = row.try_get("pixel_sha256")?;
-    let derived_file: String = row.try_get("derived_file")?;
-    let recorded_score: f64 = row.try_get("score")?;
-    let spool_file: String = row.try_get("spool_file")?;
-    let study: String = row.try_get("study_instance_uid")?;
+    let (source_uid, bundle_sha256, params) = (row.source_sop_instance_uid, row.bundle_sha256, row.params);
+    let (recorded_pixel_sha256, derived_file, recorded_score) = (row.pixel_sha256, row.derived_file, row.score);
+    let (spool_file, study) = (row.spool_file, row.study_instance_uid);
 
     let params: cxr_led_models::EnhanceParams =
         serde_json::from_value(params).context("recorded parameters do not parse")?;

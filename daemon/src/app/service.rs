@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -47,8 +47,8 @@ pub struct Recovery {
 pub async fn recover(spool: &Spool, db: &PgPool) -> anyhow::Result<Recovery> {
     let mut recovery =
         Recovery { temp_removed: spool.clean_temp().context("cleaning spool tmp/")?, ..Default::default() };
-    let rows = sqlx::query("SELECT spool_file FROM instance").fetch_all(db).await?;
-    let known: HashSet<String> = rows.iter().map(|r| r.try_get::<String, _>("spool_file")).collect::<Result<_, _>>()?;
+    let known: HashSet<String> =
+        sqlx::query_scalar!("SELECT spool_file FROM instance").fetch_all(db).await?.into_iter().collect();
     let files = spool.list().context("listing the spool")?;
     for name in &files {
         if !known.contains(name) {

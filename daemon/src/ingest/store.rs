@@ -272,21 +272,21 @@ impl Pending {
             "{detail}; late: its study was already enqueued, so the study is re-opened and \
              this instance gets a job of its own after the quiet period"
         );
-        let registered = sqlx::query_scalar::<_, bool>(
+        let registered = sqlx::query_scalar!(
             "SELECT register_instance($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            identity.sop_instance_uid,
+            identity.sop_class_uid,
+            identity.study_instance_uid,
+            identity.series_instance_uid,
+            self.transfer_syntax,
+            file_name,
+            size as i64,
+            audit::storable(&peer.calling_ae_title),
+            audit::storable(&peer.called_ae_title),
+            audit::storable(&peer.address),
+            detail,
+            late_detail,
         )
-        .bind(&identity.sop_instance_uid)
-        .bind(&identity.sop_class_uid)
-        .bind(&identity.study_instance_uid)
-        .bind(&identity.series_instance_uid)
-        .bind(&self.transfer_syntax)
-        .bind(file_name)
-        .bind(size as i64)
-        .bind(audit::storable(&peer.calling_ae_title))
-        .bind(audit::storable(&peer.called_ae_title))
-        .bind(audit::storable(&peer.address))
-        .bind(&detail)
-        .bind(&late_detail)
         .fetch_one(&shared.db)
         .await;
         match registered {
@@ -327,8 +327,7 @@ async fn discard(temp: crate::spool::TempFile) {
 }
 
 async fn is_known(db: &sqlx::PgPool, sop_instance_uid: &str) -> Result<bool, sqlx::Error> {
-    let row = sqlx::query("SELECT 1 FROM instance WHERE sop_instance_uid = $1")
-        .bind(sop_instance_uid)
+    let row = sqlx::query_scalar!("SELECT 1 AS known FROM instance WHERE sop_instance_uid = $1", sop_instance_uid)
         .fetch_optional(db)
         .await?;
     Ok(row.is_some())
@@ -336,10 +335,12 @@ async fn is_known(db: &sqlx::PgPool, sop_instance_uid: &str) -> Result<bool, sql
 
 /// Moves a study's last activity to now while it waits for its quiet period.
 async fn refresh_activity(db: &sqlx::PgPool, study_instance_uid: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE study SET last_received_at = now() WHERE study_instance_uid = $1 AND enqueued_at IS NULL")
-        .bind(study_instance_uid)
-        .execute(db)
-        .await?;
+    sqlx::query!(
+        "UPDATE study SET last_received_at = now() WHERE study_instance_uid = $1 AND enqueued_at IS NULL",
+        study_instance_uid,
+    )
+    .execute(db)
+    .await?;
     Ok(())
 }
 

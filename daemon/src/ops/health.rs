@@ -66,7 +66,7 @@ impl Readiness {
     }
 
     async fn check_database(&self) -> Result<(), String> {
-        let query = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&self.db);
+        let query = sqlx::query_scalar!("SELECT 1 AS one").fetch_one(&self.db);
         match tokio::time::timeout(CHECK_TIMEOUT, query).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(format!("SELECT 1 failed: {e}")),

@@ -273,12 +273,20 @@ async fn route(request: &Request, endpoints: &Endpoints) -> Response {
 async fn database_counts(db: &PgPool) -> Result<DatabaseCounts, String> {
     let read = async {
         Ok::<_, sqlx::Error>(DatabaseCounts {
-            jobs_by_state: sqlx::query_as("SELECT state, count(*) FROM job GROUP BY state ORDER BY state")
+            jobs_by_state: sqlx::query!(r#"SELECT state, count(*) AS "count!" FROM job GROUP BY state ORDER BY state"#)
                 .fetch_all(db)
-                .await?,
-            outbox_by_state: sqlx::query_as("SELECT state, count(*) FROM outbox GROUP BY state ORDER BY state")
-                .fetch_all(db)
-                .await?,
+                .await?
+                .into_iter()
+                .map(|row| (row.state, row.count))
+                .collect(),
+            outbox_by_state: sqlx::query!(
+                r#"SELECT state, count(*) AS "count!" FROM outbox GROUP BY state ORDER BY state"#
+            )
+            .fetch_all(db)
+            .await?
+            .into_iter()
+            .map(|row| (row.state, row.count))
+            .collect(),
         })
     };
     match tokio::time::timeout(CHECK_TIMEOUT, read).await {

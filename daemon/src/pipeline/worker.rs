@@ -17,7 +17,7 @@ use cxr_led_dicom::derive::{self, Provenance};
 use cxr_led_dicom::pixels::{self, DisplayImage};
 use dicom_object::{open_file, DefaultDicomObject};
 use serde_json::json;
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -233,24 +233,15 @@ struct SourceRow {
 
 /// Decides (and if flagged, enhances) every instance of the job's study.
 pub async fn process_job(context: &Arc<WorkerContext>, job: &ClaimedJob) -> Result<String, JobError> {
-    let rows = sqlx::query(
-        "SELECT i.sop_instance_uid, i.spool_file, (d.sop_instance_uid IS NOT NULL) AS decided \
-         FROM instance i LEFT JOIN exposure_decision d USING (sop_instance_uid) \
-         WHERE i.study_instance_uid = $1 ORDER BY i.received_at, i.sop_instance_uid",
+    let sources = sqlx::query_as!(
+        SourceRow,
+        r#"SELECT i.sop_instance_uid, i.spool_file, (d.sop_instance_uid IS NOT NULL) AS "decided!"
+           FROM instance i LEFT JOIN exposure_decision d USING (sop_instance_uid)
+           WHERE i.study_instance_uid = $1 ORDER BY i.received_at, i.sop_instance_uid"#,
+        job.study_instance_uid,
     )
-    .bind(&job.study_instance_uid)
     .fetch_all(&context.db)
     .await?;
-    let sources = rows
-        .iter()
-        .map(|r| {
-            Ok(SourceRow {
-                sop_instance_uid: r.try_get("sop_instance_uid")?,
-                spool_file: r.try_get("spool_file")?,
-                decided: r.try_get("decided")?,
-            })
-        })
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
     let mut counts = std::collections::BTreeMap::<&str, usize>::new();
     let processed = &context.metrics.instances_processed;
     for source in &sources {
@@ -335,21 +326,21 @@ async fn process_instance(
         Processed::Unprocessable(decision, _) => decision,
         Processed::Enhanced(derived) => &derived.decision,
     };
-    let inserted = sqlx::query(
+    let inserted = sqlx::query!(
         "INSERT INTO exposure_decision (sop_instance_uid, study_instance_uid, job_id, flagged, rule, \
          deviation_index, exposure_index, target_exposure_index, threshold, detail) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING",
+        sop,
+        study,
+        job.id,
+        decision.flagged,
+        decision.rule.as_str(),
+        decision.deviation_index,
+        decision.exposure_index,
+        decision.target_exposure_index,
+        decision.threshold,
+        json!({ "reason": decision.reason, "noise_sigma": decision.noise_sigma }),
     )
-    .bind(sop)
-    .bind(study)
-    .bind(job.id)
-    .bind(decision.flagged)
-    .bind(decision.rule.as_str())
-    .bind(decision.deviation_index)
-    .bind(decision.exposure_index)
-    .bind(decision.target_exposure_index)
-    .bind(decision.threshold)
-    .bind(json!({ "reason": decision.reason, "noise_sigma": decision.noise_sigma }))
     .execute(&mut *tx)
     .await?
     .rows_affected();
@@ -414,31 +405,32 @@ async fn record_enhancement(
         "score_s": enhanced.timings.score_s,
         "total_s": derived.seconds,
     });
-    let inserted = sqlx::query(
+    let derived_file = derived.file.to_string_lossy();
+    let inserted = sqlx::query!(
         "INSERT INTO enhancement (derived_sop_instance_uid, derived_series_instance_uid, source_sop_instance_uid, \
          study_instance_uid, job_id, bundle_name, bundle_version, bundle_sha256, params, seed, device, score, \
          score_components, hold_threshold, held, timings, derived_file, pixel_sha256) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) \
          ON CONFLICT DO NOTHING",
+        &derived.derived_sop_instance_uid,
+        &derived.derived_series_instance_uid,
+        sop,
+        &job.study_instance_uid,
+        job.id,
+        &enhancer.bundle_name,
+        &enhancer.bundle_version,
+        &enhancer.bundle_sha256,
+        serde_json::to_value(&enhancer.params)?,
+        format!("{:016x}", enhanced.seed),
+        &enhancer.device,
+        enhanced.verdict.score,
+        serde_json::Value::Object(components.clone()),
+        enhanced.verdict.hold_threshold,
+        derived.enhanced.verdict.held,
+        &timings,
+        derived_file.as_ref(),
+        &derived.pixel_sha256,
     )
-    .bind(&derived.derived_sop_instance_uid)
-    .bind(&derived.derived_series_instance_uid)
-    .bind(sop)
-    .bind(&job.study_instance_uid)
-    .bind(job.id)
-    .bind(&enhancer.bundle_name)
-    .bind(&enhancer.bundle_version)
-    .bind(&enhancer.bundle_sha256)
-    .bind(serde_json::to_value(&enhancer.params)?)
-    .bind(format!("{:016x}", enhanced.seed))
-    .bind(&enhancer.device)
-    .bind(enhanced.verdict.score)
-    .bind(serde_json::Value::Object(components.clone()))
-    .bind(enhanced.verdict.hold_threshold)
-    .bind(derived.enhanced.verdict.held)
-    .bind(&timings)
-    .bind(derived.file.to_string_lossy().as_ref())
-    .bind(&derived.pixel_sha256)
     .execute(&mut *tx)
     .await?
     .rows_affected();
