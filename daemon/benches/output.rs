@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 
-use common::{fixture, TestDb};
+use common::{fixture, tiny_provenance, TestDb};
 use cxr_led_daemon::config::{DeliveryConfig, DestinationConfig};
 use cxr_led_daemon::ops::metrics::Metrics;
 use cxr_led_daemon::{db, delivery};
@@ -30,22 +30,8 @@ use dicom_dictionary_std::tags;
 use dicom_pixeldata::PixelDecoder;
 
 fn provenance(n: usize) -> Provenance {
-    Provenance {
-        derived_sop_instance_uid: derive::uid_from_parts(&[b"bench-instance", &n.to_le_bytes()]),
-        derived_series_instance_uid: derive::uid_from_parts(&[b"bench-series"]),
-        model_name: "led-tiny".into(),
-        model_version: "0.1.0".into(),
-        bundle_sha256: "ab".repeat(32),
-        t0: 200,
-        steps: 10,
-        precision: "f32".into(),
-        device: "cpu".into(),
-        score: 0.2,
-        score_components: vec![("consistency".into(), 0.2)],
-        hold_threshold: 0.5,
-        software_version: env!("CARGO_PKG_VERSION").into(),
-        created: chrono::Utc::now(),
-    }
+    let instance = derive::uid_from_parts(&[b"bench-instance", &n.to_le_bytes()]);
+    tiny_provenance(instance, derive::uid_from_parts(&[b"bench-series"]))
 }
 
 /// Output-side figures (see the file's doc comment).

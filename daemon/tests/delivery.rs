@@ -12,7 +12,7 @@ use common::*;
 use cxr_led_daemon::config::{DeliveryConfig, DestinationConfig, DestinationTlsConfig};
 use cxr_led_daemon::ops::metrics::Metrics;
 use cxr_led_daemon::{db, delivery};
-use cxr_led_dicom::derive::{self, Provenance, StoredPixels};
+use cxr_led_dicom::derive::{self, StoredPixels};
 use dicom_dictionary_std::tags;
 use dicom_object::open_file;
 use dicom_pixeldata::PixelDecoder;
@@ -36,22 +36,10 @@ fn derived_file(dir: &Path, fixture_name: &str, tag: &str) -> DerivedFile {
         StoredPixels::U16(decoded.data_ow().iter().map(|&v| (max - (u32::from(v) & max)) as u16).collect())
     };
     let source_uid = source.element(tags::SOP_INSTANCE_UID).unwrap().to_str().unwrap().to_string();
-    let provenance = Provenance {
-        derived_sop_instance_uid: derive::uid_from_parts(&[b"instance", tag.as_bytes(), source_uid.as_bytes()]),
-        derived_series_instance_uid: derive::uid_from_parts(&[b"series", tag.as_bytes(), source_uid.as_bytes()]),
-        model_name: "led-tiny".into(),
-        model_version: "0.1.0".into(),
-        bundle_sha256: "ab".repeat(32),
-        t0: 200,
-        steps: 10,
-        precision: "f32".into(),
-        device: "cpu".into(),
-        score: 0.2,
-        score_components: vec![("consistency".into(), 0.2)],
-        hold_threshold: 0.5,
-        software_version: env!("CARGO_PKG_VERSION").into(),
-        created: chrono::Utc::now(),
-    };
+    let provenance = tiny_provenance(
+        derive::uid_from_parts(&[b"instance", tag.as_bytes(), source_uid.as_bytes()]),
+        derive::uid_from_parts(&[b"series", tag.as_bytes(), source_uid.as_bytes()]),
+    );
     let object = derive::derive_instance(&source, pixels, &provenance).unwrap();
     let path = dir.join(format!("{tag}.dcm"));
     derive::write_durably(&object, &path).unwrap();

@@ -357,6 +357,19 @@ fn epoch_order(count: usize, seed: u64, epoch: usize) -> Vec<i64> {
     order
 }
 
+/// One row of the classifier's `metrics.csv`; the validation columns are
+/// filled at the end of each epoch.
+#[derive(Serialize)]
+struct MetricsRow {
+    step: usize,
+    epoch: f64,
+    learning_rate: f64,
+    train_loss: f64,
+    train_accuracy: f64,
+    validation_loss: Option<f64>,
+    validation_accuracy: Option<f64>,
+}
+
 /// Runs `cxr-led-train classifier`: returns the final state.
 pub fn train(args: &ClassifierArgs, command_line: &str) -> anyhow::Result<ClassifierState> {
     let device = device::parse_device(&args.device)?;
@@ -442,14 +455,18 @@ pub fn train(args: &ClassifierArgs, command_line: &str) -> anyhow::Result<Classi
         if epoch_end || state.step % args.log_every == 0 {
             let (train_loss, train_accuracy) = (loss_sum / seen as f64, correct / seen as f64);
             (loss_sum, correct, seen) = (0.0, 0.0, 0);
-            let mut row = format!(
-                "{},{:.4},{learning_rate:.6},{train_loss:.5},{train_accuracy:.4},",
-                state.step,
-                state.step as f64 / steps_per_epoch as f64
-            );
+            let mut row = MetricsRow {
+                step: state.step,
+                epoch: state.step as f64 / steps_per_epoch as f64,
+                learning_rate,
+                train_loss,
+                train_accuracy,
+                validation_loss: None,
+                validation_accuracy: None,
+            };
             if epoch_end {
                 let (val_loss, val_accuracy) = validate(&classifier.net, &val_set, args.batch.max(64), device);
-                row += &format!("{val_loss:.5},{val_accuracy:.4}");
+                (row.validation_loss, row.validation_accuracy) = (Some(val_loss), Some(val_accuracy));
                 progress.finish();
                 eprintln!(
                     "classifier: epoch {} train loss {train_loss:.4} acc {train_accuracy:.3}, validation loss {val_loss:.4} acc {val_accuracy:.3}",
@@ -460,14 +477,8 @@ pub fn train(args: &ClassifierArgs, command_line: &str) -> anyhow::Result<Classi
                     state.best_step = state.step;
                     classifier.save(&args.out)?;
                 }
-            } else {
-                row += ",";
             }
-            append_csv(
-                &csv,
-                "step,epoch,learning_rate,train_loss,train_accuracy,validation_loss,validation_accuracy",
-                &row,
-            )?;
+            append_csv(&csv, &row)?;
             save_checkpoint(&classifier, &state)?;
         }
         progress.update(state.step, &format!("loss {:.4}", loss.double_value(&[])));

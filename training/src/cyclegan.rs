@@ -96,6 +96,14 @@ fn mse_to(prediction: &Tensor, target: f64) -> Tensor {
     prediction.mse_loss(&prediction.full_like(target), Reduction::Mean)
 }
 
+/// One row of CycleGAN's `metrics.csv`: mean losses since the last checkpoint.
+#[derive(Serialize)]
+struct MetricsRow {
+    step: usize,
+    loss_g: f64,
+    loss_d: f64,
+}
+
 /// Trains on unpaired pools `[N, 1, S, S]` (A: low quality, B: high quality),
 /// checkpointing into `dir` (G_AB, G_BA, D_A, D_B and `state.json`), resuming
 /// from it when a checkpoint exists.
@@ -188,11 +196,7 @@ pub fn train(
         if state.step % config.checkpoint_every == 0 || state.step == config.steps {
             let (mean_g, mean_d) = (g_sum / count as f64, d_sum / count as f64);
             state.losses.push((state.step, mean_g, mean_d));
-            append_csv(
-                &dir.join("metrics.csv"),
-                "step,loss_g,loss_d",
-                &format!("{},{mean_g:.5},{mean_d:.5}", state.step),
-            )?;
+            append_csv(&dir.join("metrics.csv"), &MetricsRow { step: state.step, loss_g: mean_g, loss_d: mean_d })?;
             (g_sum, d_sum, count) = (0.0, 0.0, 0);
             save(&stores, &state)?;
             progress.finish();

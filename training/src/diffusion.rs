@@ -181,6 +181,15 @@ fn validation_loss(
     total / count as f64
 }
 
+/// One row of the diffusion model's `metrics.csv`.
+#[derive(Serialize)]
+struct MetricsRow {
+    step: usize,
+    learning_rate: f64,
+    train_loss: f64,
+    validation_loss_ema: f64,
+}
+
 /// Trains the conditional UNet on `training` batches and validates on
 /// held-out pairs (`[N, 1, S, S]` each in [-1, 1], HQ the target x_0 and LQ
 /// the condition),
@@ -283,11 +292,13 @@ pub fn train(
             let train_loss = loss_sum / count as f64;
             (loss_sum, count) = (0.0, 0);
             state.history.push((state.step, train_loss, validation));
-            append_csv(
-                &dir.join("metrics.csv"),
-                "step,learning_rate,train_loss,validation_loss_ema",
-                &format!("{},{:.7},{train_loss:.6},{validation:.6}", state.step, learning_rate(config, state.step)),
-            )?;
+            let row = MetricsRow {
+                step: state.step,
+                learning_rate: learning_rate(config, state.step),
+                train_loss,
+                validation_loss_ema: validation,
+            };
+            append_csv(&dir.join("metrics.csv"), &row)?;
             progress.finish();
             eprintln!("diffusion: step {} train {train_loss:.5} validation (EMA) {validation:.5}", state.step);
             if state.best_validation.is_none_or(|best| validation < best) {

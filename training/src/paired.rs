@@ -439,6 +439,17 @@ fn load_initial_weights(init: &Path, config: &EnhancerConfig, store: &mut nn::Va
     }
 }
 
+/// One row of the paired enhancer's `metrics.csv`.
+#[derive(Serialize)]
+struct MetricsRow {
+    step: usize,
+    learning_rate: f64,
+    train_loss: f64,
+    validation_psnr_db: f64,
+    validation_ssim: f64,
+    validation_clean_psnr_db: f64,
+}
+
 /// Trains the enhancer on `train` pairs, validating on `validation`,
 /// checkpointing into `dir` (`enhancer`, `enhancer-best`, `state.json`,
 /// `metrics.csv`) and resuming from it.
@@ -536,15 +547,15 @@ pub fn train(
             (loss_sum, count) = (0.0, 0);
             state.history.push((state.step, train_loss, psnr, ssim_value));
             state.clean_history.push((state.step, clean_psnr));
-            append_csv(
-                &dir.join("metrics.csv"),
-                "step,learning_rate,train_loss,validation_psnr_db,validation_ssim,validation_clean_psnr_db",
-                &format!(
-                    "{},{:.7},{train_loss:.6},{psnr:.4},{ssim_value:.5},{clean_psnr:.4}",
-                    state.step,
-                    learning_rate(config, state.step)
-                ),
-            )?;
+            let row = MetricsRow {
+                step: state.step,
+                learning_rate: learning_rate(config, state.step),
+                train_loss,
+                validation_psnr_db: psnr,
+                validation_ssim: ssim_value,
+                validation_clean_psnr_db: clean_psnr,
+            };
+            append_csv(&dir.join("metrics.csv"), &row)?;
             progress.finish();
             eprintln!(
                 "paired: step {} train {train_loss:.5} validation {psnr:.3} dB SSIM {ssim_value:.4}, \

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use cxr_led_daemon::app::service::{self, Running};
 use cxr_led_daemon::config::Config;
+use cxr_led_dicom::derive::Provenance;
 use cxr_led_dicom::dimse;
 use dicom_dictionary_std::tags;
 use dicom_object::{open_file, InMemDicomObject};
@@ -293,4 +294,25 @@ pub fn spawn_daemon(config: &Path, log: &Path) -> std::process::Child {
         .stderr(std::process::Stdio::from(log))
         .spawn()
         .expect("start cxr-ledd")
+}
+
+/// What a derived instance of the tiny bundle records, with the given UIDs
+/// (a score of 0.2 under a hold threshold of 0.5: delivered, not held).
+pub fn tiny_provenance(derived_sop_instance_uid: String, derived_series_instance_uid: String) -> Provenance {
+    Provenance {
+        derived_sop_instance_uid,
+        derived_series_instance_uid,
+        model_name: "led-tiny".into(),
+        model_version: "0.1.0".into(),
+        bundle_sha256: "ab".repeat(32),
+        t0: 200,
+        steps: 10,
+        precision: "f32".into(),
+        device: "cpu".into(),
+        score: 0.2,
+        score_components: vec![("consistency".into(), 0.2)],
+        hold_threshold: 0.5,
+        software_version: env!("CARGO_PKG_VERSION").into(),
+        created: chrono::Utc::now(),
+    }
 }
