@@ -10,7 +10,6 @@ use std::any::Any;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
 
 use futures_util::FutureExt as _;
 use tokio::sync::watch;
@@ -21,14 +20,21 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone)]
 pub struct Supervisor {
     shutdown: CancellationToken,
-    dead: Arc<Mutex<Vec<String>>>,
-    first_death: watch::Sender<Option<String>>,
+    /// Every death so far, in order; watched by [`Supervisor::first_death`].
+    deaths: watch::Sender<Vec<String>>,
+}
+
+impl Default for Supervisor {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Supervisor {
-    /// A supervisor whose stages stop normally once `shutdown` is cancelled.
-    pub fn new(shutdown: CancellationToken) -> Supervisor {
-        Supervisor { shutdown, dead: Arc::default(), first_death: watch::Sender::new(None) }
+    /// A supervisor with a fresh shutdown token: its stages stop normally once
+    /// [`Supervisor::shutdown`] is cancelled.
+    pub fn new() -> Supervisor {
+        Supervisor { shutdown: CancellationToken::new(), deaths: watch::Sender::new(Vec::new()) }
     }
 
     /// The shutdown token every stage watches.
@@ -50,24 +56,22 @@ impl Supervisor {
                 Err(panic) => format!("panicked: {}", panic_message(panic.as_ref())),
             };
             tracing::error!(stage = %name, "stage {name} {why}; the service stops so that systemd restarts it");
-            let death = format!("{name} {why}");
-            supervisor.dead.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(death.clone());
-            supervisor.first_death.send_if_modified(|first| first.is_none() && first.replace(death).is_none());
+            supervisor.deaths.send_modify(|deaths| deaths.push(format!("{name} {why}")));
         })
     }
 
     /// Every dead stage with its reason, e.g. `tracker panicked: ...`.
     pub fn dead_stages(&self) -> Vec<String> {
-        self.dead.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+        self.deaths.borrow().clone()
     }
 
     /// Resolves with the first dead stage and its reason (never, if none dies).
     pub fn first_death(&self) -> impl Future<Output = String> + Send + 'static {
-        let mut deaths = self.first_death.subscribe();
+        let mut deaths = self.deaths.subscribe();
         async move {
-            let first = deaths.wait_for(Option::is_some).await.map(|death| death.clone());
+            let first = deaths.wait_for(|deaths| !deaths.is_empty()).await.map(|deaths| deaths[0].clone());
             match first {
-                Ok(death) => death.unwrap_or_default(),
+                Ok(death) => death,
                 // Every sender gone: the supervisor is dropped, nothing can die any more.
                 Err(_) => std::future::pending().await,
             }
@@ -110,7 +114,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_panic_or_an_early_return_is_a_death_and_a_stop_is_not() {
-        let supervisor = Supervisor::new(CancellationToken::new());
+        let supervisor = Supervisor::new();
         let first = supervisor.first_death();
         supervisor.spawn("panicky", async { panic!("out of memory") }).await.unwrap();
         assert_eq!(first.await, "panicky panicked: out of memory");

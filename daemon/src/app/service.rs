@@ -139,7 +139,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .with_context(|| format!("opening spool {}", config.ingest.spool_dir.display()))?;
     let recovery = recover(&spool, &db).await?;
     let metrics = Arc::new(Metrics::new());
-    let supervisor = Supervisor::new(CancellationToken::new());
+    let supervisor = Supervisor::new();
     let readiness =
         Arc::new(Readiness::new(db.clone(), &config.ingest.spool_dir, config.pipeline.enabled, supervisor.clone()));
     // Up before the model loads: /healthz answers during a long load and
