@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::http::{exchange, parse_answer, request};
 use common::*;
 use cxr_led_daemon::config::DestinationConfig;
 use dicom_core::{DataElement, PrimitiveValue, VR};
@@ -19,55 +20,6 @@ use dicom_dictionary_std::tags;
 use sqlx::{Connection, PgConnection};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// One HTTP answer.
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
-    }
-}
-
-/// Sends raw request bytes and reads the answer to the end (the server closes).
-async fn exchange(addr: SocketAddr, request: &[u8]) -> Answer {
-    let mut stream = TcpStream::connect(addr).await.expect("connect to the HTTP endpoint");
-    stream.write_all(request).await.unwrap();
-    let mut bytes = Vec::new();
-    tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut bytes))
-        .await
-        .expect("the answer arrives")
-        .expect("read the answer");
-    parse_answer(&bytes)
-}
-
-async fn request(addr: SocketAddr, method: &str, path: &str) -> Answer {
-    exchange(addr, format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes()).await
-}
-
-fn parse_answer(bytes: &[u8]) -> Answer {
-    let text = String::from_utf8(bytes.to_vec()).expect("UTF-8 answer");
-    let (head, body) = text.split_once("\r\n\r\n").expect("head and body");
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap();
-    let mut parts = status_line.splitn(3, ' ');
-    assert_eq!(parts.next(), Some("HTTP/1.1"), "{status_line}");
-    let status = parts.next().unwrap().parse().unwrap();
-    let headers = lines
-        .map(|line| {
-            let (name, value) = line.split_once(": ").unwrap_or_else(|| panic!("header line {line:?}"));
-            (name.to_string(), value.to_string())
-        })
-        .collect();
-    let answer = Answer { status, headers, body: body.to_string() };
-    assert_eq!(answer.header("Connection"), Some("close"));
-    answer
-}
 
 /// A strictly parsed exposition: sample values by series (`name{k="v",...}`,
 /// labels sorted), and each family's type.

@@ -5,29 +5,12 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
+use common::http::request;
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 const FAULT: &str = "fault injected into the tracker stage (CXR_LED_TEST_FAULT)";
-
-/// `GET path` over a fresh connection: the status code and the body.
-async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).await.expect("connect to the HTTP endpoint");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut answer = String::new();
-    tokio::time::timeout(Duration::from_secs(20), stream.read_to_string(&mut answer))
-        .await
-        .expect("the answer arrives")
-        .expect("read the answer");
-    let status = answer.split(' ').nth(1).and_then(|code| code.parse().ok()).expect("a status line");
-    let body = answer.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default();
-    (status, body)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_tracker_fails_readiness_with_its_name() {
@@ -40,9 +23,9 @@ async fn a_dead_tracker_fails_readiness_with_its_name() {
 
     let death = tokio::time::timeout(Duration::from_secs(30), running.stage_died()).await.expect("the tracker dies");
     assert_eq!(death, format!("tracker panicked: {FAULT}"));
-    let (status, body) = get(http, "/readyz").await;
-    assert_eq!(status, 503, "{body}");
-    assert!(body.contains(&format!("stage: tracker panicked: {FAULT}")), "{body}");
+    let readyz = request(http, "GET", "/readyz").await;
+    assert_eq!(readyz.status, 503, "{}", readyz.body);
+    assert!(readyz.body.contains(&format!("stage: tracker panicked: {FAULT}")), "{}", readyz.body);
     // The other stages still drain cleanly.
     tokio::time::timeout(Duration::from_secs(30), running.stop()).await.expect("the service stops");
 }

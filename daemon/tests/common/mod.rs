@@ -2,6 +2,7 @@
 //! in-process daemon on a free port, dcmtk peers and a raw DIMSE client.
 #![allow(dead_code, missing_docs, unused_imports)]
 
+pub mod http;
 pub mod pipeline;
 pub mod pki;
 pub mod storescp;
