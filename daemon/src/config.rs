@@ -650,13 +650,10 @@ impl Config {
         Self::parse(text, Path::new("<text>"), |_, _| {})
     }
 
-    /// Reads a configuration file and validates its values.
-    pub fn load(path: &Path) -> Result<Config, Error> {
-        Self::load_checked(path, |_, _| {})
-    }
-
     /// Reads a configuration file, validates its values and runs `preflight`
-    /// on it; every problem of both is reported together.
+    /// on it; every problem of both is reported together. There is no
+    /// loader without a preflight: a file is read to run on, so its TLS files
+    /// are checked too (`app::preflight::load`).
     pub fn load_checked(path: &Path, preflight: Preflight) -> Result<Config, Error> {
         let text = std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.into(), source })?;
         Self::parse(&text, path, preflight)
