@@ -147,7 +147,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let http = if config.http.enabled {
         let endpoints =
             Arc::new(http::Endpoints { metrics: metrics.clone(), readiness: readiness.clone(), db: db.clone() });
-        let server = http::Server::start(config.http.listen, endpoints)
+        let server = http::Server::start(config.http.listen, endpoints, &supervisor)
             .await
             .with_context(|| format!("[http] listening on {}", config.http.listen))?;
         Some(server)

@@ -30,7 +30,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use self::outbox::Claimed;
 use self::scu::{Outcome, StoreError};
 use crate::config::{DeliveryConfig, DestinationConfig};
-use crate::ops::metrics::Metrics;
+use crate::ops::metrics::{Metrics, Stage};
 
 /// The sender: a pass every `poll-interval-ms` (at once again after a pass
 /// that found work) until `shutdown` resolves. A pass in progress finishes
@@ -150,7 +150,7 @@ where
             sop_instance_uid: &claimed.sop_instance_uid,
         };
         let attempt = scu::store(&mut association, config, &instance, message_id).await;
-        metrics.stage_seconds.delivery.observe_duration(store_started.elapsed());
+        metrics.stage_seconds.get_or_create(&Stage::Delivery).observe(store_started.elapsed().as_secs_f64());
         message_id = message_id.wrapping_add(1).max(1);
         let (outcome, association_usable) = match attempt {
             Ok(outcome) => (outcome, true),

@@ -12,7 +12,7 @@ use super::scu::Outcome;
 use crate::audit;
 use crate::config::{DeliveryConfig, DestinationConfig};
 use crate::db::OutboxState;
-use crate::ops::metrics::Metrics;
+use crate::ops::metrics::{DeliveryOutcome, Metrics};
 
 /// Adds one pending outbox row per destination for a derived instance, in
 /// the caller's transaction. A row that already exists (a re-run after a
@@ -222,12 +222,12 @@ pub async fn record(
     .await?;
     tx.commit().await?;
     // Counted once recorded, so the counts match the outbox and the audit trail.
-    let counts = &metrics.delivery_attempts;
-    match outcome_word {
-        "success" | "warning" => counts.sent.inc(),
-        "gave-up" => counts.failed.inc(),
-        _ => counts.retry.inc(),
-    }
+    let counted = match outcome_word {
+        "success" | "warning" => DeliveryOutcome::Sent,
+        "gave-up" => DeliveryOutcome::Failed,
+        _ => DeliveryOutcome::Retry,
+    };
+    metrics.delivery_attempts.get_or_create(&counted).inc();
     Ok(())
 }
 

@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 use super::store::{self, Pending};
 use super::Shared;
 use crate::audit::{self, error_chain};
-use crate::ops::metrics::Metrics;
+use crate::ops::metrics::{AssociationOutcome, Metrics};
 use crate::tls::TcpSocket;
 
 /// The access policy of one incoming association: called AE title, calling
@@ -156,7 +156,7 @@ async fn negotiated<S>(
     match established {
         Ok(Ok(association)) => Some(association),
         Ok(Err(UlError::Rejected { association_rj, .. })) => {
-            shared.metrics.associations.rejected.inc();
+            shared.metrics.associations.get_or_create(&AssociationOutcome::Rejected).inc();
             let detail = seen.refusal.clone().unwrap_or_else(|| association_rj.source.to_string());
             tracing::warn!(peer = %peer_text, calling = %seen.calling, reason = %detail, "association rejected");
             audit::record_or_log(
@@ -175,14 +175,14 @@ async fn negotiated<S>(
             None
         }
         Ok(Err(e)) => {
-            shared.metrics.associations.failed.inc();
+            shared.metrics.associations.get_or_create(&AssociationOutcome::Failed).inc();
             let detail = format!("negotiation failed: {}", error_chain(&e));
             tracing::info!(peer = %peer_text, "association {detail}");
             audit_failed(shared, peer_text, seen, &detail).await;
             None
         }
         Err(_) => {
-            shared.metrics.associations.failed.inc();
+            shared.metrics.associations.get_or_create(&AssociationOutcome::Failed).inc();
             tracing::info!(peer = %peer_text, "association request timed out");
             audit_failed(shared, peer_text, seen, "no A-ASSOCIATE-RQ within read-timeout-secs").await;
             None
@@ -196,7 +196,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + TcpSocket,
 {
     let peer_text = peer_text.to_string();
-    shared.metrics.associations.accepted.inc();
+    shared.metrics.associations.get_or_create(&AssociationOutcome::Accepted).inc();
     let _active = ActiveAssociation::count(&shared.metrics);
     let calling = association.peer_ae_title().trim().to_string();
     let called = seen.called;

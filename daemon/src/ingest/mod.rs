@@ -40,7 +40,7 @@ use tokio::task::JoinSet;
 use crate::audit;
 use crate::config::IngestConfig;
 use crate::live::Live;
-use crate::ops::metrics::Metrics;
+use crate::ops::metrics::{AssociationOutcome, Metrics};
 use crate::spool::Spool;
 
 /// What every association task shares.
@@ -168,7 +168,7 @@ async fn reject_busy(mut socket: TcpStream, peer: SocketAddr, shared: Arc<Shared
             let _ = socket.shutdown().await;
         }
     }
-    shared.metrics.associations.rejected.inc();
+    shared.metrics.associations.get_or_create(&AssociationOutcome::Rejected).inc();
     let peer = peer.to_string();
     tracing::warn!(peer = %peer, "association rejected: too many concurrent associations");
     audit::record_or_log(

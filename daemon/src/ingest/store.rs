@@ -20,6 +20,7 @@ use super::check::Identity;
 use super::receive::{Incoming, Received};
 use super::Shared;
 use crate::audit;
+use crate::ops::metrics::{ReceiveOutcome, Stage};
 use crate::spool::Spool;
 
 /// Our Implementation Class UID (file meta group of spooled files).
@@ -140,7 +141,7 @@ impl Pending {
         if let Some(incoming) = self.incoming.take() {
             incoming.abandon().await;
         }
-        shared.metrics.instances_received.abandoned.inc();
+        shared.metrics.instances_received.get_or_create(&ReceiveOutcome::Abandoned).inc();
         let detail = format!("association ended mid-transfer ({why}) after {} bytes; nothing stored", self.received);
         tracing::warn!(sop_instance_uid = %self.command.affected_sop_instance_uid, "{detail}");
         record_instance(shared, peer, &self.command.affected_sop_instance_uid, None, "failure", &detail).await;
@@ -161,18 +162,18 @@ impl Pending {
             (None, Some(incoming)) => self.store(shared, peer, incoming).await,
         };
         let received = &shared.metrics.instances_received;
-        shared.metrics.stage_seconds.receive.observe_duration(self.started.elapsed());
+        shared.metrics.stage_seconds.get_or_create(&Stage::Receive).observe(self.started.elapsed().as_secs_f64());
         match outcome {
             Ok(None) => {
-                received.stored.inc();
+                received.get_or_create(&ReceiveOutcome::Stored).inc();
                 (status::SUCCESS, None)
             }
             Ok(Some(note)) => {
-                received.duplicate.inc();
+                received.get_or_create(&ReceiveOutcome::Duplicate).inc();
                 (status::SUCCESS, Some(note))
             }
             Err((code, comment)) => {
-                received.failed.inc();
+                received.get_or_create(&ReceiveOutcome::Failed).inc();
                 tracing::warn!(sop_instance_uid = %uid, status = format!("{code:04X}"), "C-STORE failed: {comment}");
                 let detail = format!("status {code:04X}: {comment}");
                 record_instance(shared, peer, &uid, None, "failure", &detail).await;

@@ -1,52 +1,26 @@
-//! The daemon's metrics: counters, gauges and fixed-bucket histograms on
-//! atomics, and their Prometheus text exposition (format 0.0.4).
+//! The daemon's metrics: typed prometheus-client families, and their
+//! OpenMetrics text exposition ([`Metrics::encode`]).
 //!
 //! One [`Metrics`] per running service (tests run many services in one
-//! process, each with its own counts). Every series is a named field, so an
-//! event site cannot misspell a label value; the label values appear only in
-//! [`Metrics::render`]. What each metric means: `daemon/OPERATIONS.md`.
+//! process, each with its own counts). Every label is an enum ([`AssociationOutcome`],
+//! [`Stage`], ...), so an event site cannot misspell a label value, and every
+//! value is exported from the start (0 until counted). What each metric
+//! means: `daemon/OPERATIONS.md`.
 
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::RwLock;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-/// A monotonically increasing count.
-#[derive(Debug, Default)]
-pub struct Counter(AtomicU64);
+use prometheus_client::encoding::{EncodeLabelSet, LabelSetEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
 
-impl Counter {
-    /// Adds one.
-    pub fn inc(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// The current count.
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-/// A value that goes up and down.
-#[derive(Debug, Default)]
-pub struct Gauge(AtomicI64);
-
-impl Gauge {
-    /// Adds one.
-    pub fn inc(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Subtracts one.
-    pub fn dec(&self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-
-    /// The current value.
-    pub fn get(&self) -> i64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
+/// The content type of [`Metrics::encode`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Upper bounds (seconds) of the latency histograms: from a small C-STORE
 /// (milliseconds) to an enhancement on CPU (minutes).
@@ -58,148 +32,157 @@ pub const SECONDS_BUCKETS: &[f64] =
 pub const SCORE_BUCKETS: &[f64] =
     &[0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0];
 
-/// A histogram with fixed upper bounds; observations above the last bound
-/// land only in `+Inf`.
-#[derive(Debug)]
-pub struct Histogram {
-    bounds: &'static [f64],
-    /// Per-bucket (not cumulative) counts; the last one is above every bound.
-    buckets: Box<[AtomicU64]>,
-    /// The f64 sum, as bits (there is no atomic f64).
-    sum_bits: AtomicU64,
-}
-
-impl Histogram {
-    /// An empty histogram over `bounds` (ascending).
-    pub fn new(bounds: &'static [f64]) -> Histogram {
-        debug_assert!(bounds.windows(2).all(|w| w[0] < w[1]), "bucket bounds ascend");
-        Histogram {
-            bounds,
-            buckets: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
-            sum_bits: AtomicU64::new(0),
+/// An enum that is a one-label set: `$label="<value of the variant>"`, with
+/// every variant in `ALL`.
+macro_rules! label_enum {
+    ($(#[$meta:meta])* $name:ident, $label:literal { $($(#[$doc:meta])* $variant:ident = $value:literal,)+ }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$doc])* $variant,)+
         }
-    }
 
-    /// A latency histogram ([`SECONDS_BUCKETS`]).
-    pub fn seconds() -> Histogram {
-        Histogram::new(SECONDS_BUCKETS)
-    }
+        impl $name {
+            /// Every value (each is exported from the start).
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
 
-    /// Records one value (NaN is ignored: it has no bucket).
-    pub fn observe(&self, value: f64) {
-        if value.is_nan() {
-            return;
+            /// The label value.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $value,)+
+                }
+            }
         }
-        let index = self.bounds.iter().position(|&bound| value <= bound).unwrap_or(self.bounds.len());
-        self.buckets[index].fetch_add(1, Ordering::Relaxed);
-        let _ = self
-            .sum_bits
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| Some((f64::from_bits(bits) + value).to_bits()));
-    }
 
-    /// Records a duration in seconds.
-    pub fn observe_duration(&self, duration: Duration) {
-        self.observe(duration.as_secs_f64());
-    }
+        impl EncodeLabelSet for $name {
+            fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+                EncodeLabelSet::encode(&[($label, self.as_str())], encoder)
+            }
+        }
+    };
+}
 
-    /// The number of observations.
-    pub fn count(&self) -> u64 {
-        self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
-    }
-
-    /// The sum of the observations.
-    pub fn sum(&self) -> f64 {
-        f64::from_bits(self.sum_bits.load(Ordering::Relaxed))
+label_enum! {
+    /// How an association's negotiation ended.
+    AssociationOutcome, "outcome" {
+        /// Negotiated and served.
+        Accepted = "accepted",
+        /// Refused: AE title or peer not allowed, or over `max-associations`.
+        Rejected = "rejected",
+        /// Negotiation failed or timed out (not a refusal by us).
+        Failed = "failed",
     }
 }
 
-/// Associations by how they ended their negotiation.
-#[derive(Debug, Default)]
-pub struct AssociationCounts {
-    /// Negotiated and served.
-    pub accepted: Counter,
-    /// Refused: AE title or peer not allowed, or over `max-associations`.
-    pub rejected: Counter,
-    /// Negotiation failed or timed out (not a refusal by us).
-    pub failed: Counter,
+label_enum! {
+    /// What became of a received C-STORE.
+    ReceiveOutcome, "outcome" {
+        /// Spooled and registered; answered Success.
+        Stored = "stored",
+        /// Already stored; this copy discarded, answered Success.
+        Duplicate = "duplicate",
+        /// Answered a failure status (nothing kept).
+        Failed = "failed",
+        /// The association ended mid-transfer (nothing kept, no answer).
+        Abandoned = "abandoned",
+    }
 }
 
-/// Received C-STOREs by outcome.
-#[derive(Debug, Default)]
-pub struct ReceivedCounts {
-    /// Spooled and registered; answered Success.
-    pub stored: Counter,
-    /// Already stored; this copy discarded, answered Success.
-    pub duplicate: Counter,
-    /// Answered a failure status (nothing kept).
-    pub failed: Counter,
-    /// The association ended mid-transfer (nothing kept, no answer).
-    pub abandoned: Counter,
+label_enum! {
+    /// A pipeline stage, for its latency.
+    Stage, "stage" {
+        /// One C-STORE: request to response.
+        Receive = "receive",
+        /// The exposure gate of one image (with decoding when there are no exposure tags).
+        Triage = "triage",
+        /// LED and the hallucination check of one flagged image.
+        Enhancement = "enhancement",
+        /// Derived instance (and doubt map) built and written durably.
+        Derive = "derive",
+        /// One C-STORE to a destination: request to response.
+        Delivery = "delivery",
+    }
 }
 
-/// Latency of each pipeline stage.
-#[derive(Debug)]
-pub struct StageSeconds {
-    /// One C-STORE: request to response.
-    pub receive: Histogram,
-    /// The exposure gate of one image (with decoding when there are no exposure tags).
-    pub triage: Histogram,
-    /// LED and the hallucination check of one flagged image.
-    pub enhancement: Histogram,
-    /// Derived instance (and doubt map) built and written durably.
-    pub derive: Histogram,
-    /// One C-STORE to a destination: request to response.
-    pub delivery: Histogram,
+label_enum! {
+    /// A part of one enhancement's model time.
+    ModelPart, "part" {
+        /// The first-stage estimate.
+        Estimate = "estimate",
+        /// The diffusion refinement.
+        Refinement = "refinement",
+        /// The hallucination check.
+        Score = "score",
+    }
 }
 
-/// Model time of one enhancement, by part.
-#[derive(Debug)]
-pub struct EnhancementSeconds {
-    /// The first-stage estimate.
-    pub estimate: Histogram,
-    /// The diffusion refinement.
-    pub refinement: Histogram,
-    /// The hallucination check.
-    pub score: Histogram,
+label_enum! {
+    /// What a worker decided for an instance.
+    ProcessOutcome, "outcome" {
+        /// The gate did not flag it (or it is not applicable).
+        Passed = "passed",
+        /// Enhanced and queued for delivery.
+        Enhanced = "enhanced",
+        /// Enhanced, but held for review (score above the threshold).
+        Held = "held",
+        /// Flagged but could not be enhanced.
+        Failed = "failed",
+    }
 }
 
-/// Instances through the worker, by outcome.
-#[derive(Debug, Default)]
-pub struct ProcessedCounts {
-    /// The gate did not flag it (or it is not applicable).
-    pub passed: Counter,
-    /// Enhanced and queued for delivery.
-    pub enhanced: Counter,
-    /// Enhanced, but held for review (score above the threshold).
-    pub held: Counter,
-    /// Flagged but could not be enhanced.
-    pub failed: Counter,
+label_enum! {
+    /// How a job attempt ended.
+    JobOutcome, "outcome" {
+        /// The study was processed.
+        Done = "done",
+        /// Failed; queued again after the retry delay.
+        Retry = "retry",
+        /// Failed for good: dead letter.
+        Dead = "dead",
+        /// The lease was lost to another worker before the outcome was recorded.
+        LeaseLost = "lease_lost",
+        /// Handed back to the queue at the drain timeout of a shutdown.
+        HandedBack = "handed_back",
+    }
 }
 
-/// Ends of job attempts.
-#[derive(Debug, Default)]
-pub struct JobCounts {
-    /// The study was processed.
-    pub done: Counter,
-    /// Failed; queued again after the retry delay.
-    pub retry: Counter,
-    /// Failed for good: dead letter.
-    pub dead: Counter,
-    /// The lease was lost to another worker before the outcome was recorded.
-    pub lease_lost: Counter,
-    /// Handed back to the queue at the drain timeout of a shutdown.
-    pub handed_back: Counter,
+label_enum! {
+    /// How a delivery attempt (one outbox row, one attempt) ended.
+    DeliveryOutcome, "outcome" {
+        /// The destination stored it (Success or Warning).
+        Sent = "sent",
+        /// Refused or not answered; another attempt is scheduled.
+        Retry = "retry",
+        /// Refused or not answered on the last allowed attempt: given up.
+        Failed = "failed",
+    }
 }
 
-/// Delivery attempts (one per outbox row and attempt), by outcome.
-#[derive(Debug, Default)]
-pub struct DeliveryCounts {
-    /// The destination stored it (Success or Warning).
-    pub sent: Counter,
-    /// Refused or not answered; another attempt is scheduled.
-    pub retry: Counter,
-    /// Refused or not answered on the last allowed attempt: given up.
-    pub failed: Counter,
+/// A histogram's constructor, as [`Family`] keeps it.
+type NewHistogram = fn() -> Histogram;
+
+fn seconds_histogram() -> Histogram {
+    Histogram::new(SECONDS_BUCKETS.iter().copied())
+}
+
+/// A counter family with every value of `L` present at 0.
+fn counters<L: EncodeLabelSet + Clone + std::hash::Hash + Eq + std::fmt::Debug>(all: &[L]) -> Family<L, Counter> {
+    let family = Family::default();
+    for labels in all {
+        let _ = family.get_or_create(labels);
+    }
+    family
+}
+
+/// A latency family with every value of `L` present (empty).
+fn latencies<L: EncodeLabelSet + Clone + std::hash::Hash + Eq + std::fmt::Debug>(
+    all: &[L],
+) -> Family<L, Histogram, NewHistogram> {
+    let family = Family::new_with_constructor(seconds_histogram as NewHistogram);
+    for labels in all {
+        let _ = family.get_or_create(labels);
+    }
+    family
 }
 
 /// What the loaded bundle is, for an info metric.
@@ -233,28 +216,28 @@ pub const OUTBOX_STATES: &[&str] = &["pending", "sent", "failed"];
 #[derive(Debug)]
 pub struct Metrics {
     /// `cxr_led_associations_total{outcome}`.
-    pub associations: AssociationCounts,
+    pub associations: Family<AssociationOutcome, Counter>,
     /// `cxr_led_associations_active`.
     pub associations_active: Gauge,
     /// `cxr_led_instances_received_total{outcome}`.
-    pub instances_received: ReceivedCounts,
+    pub instances_received: Family<ReceiveOutcome, Counter>,
     /// `cxr_led_stage_seconds{stage}`.
-    pub stage_seconds: StageSeconds,
+    pub stage_seconds: Family<Stage, Histogram, NewHistogram>,
     /// `cxr_led_enhancement_seconds{part}`.
-    pub enhancement_seconds: EnhancementSeconds,
-    /// `cxr_led_hallucination_score`.
-    pub hallucination_score: Histogram,
+    pub enhancement_seconds: Family<ModelPart, Histogram, NewHistogram>,
+    /// `cxr_led_hallucination_score`; observe through [`Metrics::observe_score`].
+    hallucination_score: Histogram,
     /// `cxr_led_instances_processed_total{outcome}`.
-    pub instances_processed: ProcessedCounts,
+    pub instances_processed: Family<ProcessOutcome, Counter>,
     /// `cxr_led_job_attempts_total{outcome}`.
-    pub job_attempts: JobCounts,
+    pub job_attempts: Family<JobOutcome, Counter>,
     /// `cxr_led_delivery_attempts_total{outcome}`.
-    pub delivery_attempts: DeliveryCounts,
+    pub delivery_attempts: Family<DeliveryOutcome, Counter>,
     /// `cxr_led_bundle_info{...}`, set once the bundle is loaded and again
     /// when a reload swaps it (see [`Metrics::set_bundle`]).
     bundle: RwLock<Option<BundleInfo>>,
-    /// Unix time the registry was made (the service started).
-    start_time_seconds: f64,
+    /// `cxr_led_start_time_seconds`: when the registry was made (the service started).
+    start_time_seconds: Gauge<f64, AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -264,6 +247,32 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// A registry with everything at zero.
+    pub fn new() -> Metrics {
+        let start_time_seconds = Gauge::default();
+        start_time_seconds.set(SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64());
+        Metrics {
+            associations: counters(AssociationOutcome::ALL),
+            associations_active: Gauge::default(),
+            instances_received: counters(ReceiveOutcome::ALL),
+            stage_seconds: latencies(Stage::ALL),
+            enhancement_seconds: latencies(ModelPart::ALL),
+            hallucination_score: Histogram::new(SCORE_BUCKETS.iter().copied()),
+            instances_processed: counters(ProcessOutcome::ALL),
+            job_attempts: counters(JobOutcome::ALL),
+            delivery_attempts: counters(DeliveryOutcome::ALL),
+            bundle: RwLock::new(None),
+            start_time_seconds,
+        }
+    }
+
+    /// Records one enhanced image's hallucination score (NaN has no bucket and is left out).
+    pub fn observe_score(&self, score: f64) {
+        if !score.is_nan() {
+            self.hallucination_score.observe(score);
+        }
+    }
+
     /// Sets (or, after a reload, replaces) the loaded bundle's info.
     pub fn set_bundle(&self, info: BundleInfo) {
         *self.bundle.write().unwrap_or_else(|p| p.into_inner()) = Some(info);
@@ -274,233 +283,110 @@ impl Metrics {
         self.bundle.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// A registry with everything at zero.
-    pub fn new() -> Metrics {
-        Metrics {
-            associations: AssociationCounts::default(),
-            associations_active: Gauge::default(),
-            instances_received: ReceivedCounts::default(),
-            stage_seconds: StageSeconds {
-                receive: Histogram::seconds(),
-                triage: Histogram::seconds(),
-                enhancement: Histogram::seconds(),
-                derive: Histogram::seconds(),
-                delivery: Histogram::seconds(),
-            },
-            enhancement_seconds: EnhancementSeconds {
-                estimate: Histogram::seconds(),
-                refinement: Histogram::seconds(),
-                score: Histogram::seconds(),
-            },
-            hallucination_score: Histogram::new(SCORE_BUCKETS),
-            instances_processed: ProcessedCounts::default(),
-            job_attempts: JobCounts::default(),
-            delivery_attempts: DeliveryCounts::default(),
-            bundle: RwLock::new(None),
-            start_time_seconds: SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64(),
-        }
-    }
-
-    /// The Prometheus text exposition of every metric. `database` holds the
-    /// counts read at scrape time, `None` when the database did not answer
-    /// (then `cxr_led_database_up` is 0 and those families are left out).
-    pub fn render(&self, database: Option<&DatabaseCounts>) -> String {
-        let mut out = Exposition::default();
-        out.gauge("cxr_led_start_time_seconds", "Unix time the service started.", &[(&[], self.start_time_seconds)]);
-        let a = &self.associations;
-        out.counter(
-            "cxr_led_associations_total",
-            "DICOM associations by outcome of their negotiation.",
-            "outcome",
-            &[("accepted", &a.accepted), ("rejected", &a.rejected), ("failed", &a.failed)],
+    /// The OpenMetrics text of every metric. `database` holds the counts read
+    /// at scrape time, `None` when the database did not answer (then
+    /// `cxr_led_database_up` is 0 and those families are left out).
+    ///
+    /// A registry is assembled per scrape: the long-lived families are shared
+    /// handles (cloning one shares its counts), and what exists only
+    /// sometimes (the bundle, the database counts) is registered only then.
+    pub fn encode(&self, database: Option<&DatabaseCounts>) -> String {
+        let mut registry = Registry::default();
+        registry.register(
+            "cxr_led_start_time_seconds",
+            "Unix time the service started",
+            self.start_time_seconds.clone(),
         );
-        out.gauge(
+        registry.register(
+            "cxr_led_associations",
+            "DICOM associations by outcome of their negotiation",
+            self.associations.clone(),
+        );
+        registry.register(
             "cxr_led_associations_active",
-            "DICOM associations accepted and not yet ended.",
-            &[(&[], self.associations_active.get() as f64)],
+            "DICOM associations accepted and not yet ended",
+            self.associations_active.clone(),
         );
-        let r = &self.instances_received;
-        out.counter(
-            "cxr_led_instances_received_total",
-            "C-STORE requests received, by outcome.",
-            "outcome",
-            &[("stored", &r.stored), ("duplicate", &r.duplicate), ("failed", &r.failed), ("abandoned", &r.abandoned)],
+        registry.register(
+            "cxr_led_instances_received",
+            "C-STORE requests received, by outcome",
+            self.instances_received.clone(),
         );
-        let s = &self.stage_seconds;
-        out.histogram(
+        registry.register(
             "cxr_led_stage_seconds",
-            "Seconds per pipeline stage and item (one instance, one image, one C-STORE).",
-            "stage",
-            &[
-                ("receive", &s.receive),
-                ("triage", &s.triage),
-                ("enhancement", &s.enhancement),
-                ("derive", &s.derive),
-                ("delivery", &s.delivery),
-            ],
+            "Seconds per pipeline stage and item (one instance, one image, one C-STORE)",
+            self.stage_seconds.clone(),
         );
-        let e = &self.enhancement_seconds;
-        out.histogram(
+        registry.register(
             "cxr_led_enhancement_seconds",
-            "Model seconds of one enhancement, by part.",
-            "part",
-            &[("estimate", &e.estimate), ("refinement", &e.refinement), ("score", &e.score)],
+            "Model seconds of one enhancement, by part",
+            self.enhancement_seconds.clone(),
         );
-        out.histogram(
+        registry.register(
             "cxr_led_hallucination_score",
-            "Hallucination-check score of each enhanced image (0 = no doubt, 1 = most doubt).",
-            "",
-            &[("", &self.hallucination_score)],
+            "Hallucination-check score of each enhanced image (0 = no doubt, 1 = most doubt)",
+            self.hallucination_score.clone(),
         );
-        let p = &self.instances_processed;
-        out.counter(
-            "cxr_led_instances_processed_total",
-            "Instances decided by a worker, by outcome.",
-            "outcome",
-            &[("passed", &p.passed), ("enhanced", &p.enhanced), ("held", &p.held), ("failed", &p.failed)],
+        registry.register(
+            "cxr_led_instances_processed",
+            "Instances decided by a worker, by outcome",
+            self.instances_processed.clone(),
         );
-        let j = &self.job_attempts;
-        out.counter(
-            "cxr_led_job_attempts_total",
-            "Study job attempts of this process's workers, by how they ended.",
-            "outcome",
-            &[
-                ("done", &j.done),
-                ("retry", &j.retry),
-                ("dead", &j.dead),
-                ("lease_lost", &j.lease_lost),
-                ("handed_back", &j.handed_back),
-            ],
+        registry.register(
+            "cxr_led_job_attempts",
+            "Study job attempts of this process's workers, by how they ended",
+            self.job_attempts.clone(),
         );
-        let d = &self.delivery_attempts;
-        out.counter(
-            "cxr_led_delivery_attempts_total",
-            "Delivery attempts (outbox row and attempt), by outcome.",
-            "outcome",
-            &[("sent", &d.sent), ("retry", &d.retry), ("failed", &d.failed)],
+        registry.register(
+            "cxr_led_delivery_attempts",
+            "Delivery attempts (outbox row and attempt), by outcome",
+            self.delivery_attempts.clone(),
         );
         if let Some(bundle) = self.bundle() {
-            let labels: &[(&str, &str)] = &[
-                ("bundle", &bundle.name),
-                ("version", &bundle.version),
-                ("sha256", &bundle.sha256),
-                ("device", &bundle.device),
+            let labels = vec![
+                ("bundle".to_string(), bundle.name),
+                ("version".to_string(), bundle.version),
+                ("sha256".to_string(), bundle.sha256),
+                ("device".to_string(), bundle.device),
             ];
-            out.gauge("cxr_led_bundle_info", "The loaded model bundle (value 1).", &[(labels, 1.0)]);
+            registry.register("cxr_led_bundle", "The loaded model bundle", Info::new(labels));
         }
-        out.gauge(
+        let database_up: Gauge = Gauge::default();
+        database_up.set(i64::from(database.is_some()));
+        registry.register(
             "cxr_led_database_up",
-            "Whether the database answered this scrape's queries (1) or not (0).",
-            &[(&[], if database.is_some() { 1.0 } else { 0.0 })],
+            "Whether the database answered this scrape's queries (1) or not (0)",
+            database_up,
         );
         if let Some(database) = database {
-            out.state_gauge(
+            registry.register(
                 "cxr_led_jobs",
-                "Study jobs by state, read from the database.",
-                JOB_STATES,
-                &database.jobs_by_state,
+                "Study jobs by state, read from the database",
+                by_state(JOB_STATES, &database.jobs_by_state),
             );
-            out.state_gauge(
+            registry.register(
                 "cxr_led_outbox",
-                "Outbox rows (derived instance and destination) by state, read from the database.",
-                OUTBOX_STATES,
-                &database.outbox_by_state,
+                "Outbox rows (derived instance and destination) by state, read from the database",
+                by_state(OUTBOX_STATES, &database.outbox_by_state),
             );
         }
-        out.text
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encoding into a String cannot fail");
+        text
     }
 }
 
-/// Writes families in the text format: HELP and TYPE, then the samples.
-#[derive(Default)]
-struct Exposition {
-    text: String,
-}
-
-impl Exposition {
-    fn header(&mut self, name: &str, help: &str, kind: &str) {
-        let _ = writeln!(self.text, "# HELP {name} {}", help.replace('\\', "\\\\").replace('\n', "\\n"));
-        let _ = writeln!(self.text, "# TYPE {name} {kind}");
+/// A gauge per state: every known state (0 when missing), and any state
+/// the database has that we do not know of.
+fn by_state(known: &[&str], counts: &[(String, i64)]) -> Family<[(&'static str, String); 1], Gauge> {
+    let family: Family<[(&'static str, String); 1], Gauge> = Family::default();
+    for state in known {
+        let _ = family.get_or_create(&[("state", state.to_string())]);
     }
-
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
-        self.text.push_str(name);
-        if !labels.is_empty() {
-            self.text.push('{');
-            for (i, (key, value)) in labels.iter().enumerate() {
-                if i > 0 {
-                    self.text.push(',');
-                }
-                let _ = write!(self.text, "{key}=\"{}\"", escape_label(value));
-            }
-            self.text.push('}');
-        }
-        let _ = writeln!(self.text, " {}", format_value(value));
+    for (state, count) in counts {
+        family.get_or_create(&[("state", state.clone())]).set(*count);
     }
-
-    fn counter(&mut self, name: &str, help: &str, label: &str, series: &[(&str, &Counter)]) {
-        self.header(name, help, "counter");
-        for (value, counter) in series {
-            self.sample(name, &[(label, value)], counter.get() as f64);
-        }
-    }
-
-    fn gauge(&mut self, name: &str, help: &str, series: &[(&[(&str, &str)], f64)]) {
-        self.header(name, help, "gauge");
-        for (labels, value) in series {
-            self.sample(name, labels, *value);
-        }
-    }
-
-    /// A gauge per state: every known state (0 when missing), then any
-    /// state the database has that we do not know of.
-    fn state_gauge(&mut self, name: &str, help: &str, known: &[&str], counts: &[(String, i64)]) {
-        self.header(name, help, "gauge");
-        let count_of = |state: &str| counts.iter().find(|(s, _)| s == state).map_or(0, |(_, n)| *n);
-        for state in known {
-            self.sample(name, &[("state", state)], count_of(state) as f64);
-        }
-        for (state, n) in counts.iter().filter(|(s, _)| !known.contains(&s.as_str())) {
-            self.sample(name, &[("state", state)], *n as f64);
-        }
-    }
-
-    /// `label` empty: one unlabelled histogram.
-    fn histogram(&mut self, name: &str, help: &str, label: &str, series: &[(&str, &Histogram)]) {
-        self.header(name, help, "histogram");
-        let bucket_name = format!("{name}_bucket");
-        for (value, histogram) in series {
-            let own: &[(&str, &str)] = if label.is_empty() { &[] } else { &[(label, value)] };
-            // Cumulative counts from one read of each bucket, so +Inf equals _count.
-            let counts: Vec<u64> = histogram.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect();
-            let mut cumulative = 0;
-            for (bound, count) in histogram.bounds.iter().zip(&counts) {
-                cumulative += count;
-                let le = format_value(*bound);
-                self.sample(&bucket_name, &[own, &[("le", le.as_str())]].concat(), cumulative as f64);
-            }
-            cumulative += counts[histogram.bounds.len()];
-            self.sample(&bucket_name, &[own, &[("le", "+Inf")]].concat(), cumulative as f64);
-            self.sample(&format!("{name}_sum"), own, histogram.sum());
-            self.sample(&format!("{name}_count"), own, cumulative as f64);
-        }
-    }
-}
-
-/// A label value with `\`, `"` and newlines escaped.
-fn escape_label(value: &str) -> String {
-    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
-}
-
-/// A sample value: integers without a fraction, infinities as `+Inf`/`-Inf`.
-fn format_value(value: f64) -> String {
-    if value.is_nan() {
-        "NaN".into()
-    } else if value.is_infinite() {
-        if value > 0.0 { "+Inf" } else { "-Inf" }.into()
-    } else {
-        format!("{value}")
-    }
+    family
 }
 
 #[cfg(test)]
@@ -509,44 +395,52 @@ mod tests {
 
     #[test]
     fn histogram_buckets_are_cumulative_and_end_at_the_count() {
-        let histogram = Histogram::new(&[0.25, 1.0, 10.0]);
-        // Binary fractions: the sum is exact.
-        for value in [0.125, 0.25, 0.5, 4.0, 64.0, f64::NAN] {
-            histogram.observe(value);
+        let metrics = Metrics::new();
+        // Binary fractions: the sum is exact; NaN is left out.
+        for score in [0.125, 0.25, 0.5, 1.0, f64::NAN] {
+            metrics.observe_score(score);
         }
-        assert_eq!(histogram.count(), 5);
-        assert_eq!(histogram.sum(), 68.875);
-        let mut out = Exposition::default();
-        out.histogram("h", "help", "", &[("", &histogram)]);
-        assert_eq!(
-            out.text,
-            "# HELP h help\n# TYPE h histogram\nh_bucket{le=\"0.25\"} 2\nh_bucket{le=\"1\"} 3\n\
-             h_bucket{le=\"10\"} 4\nh_bucket{le=\"+Inf\"} 5\nh_sum 68.875\nh_count 5\n"
-        );
+        let text = metrics.encode(None);
+        for line in [
+            "cxr_led_hallucination_score_sum 1.875\n",
+            "cxr_led_hallucination_score_count 4\n",
+            "cxr_led_hallucination_score_bucket{le=\"0.1\"} 0\n",
+            "cxr_led_hallucination_score_bucket{le=\"0.15\"} 1\n",
+            "cxr_led_hallucination_score_bucket{le=\"0.25\"} 2\n",
+            "cxr_led_hallucination_score_bucket{le=\"0.5\"} 3\n",
+            "cxr_led_hallucination_score_bucket{le=\"1.0\"} 4\n",
+            "cxr_led_hallucination_score_bucket{le=\"+Inf\"} 4\n",
+        ] {
+            assert!(text.contains(line), "{line:?} missing from\n{text}");
+        }
     }
 
     #[test]
-    fn render_names_every_family_once_with_help_and_type() {
+    fn encode_names_every_family_once_with_help_and_type() {
         let metrics = Metrics::new();
-        metrics.associations.accepted.inc();
-        metrics.instances_received.stored.inc();
-        metrics.hallucination_score.observe(0.42);
-        metrics.stage_seconds.receive.observe_duration(Duration::from_millis(3));
-        let text = metrics.render(Some(&DatabaseCounts {
+        metrics.associations.get_or_create(&AssociationOutcome::Accepted).inc();
+        metrics.instances_received.get_or_create(&ReceiveOutcome::Stored).inc();
+        metrics.observe_score(0.42);
+        metrics.stage_seconds.get_or_create(&Stage::Receive).observe(0.003);
+        let text = metrics.encode(Some(&DatabaseCounts {
             jobs_by_state: vec![("queued".into(), 2), ("weird\"state".into(), 1)],
             outbox_by_state: vec![],
         }));
         assert!(text.contains("cxr_led_associations_total{outcome=\"accepted\"} 1\n"), "{text}");
+        assert!(text.contains("cxr_led_associations_total{outcome=\"rejected\"} 0\n"));
         assert!(text.contains("cxr_led_instances_received_total{outcome=\"stored\"} 1\n"));
+        assert!(text.contains("cxr_led_job_attempts_total{outcome=\"lease_lost\"} 0\n"));
         assert!(text.contains("cxr_led_hallucination_score_bucket{le=\"0.45\"} 1\n"));
         assert!(text.contains("cxr_led_hallucination_score_bucket{le=\"0.4\"} 0\n"));
         assert!(text.contains("cxr_led_stage_seconds_count{stage=\"receive\"} 1\n"));
+        assert!(text.contains("cxr_led_stage_seconds_count{stage=\"delivery\"} 0\n"));
         assert!(text.contains("cxr_led_jobs{state=\"queued\"} 2\n"));
         assert!(text.contains("cxr_led_jobs{state=\"dead\"} 0\n"));
         assert!(text.contains("cxr_led_jobs{state=\"weird\\\"state\"} 1\n"));
         assert!(text.contains("cxr_led_outbox{state=\"pending\"} 0\n"));
         assert!(text.contains("cxr_led_database_up 1\n"));
-        assert!(!text.contains("cxr_led_bundle_info"));
+        assert!(!text.contains("cxr_led_bundle"));
+        assert!(text.ends_with("# EOF\n"));
         let types: Vec<&str> = text.lines().filter(|l| l.starts_with("# TYPE ")).collect();
         let helps = text.lines().filter(|l| l.starts_with("# HELP ")).count();
         assert_eq!(types.len(), helps);
@@ -556,7 +450,7 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), before, "a family appears twice");
 
-        let offline = metrics.render(None);
+        let offline = metrics.encode(None);
         assert!(offline.contains("cxr_led_database_up 0\n"));
         assert!(!offline.contains("cxr_led_jobs"));
     }
@@ -570,7 +464,8 @@ mod tests {
             sha256: "ab".into(),
             device: "cpu\n".into(),
         });
-        let text = metrics.render(None);
+        let text = metrics.encode(None);
+        assert!(text.contains("# TYPE cxr_led_bundle info\n"), "{text}");
         assert!(
             text.contains(
                 "cxr_led_bundle_info{bundle=\"tiny\",version=\"1\\\\2\",sha256=\"ab\",device=\"cpu\\n\"} 1\n"

@@ -23,7 +23,7 @@ use tracing::Instrument;
 
 use crate::config::{Config, DeliveryConfig, ExposureConfig, PipelineConfig};
 use crate::live::Live;
-use crate::ops::metrics::Metrics;
+use crate::ops::metrics::{JobOutcome, Metrics, ModelPart, ProcessOutcome, Stage};
 use crate::pipeline::enhance::{EnhancedImage, Enhancer};
 use crate::pipeline::queue::{self, ClaimedJob, FailOutcome};
 use crate::pipeline::triage::{self, Decision};
@@ -179,7 +179,7 @@ async fn run_claimed(context: &Arc<WorkerContext>, worker_id: &str, job: Claimed
     heartbeat.abort();
     let jobs = &context.metrics.job_attempts;
     let Some(result) = result else {
-        jobs.handed_back.inc();
+        jobs.get_or_create(&JobOutcome::HandedBack).inc();
         // Dropping process_job rolled back the instance in progress (one
         // transaction each); instances already recorded stay decided.
         match queue::release(&context.db, &job, worker_id).await {
@@ -191,11 +191,11 @@ async fn run_claimed(context: &Arc<WorkerContext>, worker_id: &str, job: Claimed
     match result {
         Ok(summary) => match queue::complete(&context.db, &job, worker_id, &summary).await {
             Ok(true) => {
-                jobs.done.inc();
+                jobs.get_or_create(&JobOutcome::Done).inc();
                 tracing::info!("study processed: {summary}")
             }
             Ok(false) => {
-                jobs.lease_lost.inc();
+                jobs.get_or_create(&JobOutcome::LeaseLost).inc();
                 tracing::warn!("study processed but the lease was lost; the other worker's result stands")
             }
             Err(e) => tracing::error!(error = %e, "could not mark the job done; it will be re-run (idempotent)"),
@@ -207,15 +207,15 @@ async fn run_claimed(context: &Arc<WorkerContext>, worker_id: &str, job: Claimed
                 .await
             {
                 Ok(FailOutcome::Retry(delay)) => {
-                    jobs.retry.inc();
+                    jobs.get_or_create(&JobOutcome::Retry).inc();
                     tracing::warn!("job failed, retry in {delay:?}: {message}")
                 }
                 Ok(FailOutcome::Dead) => {
-                    jobs.dead.inc();
+                    jobs.get_or_create(&JobOutcome::Dead).inc();
                     tracing::error!("job failed, dead letter: {message}")
                 }
                 Ok(FailOutcome::LeaseLost) => {
-                    jobs.lease_lost.inc();
+                    jobs.get_or_create(&JobOutcome::LeaseLost).inc();
                     tracing::warn!("job failed after its lease was lost: {message}")
                 }
                 Err(e) => tracing::error!(error = %e, "could not record the job failure: {message}"),
@@ -250,13 +250,16 @@ pub async fn process_job(context: &Arc<WorkerContext>, job: &ClaimedJob) -> Resu
         } else {
             process_instance(context, job, source).await?
         };
-        match outcome {
-            InstanceOutcome::Passed => processed.passed.inc(),
-            InstanceOutcome::Enhanced => processed.enhanced.inc(),
-            InstanceOutcome::Held => processed.held.inc(),
-            InstanceOutcome::Failed => processed.failed.inc(),
+        let counted = match outcome {
+            InstanceOutcome::Passed => Some(ProcessOutcome::Passed),
+            InstanceOutcome::Enhanced => Some(ProcessOutcome::Enhanced),
+            InstanceOutcome::Held => Some(ProcessOutcome::Held),
+            InstanceOutcome::Failed => Some(ProcessOutcome::Failed),
             // Counted when (and by whom) it was decided.
-            InstanceOutcome::AlreadyDecided | InstanceOutcome::Raced => {}
+            InstanceOutcome::AlreadyDecided | InstanceOutcome::Raced => None,
+        };
+        if let Some(counted) = counted {
+            processed.get_or_create(&counted).inc();
         }
         let name = match outcome {
             InstanceOutcome::AlreadyDecided => "already decided",
@@ -524,7 +527,7 @@ fn process_blocking(context: &WorkerContext, sop_instance_uid: &str, path: &Path
             }
         },
     };
-    stages.triage.observe_duration(triage_started.elapsed());
+    stages.get_or_create(&Stage::Triage).observe(triage_started.elapsed().as_secs_f64());
     if !decision.flagged {
         return Ok(Processed::Passed(decision));
     }
@@ -537,12 +540,12 @@ fn process_blocking(context: &WorkerContext, sop_instance_uid: &str, path: &Path
     let enhanced = enhancer.enhance(sop_instance_uid, &image.pixels, image.rows, image.columns, |enhanced| {
         pixels::as_delivered(&image, enhanced)
     })?;
-    stages.enhancement.observe_duration(enhancement_started.elapsed());
+    stages.get_or_create(&Stage::Enhancement).observe(enhancement_started.elapsed().as_secs_f64());
     let model = &context.metrics.enhancement_seconds;
-    model.estimate.observe(enhanced.timings.estimate_s);
-    model.refinement.observe(enhanced.timings.refinement_s);
-    model.score.observe(enhanced.timings.score_s);
-    context.metrics.hallucination_score.observe(enhanced.verdict.score);
+    model.get_or_create(&ModelPart::Estimate).observe(enhanced.timings.estimate_s);
+    model.get_or_create(&ModelPart::Refinement).observe(enhanced.timings.refinement_s);
+    model.get_or_create(&ModelPart::Score).observe(enhanced.timings.score_s);
+    context.metrics.observe_score(enhanced.verdict.score);
     let derive_started = Instant::now();
     let stored = pixels::to_stored(&image, &enhanced.pixels);
     let params = serde_json::to_string(&enhancer.params)?;
@@ -600,7 +603,7 @@ fn process_blocking(context: &WorkerContext, sop_instance_uid: &str, path: &Path
         None
     };
     let pixel_sha256 = sha256_hex(&pixels::stored_bytes(&stored));
-    stages.derive.observe_duration(derive_started.elapsed());
+    stages.get_or_create(&Stage::Derive).observe(derive_started.elapsed().as_secs_f64());
     Ok(Processed::Enhanced(Box::new(Derived {
         decision,
         sop_class_uid,

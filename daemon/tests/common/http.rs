@@ -1,6 +1,7 @@
 //! A small HTTP/1.1 client for the daemon's `/healthz`, `/readyz` and
 //! `/metrics`: raw bytes out, the whole answer in (the server closes every
-//! connection, which each answer is checked to say).
+//! connection: reading to the end proves it, and every routed answer is
+//! checked to say so).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -34,8 +35,11 @@ pub async fn exchange(addr: SocketAddr, request: &[u8]) -> Answer {
     parse_answer(&bytes)
 }
 
+/// A well-formed request; its answer says `Connection: close`.
 pub async fn request(addr: SocketAddr, method: &str, path: &str) -> Answer {
-    exchange(addr, format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes()).await
+    let answer = exchange(addr, format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes()).await;
+    assert_eq!(answer.header("Connection"), Some("close"));
+    answer
 }
 
 pub fn parse_answer(bytes: &[u8]) -> Answer {
@@ -52,7 +56,5 @@ pub fn parse_answer(bytes: &[u8]) -> Answer {
             (name.to_string(), value.to_string())
         })
         .collect();
-    let answer = Answer { status, headers, body: body.to_string() };
-    assert_eq!(answer.header("Connection"), Some("close"));
-    answer
+    Answer { status, headers, body: body.to_string() }
 }
