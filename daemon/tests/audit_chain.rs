@@ -507,10 +507,10 @@ async fn the_daemon_journals_the_chain_head_at_start_and_at_shutdown() {
     let (guard, db) = migrated().await;
     let spool = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
-    let (config, port) = common::write_daemon_config(common::test_config(&guard, spool.path()), work.path());
+    let config = common::write_daemon_config(common::test_config(&guard, spool.path()), work.path());
     let log = work.path().join("daemon.log");
     let mut daemon = common::spawn_daemon(&config, &log);
-    common::wait_for_echo(port).await;
+    daemon.answering().await;
     // The echo's association was audited; stop as systemd does.
     let stopped = Command::new("kill").args(["-TERM", &daemon.id().to_string()]).status().unwrap();
     assert!(stopped.success());

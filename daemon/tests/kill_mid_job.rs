@@ -94,25 +94,26 @@ async fn sigkill_during_an_enhancement_is_taken_over_after_the_lease_and_sent_on
     config.pipeline.steps = 50;
     config.pipeline.lease_secs = 10;
     let derived_dir = config.pipeline.output_dir.clone();
-    let (config, port) = write_daemon_config(config, work.path());
+    let config = write_daemon_config(config, work.path());
     let log = work.path().join("daemon.log");
-    let mut daemon = spawn_daemon_answering(&config, &log, port).await;
+    let mut daemon = spawn_daemon(&config, &log);
+    let addr = daemon.answering().await;
     let pool = db.pool().await;
 
     let (file, source, study) = dx_copy(work.path(), "killed", "-7.0");
-    let addr = format!("127.0.0.1:{port}").parse().unwrap();
     let sent = storescu(addr, "MODALITY", &[], &[file]).await;
     assert!(sent.status.success(), "{}", text(&sent));
 
     wait_for_counts(&pool, 60, "the job running", &[("SELECT count(*) FROM job WHERE state = 'running'", 1)]).await;
     // Past the claim and the decoding, into the inference.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    daemon.kill();
+    daemon.kill_and_reap();
     assert_eq!(count(&pool, "SELECT count(*) FROM enhancement").await, 0, "the kill landed after the enhancement");
     assert_eq!(count(&pool, "SELECT count(*) FROM outbox").await, 0);
     assert_eq!(count(&pool, "SELECT count(*) FROM job WHERE state = 'running' AND attempts = 1").await, 1);
 
-    let mut daemon = spawn_daemon_answering(&config, &log, port).await;
+    let mut daemon = spawn_daemon(&config, &log);
+    daemon.answering().await;
     wait_for_counts(
         &pool,
         300,
@@ -123,7 +124,7 @@ async fn sigkill_during_an_enhancement_is_taken_over_after_the_lease_and_sent_on
         ],
     )
     .await;
-    daemon.kill();
+    daemon.kill_and_reap();
 
     let taken_over = events(&pool, "job-taken-over").await;
     assert_eq!(taken_over.len(), 1, "{taken_over:?}");
@@ -157,13 +158,13 @@ async fn sigkill_during_a_delivery_sends_the_same_instance_again_and_the_pacs_ke
     let mut config = pipeline_config(&db, &work.path().join("spool"), proxy_port);
     config.delivery.connect_timeout_secs = 2;
     config.delivery.response_timeout_secs = 6;
-    let (config, port) = write_daemon_config(config, work.path());
+    let config = write_daemon_config(config, work.path());
     let log = work.path().join("daemon.log");
-    let mut daemon = spawn_daemon_answering(&config, &log, port).await;
+    let mut daemon = spawn_daemon(&config, &log);
+    let addr = daemon.answering().await;
     let pool = db.pool().await;
 
     let (file, source, _study) = dx_copy(work.path(), "delivering", "-7.0");
-    let addr = format!("127.0.0.1:{port}").parse().unwrap();
     let sent = storescu(addr, "MODALITY", &[], &[file]).await;
     assert!(sent.status.success(), "{}", text(&sent));
 
@@ -173,7 +174,7 @@ async fn sigkill_during_a_delivery_sends_the_same_instance_again_and_the_pacs_ke
         async move { !received(&pacs).is_empty() }
     })
     .await;
-    daemon.kill();
+    daemon.kill_and_reap();
     // Stored by the PACS, its answer never seen: the row is still to send.
     let outbox: Vec<(String, i32)> =
         sqlx::query_as("SELECT state, attempts FROM outbox").fetch_all(&pool).await.unwrap();
@@ -181,7 +182,8 @@ async fn sigkill_during_a_delivery_sends_the_same_instance_again_and_the_pacs_ke
     assert_eq!(count(&pool, "SELECT count(*) FROM audit_event WHERE event = 'instance-sent'").await, 0);
 
     // The restarted daemon sends it again once the delivery lease has run out.
-    let mut daemon = spawn_daemon_answering(&config, &log, port).await;
+    let mut daemon = spawn_daemon(&config, &log);
+    daemon.answering().await;
     let start = std::time::Instant::now();
     while count(&pool, "SELECT count(*) FROM outbox WHERE state = 'sent'").await != 1 {
         if start.elapsed() > Duration::from_secs(150) {
@@ -192,7 +194,7 @@ async fn sigkill_during_a_delivery_sends_the_same_instance_again_and_the_pacs_ke
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    daemon.kill();
+    daemon.kill_and_reap();
 
     let stored = std::fs::read_to_string(&receptions).unwrap();
     assert_eq!(stored.lines().count(), 2, "the PACS received the instance twice: {stored}");

@@ -54,10 +54,9 @@ async fn lying_lengths_are_refused_without_allocating_them() {
     let work = tempfile::tempdir().unwrap();
     let mut config = test_config(&db, spool.path());
     config.ingest.max_instance_size_mib = 4;
-    let (config, port) = write_daemon_config(config, work.path());
+    let config = write_daemon_config(config, work.path());
     let mut daemon = spawn_daemon(&config, &work.path().join("daemon.log"));
-    wait_for_echo(port).await;
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let addr = daemon.answering().await;
     let before = proc_status_kib(daemon.id(), "VmHWM:");
 
     let alone = tokio::task::spawn_blocking(move || lie_then_store(addr, 0)).await.unwrap();

@@ -112,14 +112,12 @@ async fn an_allow_list_change_applies_without_a_restart_and_a_bad_file_is_refuse
 async fn sighup_reloads_the_real_binary() {
     let db = TestDb::create().await;
     let work = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut config = test_config(&db, &work.path().join("spool"));
-    config.ingest.listen = format!("127.0.0.1:{port}").parse().unwrap();
+    let config = test_config(&db, &work.path().join("spool"));
     let file = work.path().join("cxr-ledd.toml");
     write_config(&file, &config);
     let log = work.path().join("daemon.log");
     let mut daemon = spawn_daemon(&file, &log);
-    wait_for_echo(port).await;
+    let port = daemon.answering().await.port();
     let pool = db.pool().await;
 
     let pid = daemon.id().to_string();

@@ -50,11 +50,10 @@ async fn a_slow_resend_after_sigkill_makes_one_job_with_every_instance() {
     let mut config = test_config(&db, spool.path());
     config.tracker.quiet_period_secs = 4.0;
     config.database.max_connections = 4;
-    let (config, port) = write_daemon_config(config, work.path());
+    let config = write_daemon_config(config, work.path());
     let log = work.path().join("daemon.log");
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut daemon = spawn_daemon(&config, &log);
-    wait_for_echo(port).await;
+    let addr = daemon.answering().await;
     let pool = db.pool().await;
 
     // The first send, killed once half the study has arrived.
@@ -70,7 +69,7 @@ async fn a_slow_resend_after_sigkill_makes_one_job_with_every_instance() {
     assert!(acknowledged < INSTANCES, "the kill landed after the whole send");
 
     let mut daemon = spawn_daemon(&config, &log);
-    wait_for_echo(port).await;
+    let addr = daemon.answering().await;
     let resend = tokio::task::spawn_blocking(move || send_all(addr, Duration::from_millis(300))).await.unwrap();
     assert_eq!(resend, vec![0x0000; INSTANCES]);
 

@@ -33,7 +33,7 @@ async fn sigkill_during_200_instance_send_loses_nothing_acknowledged() {
     let mut config = test_config(&db, spool.path());
     config.tracker.quiet_period_secs = 2.0;
     config.database.max_connections = 4;
-    let (config, port) = write_daemon_config(config, work.path());
+    let config = write_daemon_config(config, work.path());
     let daemon_log = work.path().join("daemon.log");
     let files_dir = work.path().join("files");
     std::fs::create_dir(&files_dir).unwrap();
@@ -42,13 +42,17 @@ async fn sigkill_during_200_instance_send_loses_nothing_acknowledged() {
     let files: Vec<String> = copies.iter().map(|(p, _)| p.display().to_string()).collect();
 
     let mut daemon = spawn_daemon(&config, &daemon_log);
-    wait_for_echo(port).await;
+    let addr = daemon.answering().await;
     let pool = db.pool().await;
 
-    let mut args: Vec<String> =
-        ["-v", "-aet", "PACS", "-aec", AE, "127.0.0.1", &port.to_string()].iter().map(|s| s.to_string()).collect();
-    args.extend(files.iter().cloned());
-    let sender = tokio::spawn(dcmtk("storescu", args.clone()));
+    // storescu sending every file to the daemon at `port`.
+    let storescu_args = |port: u16| {
+        let mut args: Vec<String> =
+            ["-v", "-aet", "PACS", "-aec", AE, "127.0.0.1", &port.to_string()].iter().map(|s| s.to_string()).collect();
+        args.extend(files.iter().cloned());
+        args
+    };
+    let sender = tokio::spawn(dcmtk("storescu", storescu_args(addr.port())));
     // Kill once a good part has been stored (or the send is over); polled
     // tightly so that the kill lands mid-send even on a fast machine.
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
@@ -64,7 +68,7 @@ async fn sigkill_during_200_instance_send_loses_nothing_acknowledged() {
     assert!(!acked.is_empty());
 
     let mut daemon = spawn_daemon(&config, &daemon_log);
-    wait_for_echo(port).await;
+    let addr = daemon.answering().await;
 
     // Every acknowledged instance: one row, one file.
     for file in &acked {
@@ -83,7 +87,7 @@ async fn sigkill_during_200_instance_send_loses_nothing_acknowledged() {
     assert_eq!(spool_files(spool.path()).len() as i64, rows);
 
     // The sender retries everything: acknowledged ones are duplicates.
-    let second = dcmtk("storescu", args).await;
+    let second = dcmtk("storescu", storescu_args(addr.port())).await;
     assert!(second.status.success(), "{}", text(&second));
     assert_eq!(acknowledged(&text(&second)).len(), 200);
     assert_eq!(count(&pool, "SELECT count(*) FROM instance").await, 200);

@@ -35,22 +35,12 @@ async fn the_binary_exits_non_zero_when_a_stage_dies() {
     let db = TestDb::create().await;
     let spool = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
-    let (config, _port) = write_daemon_config(test_config(&db, spool.path()), work.path());
+    let config = write_daemon_config(test_config(&db, spool.path()), work.path());
     let log = work.path().join("daemon.log");
-    let output = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
-    let mut daemon = DaemonProcess(
-        std::process::Command::new(env!("CARGO_BIN_EXE_cxr-ledd"))
-            .args(["run", "--config"])
-            .arg(&config)
-            .env("CXR_LED_TEST_FAULT", "tracker")
-            .stdout(output.try_clone().unwrap())
-            .stderr(output)
-            .spawn()
-            .expect("start cxr-ledd"),
-    );
+    let mut daemon = spawn_daemon_with(&config, &log, &[("CXR_LED_TEST_FAULT", "tracker")]);
     let mut status = None;
     wait_until(Duration::from_secs(60), "cxr-ledd to exit", || {
-        status = daemon.0.try_wait().unwrap();
+        status = daemon.try_wait().unwrap();
         std::future::ready(status.is_some())
     })
     .await;

@@ -6,6 +6,7 @@ use std::process::{Child, Command};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use cxr_led_test_kit::ports::reported_address;
 
 /// cxr-led's AE title in the harness.
 pub const CXRLED_AE: &str = "CXRLED";
@@ -17,9 +18,10 @@ pub struct CxrLedSettings {
     pub database_url: String,
     /// The model bundle folder.
     pub bundle: PathBuf,
-    /// The DICOM port to listen on (127.0.0.1).
+    /// The DICOM port to listen on (127.0.0.1); 0: the one the system gives
+    /// the first run (kept for restarts, so that the PACS can keep sending).
     pub dicom_port: u16,
-    /// The health and metrics port (127.0.0.1).
+    /// The health and metrics port (127.0.0.1); 0: a new one each run.
     pub http_port: u16,
     /// Where the PACS (Orthanc) takes C-STOREs: AE title and port on 127.0.0.1.
     pub pacs_ae_title: String,
@@ -48,12 +50,17 @@ pub struct CxrLedSettings {
 pub struct CxrLed {
     /// The folder with its configuration, spool, derived files and log.
     pub dir: PathBuf,
-    /// The DICOM port it listens on.
+    /// The DICOM port it listens on (as it reported).
     pub dicom_port: u16,
-    /// Its health and metrics port.
+    /// Its health and metrics port (as it reported).
     pub http_port: u16,
+    settings: CxrLedSettings,
     child: Option<Child>,
 }
+
+/// What cxr-ledd logs, with the bound `address`, once a listener is open.
+const DICOM_LISTENING: &str = "DICOM ingest listening";
+const HTTP_LISTENING: &str = "HTTP health and metrics listening";
 
 /// The cxr-ledd binary: `$CXR_LEDD`, else next to the running executable
 /// (cargo puts test executables in `target/<profile>/deps/`, binaries in
@@ -80,33 +87,43 @@ impl CxrLed {
     pub fn start(dir: &Path, settings: &CxrLedSettings) -> anyhow::Result<CxrLed> {
         let dir = &std::path::absolute(dir)?;
         std::fs::create_dir_all(dir)?;
-        std::fs::write(dir.join("cxr-ledd.toml"), config_text(dir, settings))?;
         let mut cxrled = CxrLed {
             dir: dir.to_path_buf(),
             dicom_port: settings.dicom_port,
             http_port: settings.http_port,
+            settings: settings.clone(),
             child: None,
         };
         cxrled.launch()?;
         Ok(cxrled)
     }
 
-    /// Starts it again (after [`Self::stop`]) with the same configuration.
+    /// Starts it (again, after [`Self::stop`]) with the same configuration,
+    /// on the DICOM port of the first run; learns its ports from its log.
     pub fn launch(&mut self) -> anyhow::Result<()> {
-        let port = self.dicom_port;
+        let settings = CxrLedSettings { dicom_port: self.dicom_port, ..self.settings.clone() };
+        std::fs::write(self.dir.join("cxr-ledd.toml"), config_text(&self.dir, &settings))?;
+        let log = self.log_path();
+        let log_start = std::fs::metadata(&log).map_or(0, |m| m.len());
+        let mut dicom = None;
         let child = crate::spawn_until_ready(
             Command::new(binary()?)
                 .args(["run", "--config"])
                 .arg(self.dir.join("cxr-ledd.toml"))
                 .env("RUST_LOG", "info"),
-            &self.log_path(),
+            &log,
             // The model loads before the port opens, so this also waits for the bundle.
             Duration::from_secs(120),
             "cxr-ledd",
-            || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+            || {
+                dicom = dicom.or_else(|| reported_address(&log, log_start, DICOM_LISTENING));
+                dicom.is_some_and(|address| std::net::TcpStream::connect(address).is_ok())
+            },
         )
         .with_context(|| format!("its log:\n{}", self.log()))?;
         self.child = Some(child);
+        self.dicom_port = dicom.map_or(0, |address| address.port());
+        self.http_port = reported_address(&log, log_start, HTTP_LISTENING).map_or(0, |address| address.port());
         Ok(())
     }
 

@@ -71,10 +71,7 @@ pub fn spawn_until_ready(
     Ok(child)
 }
 
-/// A loopback port free right now.
-pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
+pub use cxr_led_test_kit::ports::free_port;
 
 pub use cxr_led_test_kit::tiny_bundle;
 
@@ -147,16 +144,17 @@ pub struct PacsLoop {
 impl PacsLoop {
     /// Creates the database and starts cxr-led, then Orthanc.
     pub fn start(options: &LoopOptions) -> anyhow::Result<PacsLoop> {
+        // Orthanc cannot bind port 0 and say which it got; cxr-led can (0).
         let (orthanc_http, orthanc_dicom, cxrled_dicom) = match options.ports {
             Some(ports) => ports,
-            None => (free_port()?, free_port()?, free_port()?),
+            None => (free_port(), free_port(), 0),
         };
         let db = Database::create(&options.database)?;
         let settings = CxrLedSettings {
             database_url: db.url.clone(),
             bundle: options.bundle.clone(),
             dicom_port: cxrled_dicom,
-            http_port: free_port()?,
+            http_port: 0,
             pacs_ae_title: ORTHANC_AE.into(),
             pacs_port: orthanc_dicom,
             quiet_period_secs: options.quiet_period_secs,
@@ -169,7 +167,7 @@ impl PacsLoop {
             doubt_map_instance: options.doubt_map_instance,
         };
         let cxrled = CxrLed::start(&options.dir.join("cxr-led"), &settings)?;
-        let peer = CxrLedPeer { ae_title: CXRLED_AE.into(), port: cxrled_dicom };
+        let peer = CxrLedPeer { ae_title: CXRLED_AE.into(), port: cxrled.dicom_port };
         let orthanc =
             Orthanc::start(&options.dir.join("orthanc"), orthanc_http, orthanc_dicom, &peer, options.stable_age_secs)?;
         Ok(PacsLoop { orthanc, cxrled, db })

@@ -23,6 +23,7 @@ use dicom_ul::{ClientAssociationOptions, Pdu};
 use sqlx::{PgPool, Row};
 
 pub use cxr_led_test_kit::database::{admin_url, TestDb};
+pub use cxr_led_test_kit::ports::free_port;
 pub use cxr_led_test_kit::tiny_bundle;
 pub use cxr_led_test_kit::wait::wait_until;
 
@@ -56,19 +57,13 @@ pub fn test_config(db: &TestDb, spool: &Path) -> Config {
     config
 }
 
-/// Writes `config`, listening on a free loopback port, as `dir/cxr-ledd.toml`
-/// for the real binary ([`spawn_daemon`]); returns the file and the port.
-pub fn write_daemon_config(mut config: Config, dir: &Path) -> (PathBuf, u16) {
-    let port = free_port();
-    config.ingest.listen = format!("127.0.0.1:{port}").parse().unwrap();
+/// Writes `config` as `dir/cxr-ledd.toml` for the real binary
+/// ([`spawn_daemon`]); it listens where `config` says (port 0 from
+/// [`test_config`]: [`Daemon::answering`] finds the port it got).
+pub fn write_daemon_config(config: Config, dir: &Path) -> PathBuf {
     let path = dir.join("cxr-ledd.toml");
     std::fs::write(&path, toml::to_string(&config).expect("serialise the configuration")).unwrap();
-    (path, port)
-}
-
-/// A loopback port nobody listens on right now (bound, read, released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    path
 }
 
 pub async fn start(config: Config) -> Running {
@@ -248,53 +243,95 @@ pub fn data_set_bytes(obj: &InMemDicomObject) -> Vec<u8> {
     bytes
 }
 
-/// The real binary, killed with SIGKILL when dropped, so that a failing test
-/// leaves no daemon behind.
-pub struct DaemonProcess(pub std::process::Child);
+/// The real binary started by [`spawn_daemon`] (derefs to its [`Child`]),
+/// killed with SIGKILL when dropped, so that a failing test leaves no daemon
+/// behind.
+///
+/// [`Child`]: std::process::Child
+pub struct Daemon {
+    child: std::process::Child,
+    log: PathBuf,
+    /// Where this run's output starts in `log` (a restart appends to it).
+    log_start: u64,
+}
 
-impl DaemonProcess {
+impl Daemon {
+    /// Waits (up to 60 s) until this run reports the DICOM address it bound
+    /// in its log and answers C-ECHO there; returns that address. A daemon
+    /// that exits first fails the test with its log.
+    pub async fn answering(&mut self) -> SocketAddr {
+        let mut address = None;
+        wait_until(Duration::from_secs(60), "the daemon to answer C-ECHO", || {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let output = std::fs::read_to_string(&self.log).unwrap_or_default();
+                panic!("cxr-ledd exited ({status}) instead of answering C-ECHO:\n{output}");
+            }
+            address = address.or_else(|| self.reported("DICOM ingest listening"));
+            async move {
+                match address {
+                    Some(address) => answers_echo(address.port()).await,
+                    None => false,
+                }
+            }
+        })
+        .await;
+        address.expect("answered on a reported address")
+    }
+
+    /// The address this run reported for `message` (e.g. `HTTP health and
+    /// metrics listening`), once it has.
+    pub fn reported(&self, message: &str) -> Option<SocketAddr> {
+        cxr_led_test_kit::ports::reported_address(&self.log, self.log_start, message)
+    }
+
     /// SIGKILL and reap.
-    pub fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+    pub fn kill_and_reap(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
-impl Drop for DaemonProcess {
+impl std::ops::Deref for Daemon {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.child
+    }
+}
+
+impl std::ops::DerefMut for Daemon {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.child
+    }
+}
+
+impl Drop for Daemon {
     fn drop(&mut self) {
-        self.kill();
+        self.kill_and_reap();
     }
-}
-
-/// [`spawn_daemon`], then waits until it answers C-ECHO on `port`; a daemon
-/// that exits first fails the test with its log.
-#[cfg(test)]
-pub async fn spawn_daemon_answering(config: &Path, log: &Path, port: u16) -> DaemonProcess {
-    let mut daemon = DaemonProcess(spawn_daemon(config, log));
-    wait_until(Duration::from_secs(60), "the daemon to answer C-ECHO", || {
-        if let Some(status) = daemon.0.try_wait().unwrap() {
-            let output = std::fs::read_to_string(log).unwrap_or_default();
-            panic!("cxr-ledd exited ({status}) instead of answering C-ECHO:\n{output}");
-        }
-        answers_echo(port)
-    })
-    .await;
-    daemon
 }
 
 /// Starts the real `cxr-ledd run --config <config>`, its output appended to
 /// `log` (tests only: examples that include this module have no binary path).
 #[cfg(test)]
-pub fn spawn_daemon(config: &Path, log: &Path) -> std::process::Child {
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_cxr-ledd"))
+pub fn spawn_daemon(config: &Path, log: &Path) -> Daemon {
+    spawn_daemon_with(config, log, &[])
+}
+
+/// [`spawn_daemon`] with extra environment variables.
+#[cfg(test)]
+pub fn spawn_daemon_with(config: &Path, log: &Path, env: &[(&str, &str)]) -> Daemon {
+    let log_start = std::fs::metadata(log).map_or(0, |m| m.len());
+    let file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_cxr-ledd"))
         .args(["run", "--config"])
         .arg(config)
         .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::from(log.try_clone().unwrap()))
-        .stderr(std::process::Stdio::from(log))
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::from(file.try_clone().unwrap()))
+        .stderr(std::process::Stdio::from(file))
         .spawn()
-        .expect("start cxr-ledd")
+        .expect("start cxr-ledd");
+    Daemon { child, log: log.to_path_buf(), log_start }
 }
 
 /// What a derived instance of the tiny bundle records, with the given UIDs

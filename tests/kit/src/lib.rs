@@ -4,9 +4,12 @@
 //! - [`database`]: a PostgreSQL database made for one test on the
 //!   `DATABASE_URL` server and dropped afterwards.
 //! - [`wait`]: polling with a limit that says what it waited for, async and blocking.
+//! - [`ports`]: the address the daemon reported binding, or a free port for
+//!   programs that cannot bind port 0.
 //! - [`tiny_bundle`]: the tiny model bundle checked into the repository.
 
 pub mod database;
+pub mod ports;
 pub mod wait;
 
 use std::path::PathBuf;
