@@ -1,9 +1,6 @@
-//! A minimal blocking HTTP/1.1 client for Orthanc's REST API on loopback:
-//! one request per connection (`Connection: close`), Content-Length or
-//! chunked bodies. Enough for a test harness, and no HTTP stack to build.
+//! Blocking HTTP for Orthanc's REST API and cxr-led's endpoints on loopback
+//! (ureq, plain HTTP): whole answers, status checked by the caller.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -37,65 +34,29 @@ impl Response {
     }
 }
 
-/// Sends one request to `127.0.0.1:port` and reads the whole response.
+/// Sends one request to `127.0.0.1:port` and reads the whole response
+/// (any status: [`Response::ok`] decides what counts as success).
 pub fn request(port: u16, method: &str, path: &str, body: &[u8]) -> anyhow::Result<Response> {
-    let mut stream =
-        TcpStream::connect(("127.0.0.1", port)).with_context(|| format!("connecting to 127.0.0.1:{port}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(120)))?;
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(body)?;
-    let mut reader = BufReader::new(stream);
-    let mut status_line = String::new();
-    reader.read_line(&mut status_line)?;
-    let status: u16 = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .with_context(|| format!("bad status line {status_line:?} from {method} {path}"))?;
-    let mut content_length = None;
-    let mut chunked = false;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 {
-            break;
-        }
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        if let Some((name, value)) = line.split_once(':') {
-            let value = value.trim();
-            if name.eq_ignore_ascii_case("content-length") {
-                content_length = value.parse::<usize>().ok();
-            } else if name.eq_ignore_ascii_case("transfer-encoding") && value.eq_ignore_ascii_case("chunked") {
-                chunked = true;
-            }
-        }
-    }
-    let mut body = Vec::new();
-    if chunked {
-        loop {
-            let mut size_line = String::new();
-            reader.read_line(&mut size_line)?;
-            let size = usize::from_str_radix(size_line.trim().split(';').next().unwrap_or(""), 16)
-                .with_context(|| format!("bad chunk size {size_line:?}"))?;
-            let mut chunk = vec![0; size + 2];
-            reader.read_exact(&mut chunk)?;
-            if size == 0 {
-                break;
-            }
-            body.extend_from_slice(&chunk[..size]);
-        }
-    } else if let Some(length) = content_length {
-        body.resize(length, 0);
-        reader.read_exact(&mut body)?;
-    } else {
-        reader.read_to_end(&mut body)?;
-    }
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        // An enhancement on CPU or a large instance file can take a while.
+        .timeout_global(Some(Duration::from_secs(120)))
+        .build()
+        .into();
+    let url = format!("http://127.0.0.1:{port}{path}");
+    let sent = match method {
+        "GET" => agent.get(&url).call(),
+        "POST" => agent.post(&url).send(body),
+        other => bail!("the harness sends GET and POST, not {other}"),
+    };
+    let mut response = sent.with_context(|| format!("{method} {url}"))?;
+    let status = response.status().as_u16();
+    // Instance files exceed ureq's default 10 MB limit for a body read at once.
+    let body = response
+        .body_mut()
+        .with_config()
+        .read_to_vec()
+        .with_context(|| format!("reading the answer to {method} {url}"))?;
     Ok(Response { status, body })
 }
 
