@@ -21,6 +21,7 @@ mod metrics;
 mod per_image;
 mod progress;
 mod report;
+mod results;
 
 use std::path::PathBuf;
 use std::time::Instant;

@@ -19,7 +19,7 @@ const HEADER: &str = "image,method,psnr_db,ssim,correct";
 pub struct Row {
     /// The test image's path as the evaluation listed it.
     pub image: String,
-    /// Method key (`evaluate::METHODS`, or a `--ceiling` key).
+    /// Method key (`results::METHODS`, or a `--ceiling` key).
     pub method: String,
     /// PSNR against the high-quality image in dB (none for the high-quality image itself).
     pub psnr_db: Option<f64>,

@@ -829,7 +829,7 @@ pub fn export(args: &ExportArgs) -> anyhow::Result<()> {
         manifest.training.insert("degradation-ranges".into(), toml::Value::try_from(DegradationRanges::default())?);
     }
     if let Some(path) = &args.report {
-        manifest.metrics = crate::report::metrics_table(&crate::evaluate::read_report(path)?)?;
+        manifest.metrics = crate::report::metrics_table(&crate::results::read_report(path)?)?;
     }
     let previous = if args.keep_calibration {
         let previous = Bundle::load(&args.out)

@@ -10,8 +10,8 @@ use anyhow::Context;
 use image::{GrayImage, Luma, Rgb, RgbImage};
 
 use crate::bootstrap::Interval;
-use crate::evaluate::{EvaluationReport, NativeReport, METHODS};
 use crate::metrics::Plane;
+use crate::results::{EvaluationReport, NativeReport, METHODS};
 
 /// The LED study's Table 1 (PadChest, ResNet-18): high quality, low quality, enhanced.
 pub const SEED_STUDY_ACCURACY: [f64; 3] = [0.739, 0.566, 0.663];
@@ -327,7 +327,7 @@ pub fn native_table(native: &NativeReport) -> String {
         "| Method | PSNR (dB) | SSIM | ΔPSNR vs NLM + stretch | ΔSSIM | s/image |\n| --- | --- | --- | --- | --- | --- |\n",
     );
     for m in &native.methods {
-        let (dp, ds) = if m.method == crate::evaluate::BAR {
+        let (dp, ds) = if m.method == crate::results::BAR {
             ("(the bar)".into(), "–".into())
         } else {
             (difference(m.versus_bar.psnr_db, 2, 1.0), difference(m.versus_bar.ssim, 3, 1.0))
