@@ -150,7 +150,7 @@ where
             sop_instance_uid: &claimed.sop_instance_uid,
         };
         let attempt = scu::store(&mut association, config, &instance, message_id).await;
-        metrics.stage_seconds.get_or_create(&Stage::Delivery).observe(store_started.elapsed().as_secs_f64());
+        metrics.observe_stage(Stage::Delivery, store_started.elapsed());
         message_id = message_id.wrapping_add(1).max(1);
         let (outcome, association_usable) = match attempt {
             Ok(outcome) => (outcome, true),

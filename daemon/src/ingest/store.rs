@@ -162,7 +162,7 @@ impl Pending {
             (None, Some(incoming)) => self.store(shared, peer, incoming).await,
         };
         let received = &shared.metrics.instances_received;
-        shared.metrics.stage_seconds.get_or_create(&Stage::Receive).observe(self.started.elapsed().as_secs_f64());
+        shared.metrics.observe_stage(Stage::Receive, self.started.elapsed());
         match outcome {
             Ok(None) => {
                 received.get_or_create(&ReceiveOutcome::Stored).inc();

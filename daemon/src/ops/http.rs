@@ -48,7 +48,7 @@ pub const MAX_HEAD_BYTES: usize = 8 * 1024;
 /// Connections served at once.
 pub const MAX_CONNECTIONS: usize = 16;
 /// Longest a connection is kept: head, answer, and as long again to write it.
-pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(15);
+pub const CONNECTION_TIMEOUT: Duration = REQUEST_TIMEOUT.saturating_mul(3);
 /// After answering: how long, and how much, unread input is still taken before closing.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 const MAX_DRAIN_BYTES: u64 = 1 << 20;

@@ -9,9 +9,9 @@
 
 use std::sync::atomic::AtomicU64;
 use std::sync::RwLock;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use prometheus_client::encoding::{EncodeLabelSet, LabelSetEncoder};
+use prometheus_client::encoding::{text, EncodeLabelSet, LabelSetEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -221,8 +221,8 @@ pub struct Metrics {
     pub associations_active: Gauge,
     /// `cxr_led_instances_received_total{outcome}`.
     pub instances_received: Family<ReceiveOutcome, Counter>,
-    /// `cxr_led_stage_seconds{stage}`.
-    pub stage_seconds: Family<Stage, Histogram, NewHistogram>,
+    /// `cxr_led_stage_seconds{stage}`; observe through [`Metrics::observe_stage`].
+    stage_seconds: Family<Stage, Histogram, NewHistogram>,
     /// `cxr_led_enhancement_seconds{part}`.
     pub enhancement_seconds: Family<ModelPart, Histogram, NewHistogram>,
     /// `cxr_led_hallucination_score`; observe through [`Metrics::observe_score`].
@@ -236,8 +236,9 @@ pub struct Metrics {
     /// `cxr_led_bundle_info{...}`, set once the bundle is loaded and again
     /// when a reload swaps it (see [`Metrics::set_bundle`]).
     bundle: RwLock<Option<BundleInfo>>,
-    /// `cxr_led_start_time_seconds`: when the registry was made (the service started).
-    start_time_seconds: Gauge<f64, AtomicU64>,
+    /// The families above (shared handles: a clone shares its counts) and
+    /// `cxr_led_start_time_seconds`, registered once with their names and help.
+    registry: Registry,
 }
 
 impl Default for Metrics {
@@ -249,9 +250,7 @@ impl Default for Metrics {
 impl Metrics {
     /// A registry with everything at zero.
     pub fn new() -> Metrics {
-        let start_time_seconds = Gauge::default();
-        start_time_seconds.set(SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64());
-        Metrics {
+        let mut metrics = Metrics {
             associations: counters(AssociationOutcome::ALL),
             associations_active: Gauge::default(),
             instances_received: counters(ReceiveOutcome::ALL),
@@ -262,8 +261,63 @@ impl Metrics {
             job_attempts: counters(JobOutcome::ALL),
             delivery_attempts: counters(DeliveryOutcome::ALL),
             bundle: RwLock::new(None),
-            start_time_seconds,
-        }
+            registry: Registry::default(),
+        };
+        let registry = &mut metrics.registry;
+        let start_time_seconds: Gauge<f64, AtomicU64> = Gauge::default();
+        start_time_seconds.set(SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64());
+        registry.register("cxr_led_start_time_seconds", "Unix time the service started", start_time_seconds);
+        registry.register(
+            "cxr_led_associations",
+            "DICOM associations by outcome of their negotiation",
+            metrics.associations.clone(),
+        );
+        registry.register(
+            "cxr_led_associations_active",
+            "DICOM associations accepted and not yet ended",
+            metrics.associations_active.clone(),
+        );
+        registry.register(
+            "cxr_led_instances_received",
+            "C-STORE requests received, by outcome",
+            metrics.instances_received.clone(),
+        );
+        registry.register(
+            "cxr_led_stage_seconds",
+            "Seconds per pipeline stage and item (one instance, one image, one C-STORE)",
+            metrics.stage_seconds.clone(),
+        );
+        registry.register(
+            "cxr_led_enhancement_seconds",
+            "Model seconds of one enhancement, by part",
+            metrics.enhancement_seconds.clone(),
+        );
+        registry.register(
+            "cxr_led_hallucination_score",
+            "Hallucination-check score of each enhanced image (0 = no doubt, 1 = most doubt)",
+            metrics.hallucination_score.clone(),
+        );
+        registry.register(
+            "cxr_led_instances_processed",
+            "Instances decided by a worker, by outcome",
+            metrics.instances_processed.clone(),
+        );
+        registry.register(
+            "cxr_led_job_attempts",
+            "Study job attempts of this process's workers, by how they ended",
+            metrics.job_attempts.clone(),
+        );
+        registry.register(
+            "cxr_led_delivery_attempts",
+            "Delivery attempts (outbox row and attempt), by outcome",
+            metrics.delivery_attempts.clone(),
+        );
+        metrics
+    }
+
+    /// Records how long one item took in `stage`.
+    pub fn observe_stage(&self, stage: Stage, took: Duration) {
+        self.stage_seconds.get_or_create(&stage).observe(took.as_secs_f64());
     }
 
     /// Records one enhanced image's hallucination score (NaN has no bucket and is left out).
@@ -287,61 +341,11 @@ impl Metrics {
     /// at scrape time, `None` when the database did not answer (then
     /// `cxr_led_database_up` is 0 and those families are left out).
     ///
-    /// A registry is assembled per scrape: the long-lived families are shared
-    /// handles (cloning one shares its counts), and what exists only
-    /// sometimes (the bundle, the database counts) is registered only then.
+    /// The long-lived families come from the registry made at start; what
+    /// exists only sometimes (the bundle, the database counts) is registered
+    /// per scrape, only when it exists.
     pub fn encode(&self, database: Option<&DatabaseCounts>) -> String {
-        let mut registry = Registry::default();
-        registry.register(
-            "cxr_led_start_time_seconds",
-            "Unix time the service started",
-            self.start_time_seconds.clone(),
-        );
-        registry.register(
-            "cxr_led_associations",
-            "DICOM associations by outcome of their negotiation",
-            self.associations.clone(),
-        );
-        registry.register(
-            "cxr_led_associations_active",
-            "DICOM associations accepted and not yet ended",
-            self.associations_active.clone(),
-        );
-        registry.register(
-            "cxr_led_instances_received",
-            "C-STORE requests received, by outcome",
-            self.instances_received.clone(),
-        );
-        registry.register(
-            "cxr_led_stage_seconds",
-            "Seconds per pipeline stage and item (one instance, one image, one C-STORE)",
-            self.stage_seconds.clone(),
-        );
-        registry.register(
-            "cxr_led_enhancement_seconds",
-            "Model seconds of one enhancement, by part",
-            self.enhancement_seconds.clone(),
-        );
-        registry.register(
-            "cxr_led_hallucination_score",
-            "Hallucination-check score of each enhanced image (0 = no doubt, 1 = most doubt)",
-            self.hallucination_score.clone(),
-        );
-        registry.register(
-            "cxr_led_instances_processed",
-            "Instances decided by a worker, by outcome",
-            self.instances_processed.clone(),
-        );
-        registry.register(
-            "cxr_led_job_attempts",
-            "Study job attempts of this process's workers, by how they ended",
-            self.job_attempts.clone(),
-        );
-        registry.register(
-            "cxr_led_delivery_attempts",
-            "Delivery attempts (outbox row and attempt), by outcome",
-            self.delivery_attempts.clone(),
-        );
+        let mut scrape = Registry::default();
         if let Some(bundle) = self.bundle() {
             let labels = vec![
                 ("bundle".to_string(), bundle.name),
@@ -349,30 +353,33 @@ impl Metrics {
                 ("sha256".to_string(), bundle.sha256),
                 ("device".to_string(), bundle.device),
             ];
-            registry.register("cxr_led_bundle", "The loaded model bundle", Info::new(labels));
+            scrape.register("cxr_led_bundle", "The loaded model bundle", Info::new(labels));
         }
         let database_up: Gauge = Gauge::default();
         database_up.set(i64::from(database.is_some()));
-        registry.register(
+        scrape.register(
             "cxr_led_database_up",
             "Whether the database answered this scrape's queries (1) or not (0)",
             database_up,
         );
         if let Some(database) = database {
-            registry.register(
+            scrape.register(
                 "cxr_led_jobs",
                 "Study jobs by state, read from the database",
                 by_state(JOB_STATES, &database.jobs_by_state),
             );
-            registry.register(
+            scrape.register(
                 "cxr_led_outbox",
                 "Outbox rows (derived instance and destination) by state, read from the database",
                 by_state(OUTBOX_STATES, &database.outbox_by_state),
             );
         }
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encoding into a String cannot fail");
-        text
+        let mut out = String::new();
+        let encoded = text::encode_registry(&mut out, &self.registry)
+            .and_then(|()| text::encode_registry(&mut out, &scrape))
+            .and_then(|()| text::encode_eof(&mut out));
+        encoded.expect("encoding into a String cannot fail");
+        out
     }
 }
 
@@ -421,7 +428,7 @@ mod tests {
         metrics.associations.get_or_create(&AssociationOutcome::Accepted).inc();
         metrics.instances_received.get_or_create(&ReceiveOutcome::Stored).inc();
         metrics.observe_score(0.42);
-        metrics.stage_seconds.get_or_create(&Stage::Receive).observe(0.003);
+        metrics.observe_stage(Stage::Receive, Duration::from_millis(3));
         let text = metrics.encode(Some(&DatabaseCounts {
             jobs_by_state: vec![("queued".into(), 2), ("weird\"state".into(), 1)],
             outbox_by_state: vec![],

@@ -498,7 +498,6 @@ async fn record_enhancement(
 /// Gate, and for a flagged image: decode, enhance, derive and write.
 fn process_blocking(context: &WorkerContext, sop_instance_uid: &str, path: &Path) -> Result<Processed, JobError> {
     let started = Instant::now();
-    let stages = &context.metrics.stage_seconds;
     let object = match open_file(path) {
         Ok(object) => object,
         Err(e) => {
@@ -527,7 +526,7 @@ fn process_blocking(context: &WorkerContext, sop_instance_uid: &str, path: &Path
             }
         },
     };
-    stages.get_or_create(&Stage::Triage).observe(triage_started.elapsed().as_secs_f64());
+    context.metrics.observe_stage(Stage::Triage, triage_started.elapsed());
     if !decision.flagged {
         return Ok(Processed::Passed(decision));
     }
@@ -540,7 +539,7 @@ fn process_blocking(context: &WorkerContext, sop_instance_uid: &str, path: &Path
     let enhanced = enhancer.enhance(sop_instance_uid, &image.pixels, image.rows, image.columns, |enhanced| {
         pixels::as_delivered(&image, enhanced)
     })?;
-    stages.get_or_create(&Stage::Enhancement).observe(enhancement_started.elapsed().as_secs_f64());
+    context.metrics.observe_stage(Stage::Enhancement, enhancement_started.elapsed());
     let model = &context.metrics.enhancement_seconds;
     model.get_or_create(&ModelPart::Estimate).observe(enhanced.timings.estimate_s);
     model.get_or_create(&ModelPart::Refinement).observe(enhanced.timings.refinement_s);
@@ -603,7 +602,7 @@ fn process_blocking(context: &WorkerContext, sop_instance_uid: &str, path: &Path
         None
     };
     let pixel_sha256 = sha256_hex(&pixels::stored_bytes(&stored));
-    stages.get_or_create(&Stage::Derive).observe(derive_started.elapsed().as_secs_f64());
+    context.metrics.observe_stage(Stage::Derive, derive_started.elapsed());
     Ok(Processed::Enhanced(Box::new(Derived {
         decision,
         sop_class_uid,
