@@ -6,7 +6,7 @@ use std::process::{Child, Command};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use cxr_led_test_kit::ports::reported_address;
+use cxr_led_test_kit::ports::{reported_address, DICOM_LISTENING, HTTP_LISTENING};
 
 /// cxr-led's AE title in the harness.
 pub const CXRLED_AE: &str = "CXRLED";
@@ -57,10 +57,6 @@ pub struct CxrLed {
     settings: CxrLedSettings,
     child: Option<Child>,
 }
-
-/// What cxr-ledd logs, with the bound `address`, once a listener is open.
-const DICOM_LISTENING: &str = "DICOM ingest listening";
-const HTTP_LISTENING: &str = "HTTP health and metrics listening";
 
 /// The cxr-ledd binary: `$CXR_LEDD`, else next to the running executable
 /// (cargo puts test executables in `target/<profile>/deps/`, binaries in

@@ -266,7 +266,7 @@ impl Daemon {
                 let output = std::fs::read_to_string(&self.log).unwrap_or_default();
                 panic!("cxr-ledd exited ({status}) instead of answering C-ECHO:\n{output}");
             }
-            address = address.or_else(|| self.reported("DICOM ingest listening"));
+            address = address.or_else(|| self.reported(cxr_led_test_kit::ports::DICOM_LISTENING));
             async move {
                 match address {
                     Some(address) => answers_echo(address.port()).await,
@@ -278,8 +278,8 @@ impl Daemon {
         address.expect("answered on a reported address")
     }
 
-    /// The address this run reported for `message` (e.g. `HTTP health and
-    /// metrics listening`), once it has.
+    /// The address this run reported for `message` (e.g.
+    /// `cxr_led_test_kit::ports::HTTP_LISTENING`), once it has.
     pub fn reported(&self, message: &str) -> Option<SocketAddr> {
         cxr_led_test_kit::ports::reported_address(&self.log, self.log_start, message)
     }

@@ -6,8 +6,13 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
-/// The address `cxr-ledd` reported for the event `message` (e.g. `DICOM
-/// ingest listening`, `HTTP health and metrics listening`) in its JSON log at
+/// What `cxr-ledd` logs, with the bound `address`, once its DICOM listener is open.
+pub const DICOM_LISTENING: &str = "DICOM ingest listening";
+/// What `cxr-ledd` logs, with the bound `address`, once its HTTP listener is open.
+pub const HTTP_LISTENING: &str = "HTTP health and metrics listening";
+
+/// The address `cxr-ledd` reported for the event `message` (e.g.
+/// [`DICOM_LISTENING`], [`HTTP_LISTENING`]) in its JSON log at
 /// `log`, reading from byte `from` (where this run's output starts); `None`
 /// until it has.
 pub fn reported_address(log: &Path, from: u64, message: &str) -> Option<SocketAddr> {
